@@ -1,0 +1,3 @@
+from jaxnet.cli import main
+
+raise SystemExit(main())

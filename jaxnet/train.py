@@ -1,0 +1,173 @@
+"""The tutorial's recipe as pure JAX functions: loss, gradients, optimizers, steps, epochs.
+
+Where torch mutates (``loss.backward()`` fills ``.grad``, ``optimizer.step()`` changes the
+parameters in place), JAX returns new values::
+
+    loss, grads = jax.value_and_grad(loss_fn)(params, graphdef, x, y)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+
+Optimizers are built from optax pieces in the order torch applies them (see
+:func:`make_optimizer`), and their state converts to torch's words (``momentum_buffer``,
+``exp_avg``, ``exp_avg_sq``) for checkpoints either backend can resume.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxnet.config import OptimConfig
+from jaxnet.model import from_torch_layout, to_torch_layout
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """``nn.CrossEntropyLoss()``: mean over the batch of ``logsumexp(z) - z[label]``."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def loss_fn(params: nnx.State, graphdef: nnx.GraphDef, x: jax.Array, y: jax.Array) -> jax.Array:
+    """The loss as a pure function of ``params`` (the thing ``jax.grad`` differentiates)."""
+    model = nnx.merge(graphdef, params)
+    return cross_entropy(model(x), y)
+
+
+loss_and_grads = jax.value_and_grad(loss_fn)
+
+
+# ---------------------------------------------------------------------------- optimizers
+
+
+def make_schedule(cfg: OptimConfig) -> optax.ScalarOrSchedule:
+    """The learning rate per step, matching ``torchref.make_scheduler``'s torch schedulers."""
+    if cfg.schedule == "cosine":  # CosineAnnealingLR(T_max=total_steps), eta_min=0
+        return optax.cosine_decay_schedule(cfg.lr, decay_steps=cfg.total_steps)
+    if cfg.schedule == "step":  # StepLR(step_size=total_steps // 3, gamma)
+        return optax.exponential_decay(
+            cfg.lr, transition_steps=cfg.step_every, decay_rate=cfg.gamma, staircase=True
+        )
+    return cfg.lr
+
+
+def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
+    """optax chains with torch.optim's semantics.
+
+    - sgd: ``g += wd * p`` (coupled decay, before momentum), ``buf = m * buf + g`` (the
+      first buffer is ``g`` itself, as ``optax.trace`` starts from zeros), nesterov
+      ``g + m * buf``; ``p -= lr * g``.
+    - adam: coupled L2 decay ``g += wd * p``, then ``scale_by_adam`` (eps outside the sqrt).
+    - adamw: ``scale_by_adam`` then decoupled ``+ wd * p``, both scaled by ``lr``, as in torch.
+
+    Example:
+        >>> tx = make_optimizer(OptimConfig(name="sgd", lr=0.1, momentum=0.9))
+    """
+    b1, b2 = cfg.betas
+    parts: list[optax.GradientTransformation] = []
+    if cfg.name in ("sgd", "adam") and cfg.weight_decay:
+        parts.append(optax.add_decayed_weights(cfg.weight_decay))
+    if cfg.name == "sgd" and cfg.momentum:
+        parts.append(optax.trace(decay=cfg.momentum, nesterov=cfg.nesterov))
+    if cfg.name in ("adam", "adamw"):
+        parts.append(optax.scale_by_adam(b1=b1, b2=b2, eps=cfg.eps))
+    if cfg.name == "adamw" and cfg.weight_decay:
+        parts.append(optax.add_decayed_weights(cfg.weight_decay))
+    parts.append(optax.scale_by_learning_rate(make_schedule(cfg)))
+    return optax.chain(*parts)
+
+
+def export_opt_state(opt_state: tuple, step: int) -> dict[str, np.ndarray]:
+    """optax chain state -> ``{"<torch param key>.<torch state name>": array}``.
+
+    Empty before the first step, as torch's optimizer state is.
+    """
+    if step == 0:
+        return {}
+    out: dict[str, np.ndarray] = {}
+    for part in opt_state:
+        named = {}
+        if isinstance(part, optax.TraceState):
+            named = {"momentum_buffer": part.trace}
+        elif isinstance(part, optax.ScaleByAdamState):
+            named = {"exp_avg": part.mu, "exp_avg_sq": part.nu}
+        for state_name, tree in named.items():
+            out |= {f"{k}.{state_name}": v for k, v in to_torch_layout(tree).items()}
+    return out
+
+
+def import_opt_state(opt_state: tuple, state: dict[str, np.ndarray], step: int) -> tuple:
+    """Inverse of :func:`export_opt_state`: fill a fresh ``tx.init`` state, set counts to ``step``."""
+
+    def pick(tree, state_name: str):
+        sub = {k.removesuffix("." + state_name): v for k, v in state.items() if k.endswith("." + state_name)}
+        return from_torch_layout(tree, sub) if sub else tree
+
+    count = jnp.asarray(step, dtype=jnp.int32)
+    parts = []
+    for part in opt_state:
+        if isinstance(part, optax.TraceState):
+            part = part._replace(trace=pick(part.trace, "momentum_buffer"))
+        elif isinstance(part, optax.ScaleByAdamState):
+            part = part._replace(
+                count=count, mu=pick(part.mu, "exp_avg"), nu=pick(part.nu, "exp_avg_sq")
+            )
+        elif isinstance(part, optax.ScaleByScheduleState):
+            part = part._replace(count=count)
+        parts.append(part)
+    return tuple(parts)
+
+
+# ---------------------------------------------------------------------------- steps and epochs
+
+
+def train_step(graphdef, tx, params, opt_state, x, y):
+    """One SGD/Adam step: ``(params, opt_state, x, y) -> (params, opt_state, loss)``."""
+    loss, grads = loss_and_grads(params, graphdef, x, y)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+
+def train_steps(graphdef, tx, params, opt_state, images, labels, batch_idx):
+    """``len(batch_idx)`` steps as one ``lax.scan``; ``batch_idx`` is int ``[steps, batch]``.
+
+    ``images`` and ``labels`` stay on the device; each step gathers its batch by index.
+    Returns ``(params, opt_state, losses[steps])``.
+    """
+
+    def body(carry, idx):
+        params, opt_state = carry
+        params, opt_state, loss = train_step(graphdef, tx, params, opt_state, images[idx], labels[idx])
+        return (params, opt_state), loss
+
+    (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), batch_idx)
+    return params, opt_state, losses
+
+
+def evaluate(graphdef, params, images, labels, batch_size: int = 64):
+    """``(correct, avg_loss)`` in one forward pass over the whole split.
+
+    ``avg_loss`` is the tutorial's: the mean over batches of each batch's mean loss.
+    """
+    logits = nnx.merge(graphdef, params)(images)
+    per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    batch_of = jnp.arange(labels.shape[0]) // batch_size
+    num_batches = -(-labels.shape[0] // batch_size)
+    sums = jax.ops.segment_sum(per_example, batch_of, num_segments=num_batches)
+    counts = jax.ops.segment_sum(jnp.ones_like(per_example), batch_of, num_segments=num_batches)
+    correct = jnp.sum(jnp.argmax(logits, axis=1) == labels)
+    return correct, jnp.mean(sums / counts)
+
+
+def compiled(graphdef, tx):
+    """jitted ``train_step`` and ``train_steps`` for one model structure and optimizer.
+
+    ``params`` and ``opt_state`` are donated: XLA updates them in place instead of copying.
+    """
+    return (
+        jax.jit(functools.partial(train_step, graphdef, tx), donate_argnums=(0, 1)),
+        jax.jit(functools.partial(train_steps, graphdef, tx), donate_argnums=(0, 1)),
+    )
