@@ -35,7 +35,9 @@ class Backend(Protocol):
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None: ...
     def activations(self, x: np.ndarray) -> dict[str, np.ndarray]: ...
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]: ...
-    def set_optimizer(self, cfg: OptimConfig, state: dict[str, np.ndarray] | None = None, step: int = 0) -> None: ...
+    def set_optimizer(
+        self, cfg: OptimConfig, state: dict[str, np.ndarray] | None = None, step: int = 0
+    ) -> None: ...
     def optimizer_state(self) -> dict[str, np.ndarray]: ...
     def set_train_data(self, images: np.ndarray, labels: np.ndarray) -> None: ...
     def train_steps(self, batches: list[np.ndarray]) -> np.ndarray: ...
@@ -94,7 +96,13 @@ class JaxBackend:
     name = "jax"
 
     def __init__(
-        self, config: ModelConfig, *, dtype: str = "float32", device: str = "auto", seed: int = 0, scan: bool = True
+        self,
+        config: ModelConfig,
+        *,
+        dtype: str = "float32",
+        device: str = "auto",
+        seed: int = 0,
+        scan: bool = True,
     ) -> None:
         if dtype == "float64":
             enable_x64()
@@ -106,6 +114,14 @@ class JaxBackend:
         self.tx = None
         self._data: tuple[jax.Array, jax.Array] | None = None
         self._eval = jax.jit(jtrain.evaluate, static_argnums=(0,), static_argnames="batch_size")
+        self._grads = jax.jit(jtrain.loss_and_grads, static_argnums=(1,))
+        self._acts = jax.jit(
+            lambda graphdef, params, x: jmodel.activations(nnx.merge(graphdef, params), x),
+            static_argnums=(0,),
+        )
+        self._logits = jax.jit(
+            lambda graphdef, params, x: nnx.merge(graphdef, params)(x), static_argnums=(0,)
+        )
 
     def describe(self) -> str:
         return f"jax {jax.__version__} on {self.device.platform}:{self.device.id} ({self.device.device_kind})"
@@ -120,14 +136,16 @@ class JaxBackend:
         self.params = jax.device_put(jmodel.from_torch_layout(self.params, state), self.device)
 
     def activations(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        acts = jmodel.activations(nnx.merge(self.graphdef, self.params), self._put(x))
+        acts = self._acts(self.graphdef, self.params, self._put(x))
         return {k: np.asarray(v) for k, v in acts.items()}
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
-        loss, grads = jtrain.loss_and_grads(self.params, self.graphdef, self._put(x), self._put(y))
+        loss, grads = self._grads(self.params, self.graphdef, self._put(x), self._put(y))
         return float(loss), jmodel.to_torch_layout(grads)
 
-    def set_optimizer(self, cfg: OptimConfig, state: dict[str, np.ndarray] | None = None, step: int = 0) -> None:
+    def set_optimizer(
+        self, cfg: OptimConfig, state: dict[str, np.ndarray] | None = None, step: int = 0
+    ) -> None:
         self.tx = jtrain.make_optimizer(cfg)
         opt_state = self.tx.init(self.params)
         self.opt_state = jax.device_put(jtrain.import_opt_state(opt_state, state or {}, step), self.device)
@@ -152,20 +170,26 @@ class JaxBackend:
                 j += 1
             if j - i > 1:
                 idx = self._put(np.stack(batches[i:j]))
-                self.params, self.opt_state, chunk = self._scan(self.params, self.opt_state, images, labels, idx)
+                self.params, self.opt_state, chunk = self._scan(
+                    self.params, self.opt_state, images, labels, idx
+                )
                 losses.append(chunk)
             else:
                 j = i + 1
                 idx = self._put(batches[i])
-                self.params, self.opt_state, loss = self._step(self.params, self.opt_state, images[idx], labels[idx])
+                self.params, self.opt_state, loss = self._step(
+                    self.params, self.opt_state, images[idx], labels[idx]
+                )
                 losses.append(loss[None])
             i = j
         self.step += len(batches)
         return np.asarray(jnp.concatenate(losses)) if losses else np.zeros(0)
 
     def evaluate(self, images: np.ndarray, labels: np.ndarray, batch_size: int = 64) -> tuple[int, float]:
-        correct, avg = self._eval(self.graphdef, self.params, self._put(images), self._put(labels), batch_size=batch_size)
+        correct, avg = self._eval(
+            self.graphdef, self.params, self._put(images), self._put(labels), batch_size=batch_size
+        )
         return int(correct), float(avg)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        return np.asarray(nnx.merge(self.graphdef, self.params)(self._put(images)))
+        return np.asarray(self._logits(self.graphdef, self.params, self._put(images)))

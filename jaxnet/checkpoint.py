@@ -164,7 +164,9 @@ def _read_pth(path: Path) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError:
-        raise CheckpointError(f"{path}: reading .pth files needs torch (pip install 'jaxnet[torch]')") from None
+        raise CheckpointError(
+            f"{path}: reading .pth files needs torch (pip install 'jaxnet[torch]')"
+        ) from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for bad pickles
@@ -202,9 +204,7 @@ def load(path: str | Path) -> Checkpoint:
         )
     try:
         config = ModelConfig.from_json(metadata["model_config"])
-        train_config = (
-            TrainConfig.from_json(metadata["train_config"]) if "train_config" in metadata else None
-        )
+        train_config = TrainConfig.from_json(metadata["train_config"]) if "train_config" in metadata else None
         progress = json.loads(metadata.get("progress", "{}"))
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: bad metadata ({err})") from None

@@ -7,6 +7,7 @@ The defaults are the PyTorch quickstart tutorial's recipe.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from dataclasses import dataclass, field
 
@@ -35,7 +36,7 @@ class ModelConfig:
     def linear_shapes(self) -> list[tuple[int, int]]:
         """``(in, out)`` of each Linear layer, in order."""
         sizes = (self.in_features, *self.hidden, self.num_classes)
-        return list(zip(sizes[:-1], sizes[1:], strict=True))
+        return list(itertools.pairwise(sizes))
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Torch state-dict names and shapes (weights ``[out, in]``), in torch's order."""

@@ -108,9 +108,7 @@ def parse_idx(raw: bytes, name: str, ndim: int) -> np.ndarray:
     expected = header + int(np.prod(dims))
     if len(raw) != expected:
         what = "truncated" if len(raw) < expected else "has trailing bytes"
-        raise DataError(
-            f"{name}: {what}: {len(raw)} bytes, header {dims} needs {expected}"
-        )
+        raise DataError(f"{name}: {what}: {len(raw)} bytes, header {dims} needs {expected}")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
@@ -128,8 +126,7 @@ def read_idx_gz(path: Path, ndim: int, *, verify: bool = True) -> np.ndarray:
         found = hashlib.sha256(raw).hexdigest()
         if found != expected:
             raise DataError(
-                f"{path}: checksum mismatch: SHA-256 of content {found[:16]}..., "
-                f"expected {expected[:16]}..."
+                f"{path}: checksum mismatch: SHA-256 of content {found[:16]}..., expected {expected[:16]}..."
             )
     return array
 
@@ -138,9 +135,7 @@ def read_split(directory: Path, prefix: str, *, verify: bool = True) -> Split:
     images = read_idx_gz(directory / f"{prefix}-images-idx3-ubyte.gz", 3, verify=verify)
     labels = read_idx_gz(directory / f"{prefix}-labels-idx1-ubyte.gz", 1, verify=verify)
     if images.shape[0] != labels.shape[0]:
-        raise DataError(
-            f"{directory}: {prefix} has {images.shape[0]} images but {labels.shape[0]} labels"
-        )
+        raise DataError(f"{directory}: {prefix} has {images.shape[0]} images but {labels.shape[0]} labels")
     if images.shape[1:] != (28, 28):
         raise DataError(f"{directory}: {prefix} images are {images.shape[1:]}, expected (28, 28)")
     if labels.size and labels.max() >= len(CLASS_NAMES):

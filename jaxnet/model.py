@@ -13,6 +13,7 @@ function of ``params`` (see ``jaxnet.train``).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import jax
@@ -63,7 +64,7 @@ class NeuralNetwork(nnx.Module):
     ) -> None:
         sizes = (in_features, *hidden, num_classes)
         layers: list = []
-        for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
+        for fan_in, fan_out in itertools.pairwise(sizes):
             init = torch_linear_init(fan_in)
             linear = nnx.Linear(
                 fan_in, fan_out, kernel_init=init, bias_init=init, param_dtype=dtype, rngs=rngs
@@ -137,8 +138,7 @@ def from_torch_layout(template, state: dict[str, np.ndarray]):
         expected = leaf.shape[::-1] if is_kernel else leaf.shape
         if value.shape != expected or value.dtype != leaf.dtype:
             raise CheckpointError(
-                f"key {name!r}: expected {leaf.dtype}{list(expected)}, "
-                f"found {value.dtype}{list(value.shape)}"
+                f"key {name!r}: expected {leaf.dtype}{list(expected)}, found {value.dtype}{list(value.shape)}"
             )
         return jnp.asarray(value.T if is_kernel else value)
 

@@ -30,7 +30,9 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, config: ModelConfig, *, dtype: str = "float32", device: str = "auto", seed: int = 0) -> None:
+    def __init__(
+        self, config: ModelConfig, *, dtype: str = "float32", device: str = "auto", seed: int = 0
+    ) -> None:
         self.config, self.dtype = config, dtype
         self.device = _torch_device(device)
         torch.manual_seed(seed)
@@ -47,7 +49,10 @@ class TorchBackend:
         return f"torch {torch.__version__} on {self.device} ({where}, {torch.get_num_threads()} threads)"
 
     def _put(self, x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+        x = np.ascontiguousarray(x)
+        if not x.flags.writeable:  # e.g. a view of a JAX array; torch wants to own writable memory
+            x = x.copy()
+        return torch.from_numpy(x).to(self.device)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {k: v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}
@@ -74,13 +79,17 @@ class TorchBackend:
         loss, grads = torchref.loss_and_grads(self.model, self._put(x), self._put(y))
         return float(loss), {k: g.cpu().numpy() for k, g in grads.items()}
 
-    def set_optimizer(self, cfg: OptimConfig, state: dict[str, np.ndarray] | None = None, step: int = 0) -> None:
+    def set_optimizer(
+        self, cfg: OptimConfig, state: dict[str, np.ndarray] | None = None, step: int = 0
+    ) -> None:
         self.optimizer = torchref.make_optimizer(
             self.model, cfg.name, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay, cfg.betas, cfg.eps
         )
         if state:
             torchref.load_optimizer_state(self.model, self.optimizer, state, step)
-        self.scheduler = torchref.make_scheduler(self.optimizer, cfg.schedule, cfg.total_steps, cfg.gamma, step)
+        self.scheduler = torchref.make_scheduler(
+            self.optimizer, cfg.schedule, cfg.total_steps, cfg.gamma, step
+        )
         self.step = step
 
     def optimizer_state(self) -> dict[str, np.ndarray]:

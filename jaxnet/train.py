@@ -112,9 +112,7 @@ def import_opt_state(opt_state: tuple, state: dict[str, np.ndarray], step: int) 
         if isinstance(part, optax.TraceState):
             part = part._replace(trace=pick(part.trace, "momentum_buffer"))
         elif isinstance(part, optax.ScaleByAdamState):
-            part = part._replace(
-                count=count, mu=pick(part.mu, "exp_avg"), nu=pick(part.nu, "exp_avg_sq")
-            )
+            part = part._replace(count=count, mu=pick(part.mu, "exp_avg"), nu=pick(part.nu, "exp_avg_sq"))
         elif isinstance(part, optax.ScaleByScheduleState):
             part = part._replace(count=count)
         parts.append(part)

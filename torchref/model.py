@@ -6,6 +6,7 @@ hidden sizes and depth are arguments, the tutorial's are the defaults.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -32,7 +33,7 @@ class NeuralNetwork(nn.Module):
         self.flatten = nn.Flatten()
         sizes = (in_features, *hidden, num_classes)
         layers: list[nn.Module] = []
-        for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
+        for fan_in, fan_out in itertools.pairwise(sizes):
             layers += [nn.Linear(fan_in, fan_out, dtype=dtype), nn.ReLU()]
         self.linear_relu_stack = nn.Sequential(*layers[:-1])  # no ReLU after the last Linear
 

@@ -39,9 +39,7 @@ def make_optimizer(
     """``torch.optim.SGD`` / ``Adam`` / ``AdamW`` with every hyperparameter explicit."""
     params = model.parameters()
     if name == "sgd":
-        return torch.optim.SGD(
-            params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay
-        )
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
     if name == "adamw":
@@ -67,9 +65,7 @@ def make_scheduler(
     if schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     elif schedule == "step":
-        sched = torch.optim.lr_scheduler.StepLR(
-            optimizer, step_size=max(1, total_steps // 3), gamma=gamma
-        )
+        sched = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, total_steps // 3), gamma=gamma)
     else:
         raise ValueError(f"unknown schedule {schedule!r}")
     for _ in range(step):

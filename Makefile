@@ -1,0 +1,50 @@
+# Two commands set up everything on a fresh machine:
+#   make train   the main job: the tutorial recipe on real Fashion-MNIST (ARGS="..." adds flags)
+#   make test    ruff and the whole pytest suite
+# Both create .venv and install the data when missing.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DATA   := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
+ARGS   ?=
+
+.PHONY: train test lint format data bench parity examples clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[torch,dev]'
+	touch $(STAMP)
+
+# The Debian package where apt is usable; otherwise jaxnet downloads into ~/.cache on first use.
+data:
+	@if [ -f $(DATA) ]; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	else echo "dataset-fashion-mnist not installed: jaxnet will download Fashion-MNIST into its cache"; fi
+
+train: $(STAMP) data
+	$(BIN)/jaxnet train --save runs/model.safetensors --metrics runs/metrics.jsonl --plot runs/metrics.png $(ARGS)
+
+test: $(STAMP) data
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+parity: $(STAMP) data
+	$(BIN)/jaxnet parity $(ARGS)
+
+bench: $(STAMP) data
+	$(BIN)/jaxnet bench $(ARGS)
+
+examples: $(STAMP) data
+	$(BIN)/python -m examples.build
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache .hypothesis
