@@ -16,11 +16,8 @@ from flax import nnx
 
 from jaxnet import model as jmodel
 from jaxnet import train as jtrain
-from jaxnet.config import ModelConfig, OptimConfig
+from jaxnet.config import BACKENDS, DEVICES, ModelConfig, OptimConfig
 from jaxnet.errors import JaxnetError
-
-BACKENDS = ("jax", "torch")
-DEVICES = ("auto", "cpu", "cuda")
 
 
 class Backend(Protocol):
@@ -146,7 +143,7 @@ class JaxBackend:
     def set_optimizer(
         self, cfg: OptimConfig, state: dict[str, np.ndarray] | None = None, step: int = 0
     ) -> None:
-        self.tx = jtrain.make_optimizer(cfg)
+        self.tx = jtrain.make_optimizer(cfg, self.dtype)
         opt_state = self.tx.init(self.params)
         self.opt_state = jax.device_put(jtrain.import_opt_state(opt_state, state or {}, step), self.device)
         self.step = step

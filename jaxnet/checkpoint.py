@@ -138,10 +138,37 @@ def atomic_write(path: str | Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
+_ST_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float64): "F64"}
+
+
+def safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+    """Serialise to the safetensors format with a canonical header (sorted keys).
+
+    The ``safetensors`` library writes ``__metadata__`` from a hash map in an order that varies
+    from call to call; this writer makes equal checkpoints byte-identical files. Format: an
+    8-byte little-endian header length, a JSON header padded with spaces to a multiple of 8,
+    then the little-endian tensor bytes in header order. Read back by ``safetensors`` itself.
+    """
+    header: dict[str, dict] = {}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        array = np.ascontiguousarray(tensors[name])
+        blob = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+        header[name] = {
+            "dtype": _ST_DTYPES[array.dtype],
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + len(blob)],
+        }
+        blobs.append(blob)
+        offset += len(blob)
+    header["__metadata__"] = dict(sorted(metadata.items()))
+    text = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + b"".join(blobs)
+
+
 def save(path: str | Path, ckpt: Checkpoint) -> None:
     """Validate and write ``ckpt`` atomically as safetensors."""
-    from safetensors.numpy import save as st_save
-
     validate_state_dict(ckpt.model, ckpt.config)
     tensors = {k: np.ascontiguousarray(v) for k, v in ckpt.model.items()}
     tensors |= {OPT_PREFIX + k: np.ascontiguousarray(v) for k, v in ckpt.optimizer.items()}
@@ -154,7 +181,7 @@ def save(path: str | Path, ckpt: Checkpoint) -> None:
     }
     if ckpt.train_config is not None:
         metadata["train_config"] = ckpt.train_config.to_json()
-    atomic_write(path, st_save(tensors, metadata=metadata))
+    atomic_write(path, safetensors_bytes(tensors, metadata))
 
 
 # ---------------------------------------------------------------------------- reading
@@ -178,10 +205,22 @@ def _read_pth(path: Path) -> dict[str, np.ndarray]:
 
 
 def load(path: str | Path) -> Checkpoint:
-    """Read and validate a ``.safetensors`` checkpoint or a tutorial ``.pth`` state dict."""
+    """Read and validate a ``.safetensors`` checkpoint or a tutorial ``.pth`` state dict.
+
+    Raises:
+        CheckpointError: the message starts with the path, then names the key and the fault.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        return _load(path)
+    except CheckpointError as err:
+        message = str(err)
+        raise CheckpointError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+
+
+def _load(path: Path) -> Checkpoint:
     if path.suffix in (".pth", ".pt"):
         model = _read_pth(path)
         return Checkpoint(model=model, config=infer_config(model))

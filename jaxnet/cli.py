@@ -11,8 +11,16 @@ import json
 import sys
 from pathlib import Path
 
-from jaxnet.backend import BACKENDS, DEVICES
-from jaxnet.config import DTYPES, OPTIMIZERS, SCHEDULES, ModelConfig, OptimConfig, TrainConfig
+from jaxnet.config import (
+    BACKENDS,
+    DEVICES,
+    DTYPES,
+    OPTIMIZERS,
+    SCHEDULES,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+)
 from jaxnet.errors import JaxnetError
 
 # Recipe flags default to None so that a resumed run can tell "given" from "not given".
@@ -28,6 +36,7 @@ _RECIPE_DEFAULTS = {
     "seed": 0,
     "no_shuffle": False,
     "dtype": "float32",
+    "train_limit": 0,
 }
 
 
@@ -85,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=_nonneg_int)
     t.add_argument("--no-shuffle", action="store_const", const=True, help="the tutorial's fixed order")
     t.add_argument("--dtype", choices=DTYPES)
+    t.add_argument("--train-limit", type=_nonneg_int, help="train on the first N images only (quick runs)")
     t.add_argument("--hidden", type=_positive_int, nargs="+", default=[512, 512], help="hidden sizes")
     t.add_argument("--init", choices=("shared", "native"), default="shared",
                    help="shared: numpy weights from --seed, the same in both backends; native: each framework's RNG")  # fmt: skip
@@ -135,6 +145,7 @@ def _recipe(
             "seed": resumed.seed,
             "no_shuffle": not resumed.shuffle,
             "dtype": resumed.dtype,
+            "train_limit": resumed.train_limit,
         }
         for key, value in given.items():
             if key != "epochs" and value != current[key]:
@@ -168,19 +179,23 @@ def _recipe(
             seed=values["seed"],
             shuffle=not values["no_shuffle"],
             dtype=values["dtype"],
+            train_limit=values["train_limit"],
         )
     except JaxnetError as err:
         parser.error(str(err))
 
 
 def cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from jaxnet import checkpoint, data, run
-    from jaxnet.backend import get_backend
+    from jaxnet import checkpoint
 
     resumed = checkpoint.load(args.resume) if args.resume else None
     if resumed is not None and resumed.train_config is None:
         raise JaxnetError(f"{args.resume}: holds weights only, no training state to resume")
     cfg = _recipe(args, parser, resumed.train_config if resumed else None)
+
+    from jaxnet import data, run  # the heavy imports (jax, flax) after the flags are checked
+    from jaxnet.backend import get_backend
+
     config = resumed.config if resumed else ModelConfig(hidden=tuple(args.hidden))
     if resumed is not None:
         run.check_resume(resumed, config, cfg)

@@ -16,6 +16,8 @@ from jaxnet.errors import JaxnetError
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
 DTYPES = ("float32", "float64")
+BACKENDS = ("jax", "torch")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,8 @@ class OptimConfig:
     ``weight_decay=None`` takes torch's default for the optimizer (0 for sgd and adam, 1e-2
     for adamw; optax's adamw default of 1e-4 is never used implicitly). ``schedule`` is
     applied per step: ``cosine`` decays to 0 over ``total_steps``; ``step`` multiplies by
-    ``gamma`` every ``total_steps // 3`` steps.
+    ``gamma`` every ``total_steps // 3`` steps. ``total_steps`` is filled in by the training
+    run from the data size, batch size and epochs.
     """
 
     name: str = "sgd"
@@ -93,8 +96,6 @@ class OptimConfig:
         if self.weight_decay < 0:
             raise JaxnetError(f"weight decay must be >= 0, got {self.weight_decay}")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        if self.schedule != "constant" and self.total_steps < 1:
-            raise JaxnetError(f"schedule {self.schedule!r} needs total_steps >= 1")
 
     @property
     def step_every(self) -> int:
@@ -117,8 +118,11 @@ class TrainConfig:
     seed: int = 0
     shuffle: bool = True
     dtype: str = "float32"
+    train_limit: int = 0  # use only the first N training images (0: all 60,000)
 
     def __post_init__(self) -> None:
+        if self.train_limit < 0:
+            raise JaxnetError(f"train limit must be >= 0, got {self.train_limit}")
         if self.batch_size < 1:
             raise JaxnetError(f"batch size must be >= 1, got {self.batch_size}")
         if self.epochs < 1:

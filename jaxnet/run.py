@@ -22,7 +22,7 @@ import numpy as np
 from jaxnet import checkpoint as ckpt_io
 from jaxnet.backend import Backend
 from jaxnet.config import ModelConfig, TrainConfig
-from jaxnet.data import FashionMNIST, batch_slices, epoch_order
+from jaxnet.data import FashionMNIST, Split, batch_slices, epoch_order
 from jaxnet.errors import TrainingError
 
 LOG_EVERY = 100  # the tutorial prints the loss every 100 batches
@@ -103,7 +103,10 @@ def train(
         TrainingError: the loss became NaN or inf (the last good checkpoint is kept).
         Interrupted: Ctrl-C; the state was saved to ``save`` first if given.
     """
-    n = len(data.train)
+    train_split = data.train
+    if cfg.train_limit:
+        train_split = Split(data.train.images[: cfg.train_limit], data.train.labels[: cfg.train_limit])
+    n = len(train_split)
     cfg = with_total_steps(cfg, n)
     per_epoch = steps_per_epoch(n, cfg.batch_size)
     step = 0
@@ -111,7 +114,7 @@ def train(
         backend.load_state_dict(resume.model)
         step = resume.step
     backend.set_optimizer(cfg.optimizer, resume.optimizer if resume else None, step)
-    backend.set_train_data(data.train.float_images(cfg.dtype), data.train.labels)
+    backend.set_train_data(train_split.float_images(cfg.dtype), train_split.labels)
     test_x, test_y = data.test.float_images(cfg.dtype), data.test.labels
     if metrics is not None and resume is None:
         metrics.parent.mkdir(parents=True, exist_ok=True)

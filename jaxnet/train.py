@@ -43,18 +43,26 @@ loss_and_grads = jax.value_and_grad(loss_fn)
 # ---------------------------------------------------------------------------- optimizers
 
 
-def make_schedule(cfg: OptimConfig) -> optax.ScalarOrSchedule:
-    """The learning rate per step, matching ``torchref.make_scheduler``'s torch schedulers."""
+def make_schedule(cfg: OptimConfig, dtype: str = "float32") -> optax.ScalarOrSchedule:
+    """The learning rate per step, matching ``torchref.make_scheduler``'s torch schedulers.
+
+    The step count is cast to ``dtype`` first: ``optax.exponential_decay`` evaluated on the
+    int32 count computes in float32 even under x64, an error of 1e-8 that float64 parity sees.
+    """
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.total_steps < 1:
+        raise ValueError(f"schedule {cfg.schedule!r} needs total_steps >= 1")
     if cfg.schedule == "cosine":  # CosineAnnealingLR(T_max=total_steps), eta_min=0
-        return optax.cosine_decay_schedule(cfg.lr, decay_steps=cfg.total_steps)
-    if cfg.schedule == "step":  # StepLR(step_size=total_steps // 3, gamma)
-        return optax.exponential_decay(
+        schedule = optax.cosine_decay_schedule(cfg.lr, decay_steps=cfg.total_steps)
+    else:  # StepLR(step_size=total_steps // 3, gamma)
+        schedule = optax.exponential_decay(
             cfg.lr, transition_steps=cfg.step_every, decay_rate=cfg.gamma, staircase=True
         )
-    return cfg.lr
+    return lambda count: schedule(jnp.asarray(count, dtype))
 
 
-def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
+def make_optimizer(cfg: OptimConfig, dtype: str = "float32") -> optax.GradientTransformation:
     """optax chains with torch.optim's semantics.
 
     - sgd: ``g += wd * p`` (coupled decay, before momentum), ``buf = m * buf + g`` (the
@@ -76,7 +84,7 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
         parts.append(optax.scale_by_adam(b1=b1, b2=b2, eps=cfg.eps))
     if cfg.name == "adamw" and cfg.weight_decay:
         parts.append(optax.add_decayed_weights(cfg.weight_decay))
-    parts.append(optax.scale_by_learning_rate(make_schedule(cfg)))
+    parts.append(optax.scale_by_learning_rate(make_schedule(cfg, dtype)))
     return optax.chain(*parts)
 
 
@@ -106,15 +114,17 @@ def import_opt_state(opt_state: tuple, state: dict[str, np.ndarray], step: int) 
         sub = {k.removesuffix("." + state_name): v for k, v in state.items() if k.endswith("." + state_name)}
         return from_torch_layout(tree, sub) if sub else tree
 
-    count = jnp.asarray(step, dtype=jnp.int32)
+    def count():  # a fresh buffer per counter: donation rejects one buffer passed twice
+        return jnp.asarray(step, dtype=jnp.int32)
+
     parts = []
     for part in opt_state:
         if isinstance(part, optax.TraceState):
             part = part._replace(trace=pick(part.trace, "momentum_buffer"))
         elif isinstance(part, optax.ScaleByAdamState):
-            part = part._replace(count=count, mu=pick(part.mu, "exp_avg"), nu=pick(part.nu, "exp_avg_sq"))
+            part = part._replace(count=count(), mu=pick(part.mu, "exp_avg"), nu=pick(part.nu, "exp_avg_sq"))
         elif isinstance(part, optax.ScaleByScheduleState):
-            part = part._replace(count=count)
+            part = part._replace(count=count())
         parts.append(part)
     return tuple(parts)
 
