@@ -83,6 +83,12 @@ def _jax_device(device: str) -> jax.Device:
         raise JaxnetError(f"device {device!r} requested but JAX sees no {platform} device") from None
 
 
+_EVAL = jax.jit(jtrain.evaluate, static_argnums=(0,), static_argnames="batch_size")
+_GRADS = jax.jit(jtrain.loss_and_grads, static_argnums=(1,))
+_ACTS = jax.jit(lambda graphdef, params, x: jmodel.activations(nnx.merge(graphdef, params), x), static_argnums=(0,))
+_LOGITS = jax.jit(lambda graphdef, params, x: nnx.merge(graphdef, params)(x), static_argnums=(0,))
+
+
 class JaxBackend:
     """Flax NNX model split into ``(graphdef, params)``; training runs as compiled ``lax.scan``.
 
@@ -110,15 +116,8 @@ class JaxBackend:
         self.step = 0
         self.tx = None
         self._data: tuple[jax.Array, jax.Array] | None = None
-        self._eval = jax.jit(jtrain.evaluate, static_argnums=(0,), static_argnames="batch_size")
-        self._grads = jax.jit(jtrain.loss_and_grads, static_argnums=(1,))
-        self._acts = jax.jit(
-            lambda graphdef, params, x: jmodel.activations(nnx.merge(graphdef, params), x),
-            static_argnums=(0,),
-        )
-        self._logits = jax.jit(
-            lambda graphdef, params, x: nnx.merge(graphdef, params)(x), static_argnums=(0,)
-        )
+        # Module-level jits: their caches are keyed by graphdef, shared by every instance.
+        self._eval, self._grads, self._acts, self._logits = _EVAL, _GRADS, _ACTS, _LOGITS
 
     def describe(self) -> str:
         return f"jax {jax.__version__} on {self.device.platform}:{self.device.id} ({self.device.device_kind})"

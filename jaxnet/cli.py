@@ -7,6 +7,7 @@ the backend. Errors print one line, ``jaxnet: error: ...``, and exit with status
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -124,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("source", type=Path)
     c.add_argument("target", type=Path)
 
-    # PARITY_BENCH_PARSERS
+    from jaxnet import parity
+
+    parity.add_arguments(sub.add_parser("parity", help="compare the two backends, layer by layer, step by step"))
     return parser
 
 
@@ -308,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         "plot": cmd_plot,
         "convert": cmd_convert,
     }
+    if args.command in ("parity", "bench"):  # the harness commands live in their own modules
+        commands[args.command] = importlib.import_module(f"jaxnet.{args.command}").main
     try:
         return commands[args.command](args, parser)
     except JaxnetError as err:

@@ -98,6 +98,24 @@ def tolerance(dtype: str, reduction: int, *, steps: int = 1, matmul: str = "high
     return SAFETY * math.sqrt(reduction) * unit_roundoff(dtype, matmul) * max(1, steps)
 
 
+def adam_amplification(lr: float, eps: float, grad_scale: float, param_scale: float) -> float:
+    """How much an Adam-family step can magnify gradient rounding, relative to the parameters.
+
+    The update ``lr * g / (|g| + eps)`` has slope at most ``lr / eps`` (at ``g = 0``), so an
+    absolute gradient error ``tol * max|g|`` moves a parameter by up to
+    ``lr * tol * max|g| / eps``; relative to ``max|w|`` that is ``tol`` times the factor
+    returned here. Plain SGD has factor 1 (its step is ``lr * g`` with ``lr * max|g| << max|w|``).
+    """
+    return 1.0 + lr * grad_scale / (eps * param_scale)
+
+
+def rel_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    """Just the normwise ``rel`` of :func:`compare`, cheap enough to call every step."""
+    scale = float(np.abs(expected).max())
+    diff = float(np.abs(np.asarray(actual) - expected).max())
+    return diff / scale if scale > 0 else (0.0 if diff == 0 else math.inf)
+
+
 def reductions(hidden: tuple[int, ...], in_features: int = 784, batch: int = 64) -> dict[str, int]:
     """Total reduction lengths of the model's quantities (what :func:`tolerance` takes).
 

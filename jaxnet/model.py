@@ -39,6 +39,9 @@ def torch_linear_init(fan_in: int) -> nnx.Initializer:
     return init
 
 
+relu = jax.nn.relu  # derivative 0 at 0, like torch (``jnp.maximum(x, 0)`` would give 0.5)
+
+
 def flatten(x: jax.Array) -> jax.Array:
     """``nn.Flatten()``: ``[batch, *dims] -> [batch, prod(dims)]`` (``start_dim=1``)."""
     return x.reshape(x.shape[0], -1)
@@ -69,7 +72,7 @@ class NeuralNetwork(nnx.Module):
             linear = nnx.Linear(
                 fan_in, fan_out, kernel_init=init, bias_init=init, param_dtype=dtype, rngs=rngs
             )
-            layers += [linear, nnx.relu]  # jax.nn.relu: derivative 0 at 0, like torch
+            layers += [linear, relu]
         self.flatten = flatten
         self.linear_relu_stack = nnx.Sequential(*layers[:-1])
 
@@ -92,12 +95,13 @@ def build(config: ModelConfig, *, seed: int = 0, dtype: str = "float32") -> Neur
 
 
 def activations(model: NeuralNetwork, x: jax.Array) -> dict[str, jax.Array]:
-    """Every intermediate output, keyed like ``torchref.activations``."""
+    """Every intermediate output keyed like ``torchref.activations``, then the softmax."""
     out = {"flatten": model.flatten(x)}
     h = out["flatten"]
     for i, layer in enumerate(model.linear_relu_stack.layers):
         h = layer(h)
         out[f"linear_relu_stack.{i}"] = h
+    out["softmax"] = jax.nn.softmax(h, axis=1)
     return out
 
 

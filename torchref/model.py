@@ -44,10 +44,12 @@ class NeuralNetwork(nn.Module):
 
 
 def activations(model: NeuralNetwork, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Every intermediate output, keyed by module path: ``flatten``, ``linear_relu_stack.0``, ..."""
+    """Every intermediate output keyed by module path (``flatten``, ``linear_relu_stack.0``, ...),
+    then the tutorial's ``nn.Softmax(dim=1)`` of the logits as ``softmax``."""
     out = {"flatten": model.flatten(x)}
     h = out["flatten"]
     for name, layer in model.linear_relu_stack.named_children():
         h = layer(h)
         out[f"linear_relu_stack.{name}"] = h
+    out["softmax"] = nn.Softmax(dim=1)(h)
     return out

@@ -19,11 +19,17 @@ loss_fn = nn.CrossEntropyLoss()  # mean over the batch of -log_softmax(logits)[l
 def loss_and_grads(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The loss and ``d loss / d param`` for every named parameter, via ``loss.backward()``."""
+    """The loss and ``d loss / d param`` for every named parameter, via ``loss.backward()``.
+
+    ``backward()`` *accumulates* into ``.grad``, so the gradients are cleared before and after:
+    a later ``optimizer.step()`` must not see these.
+    """
     model.zero_grad(set_to_none=True)
     loss = loss_fn(model(x), y)
     loss.backward()
-    return loss.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    return loss.detach(), grads
 
 
 def make_optimizer(
