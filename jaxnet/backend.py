@@ -85,7 +85,9 @@ def _jax_device(device: str) -> jax.Device:
 
 _EVAL = jax.jit(jtrain.evaluate, static_argnums=(0,), static_argnames="batch_size")
 _GRADS = jax.jit(jtrain.loss_and_grads, static_argnums=(1,))
-_ACTS = jax.jit(lambda graphdef, params, x: jmodel.activations(nnx.merge(graphdef, params), x), static_argnums=(0,))
+_ACTS = jax.jit(
+    lambda graphdef, params, x: jmodel.activations(nnx.merge(graphdef, params), x), static_argnums=(0,)
+)
 _LOGITS = jax.jit(lambda graphdef, params, x: nnx.merge(graphdef, params)(x), static_argnums=(0,))
 
 

@@ -127,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from jaxnet import parity
 
-    parity.add_arguments(sub.add_parser("parity", help="compare the two backends, layer by layer, step by step"))
+    parity.add_arguments(
+        sub.add_parser("parity", help="compare the two backends, layer by layer, step by step")
+    )
     return parser
 
 

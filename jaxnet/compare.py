@@ -73,8 +73,9 @@ def compare(actual: np.ndarray, expected: np.ndarray) -> Error:
     rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
     ulp = float(np.spacing(np.asarray(scale, dtype=np.asarray(expected).dtype))) if scale > 0 else 0.0
     ulps = max_abs / ulp if ulp > 0 else (0.0 if max_abs == 0 else math.inf)
-    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
-    cosine = float(np.dot(a.ravel(), b.ravel()) / norms) if norms > 0 else float(max_abs == 0)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf/nan inputs give a nan cosine, not a warning
+        norms = float(np.linalg.norm(a) * np.linalg.norm(b))
+        cosine = float(np.dot(a.ravel(), b.ravel()) / norms) if norms > 0 else float(max_abs == 0)
     return Error(max_abs, rel, ulps, cosine, tuple(int(i) for i in worst))
 
 

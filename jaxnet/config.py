@@ -142,7 +142,9 @@ class TrainConfig:
 # Named optimizer recipes the parity report and tests run (``total_steps`` set per run).
 RECIPES = {
     "sgd": OptimConfig(),
-    "sgd-momentum-nesterov-wd": OptimConfig(name="sgd", lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4),
+    "sgd-momentum-nesterov-wd": OptimConfig(
+        name="sgd", lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4
+    ),
     "adam": OptimConfig(name="adam", lr=1e-3, weight_decay=1e-4),
     "adamw-cosine": OptimConfig(name="adamw", lr=1e-3, weight_decay=1e-2, schedule="cosine"),
 }

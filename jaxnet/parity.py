@@ -54,7 +54,9 @@ class Row:
 class Report:
     rows: list[Row]
     environment: dict[str, str]
-    histories: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # "dtype recipe" -> param -> rel per step
+    histories: dict[str, dict[str, list[float]]] = field(
+        default_factory=dict
+    )  # "dtype recipe" -> param -> rel per step
     tolerances: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # same keys -> tol per step
     seconds: float = 0.0
 
@@ -68,7 +70,11 @@ class Report:
 
 
 def _verdict(jax_err: float, torch_err: float, tol: float) -> str:
-    side = {(True, True): "both within float32 noise", (False, True): "jax deviates", (True, False): "torch deviates"}
+    side = {
+        (True, True): "both within float32 noise",
+        (False, True): "jax deviates",
+        (True, False): "torch deviates",
+    }
     verdict = side.get((jax_err <= tol, torch_err <= tol), "both deviate")
     return f"jax {jax_err:.1e} / torch {torch_err:.1e}: {verdict}"
 
@@ -76,24 +82,32 @@ def _verdict(jax_err: float, torch_err: float, tol: float) -> str:
 class _Recorder:
     """Collects rows for one dtype; with a float64 reference, fills the vs-float64 column."""
 
-    def __init__(self, dtype: str, reference: dict[str, np.ndarray] | None, keep: dict[str, np.ndarray] | None):
+    def __init__(
+        self, dtype: str, reference: dict[str, np.ndarray] | None, keep: dict[str, np.ndarray] | None
+    ):
         self.dtype, self.reference, self.keep, self.rows = dtype, reference, keep, []
 
-    def add(self, section: str, quantity: str, jax_value, torch_value, tol: float, passed: bool | None = None) -> Error:
+    def add(
+        self, section: str, quantity: str, jax_value, torch_value, tol: float, passed: bool | None = None
+    ) -> Error:
         err = compare(np.asarray(jax_value), np.asarray(torch_value))
         ok = err.within(tol) if passed is None else passed
         key = f"{section}/{quantity}"
         vs = ""
         if self.reference is not None and key in self.reference:
             ref = self.reference[key]
-            vs = _verdict(compare(np.asarray(jax_value), ref).rel, compare(np.asarray(torch_value), ref).rel, tol)
+            vs = _verdict(
+                compare(np.asarray(jax_value), ref).rel, compare(np.asarray(torch_value), ref).rel, tol
+            )
         if self.keep is not None:  # this is the float64 run: keep torch's values as the reference
             self.keep[key] = np.asarray(torch_value, dtype=np.float64)
         self.rows.append(Row(section, quantity, self.dtype, err, tol, bool(ok), vs))
         return err
 
 
-def _pair(config: ModelConfig, dtype: str, device: str, state: dict[str, np.ndarray]) -> tuple[Backend, Backend]:
+def _pair(
+    config: ModelConfig, dtype: str, device: str, state: dict[str, np.ndarray]
+) -> tuple[Backend, Backend]:
     from jaxnet.backend import get_backend
 
     return (
@@ -102,7 +116,9 @@ def _pair(config: ModelConfig, dtype: str, device: str, state: dict[str, np.ndar
     )
 
 
-def _forward_and_gradient(rec: _Recorder, jb: Backend, tb: Backend, x, y, red: dict[str, int], matmul: str) -> None:
+def _forward_and_gradient(
+    rec: _Recorder, jb: Backend, tb: Backend, x, y, red: dict[str, int], matmul: str
+) -> None:
     tol_f = tolerance(rec.dtype, red["forward"], matmul=matmul)
     acts_j, acts_t = jb.activations(x), tb.activations(x)
     for name in acts_j:
@@ -112,37 +128,67 @@ def _forward_and_gradient(rec: _Recorder, jb: Backend, tb: Backend, x, y, red: d
         flips = mask_flips(pre_j, pre_t)
         scale = np.abs(pre_t).max()
         ties = sum(abs(pre_t[r, c]) <= tol_f * scale for r, c in flips)  # rounding-level ties are fine
-        rec.add("forward", f"relu mask {i + 1}: {len(flips)} flips, {ties} at ties", len(flips) - ties, 0, 0.0)
+        rec.add(
+            "forward", f"relu mask {i + 1}: {len(flips)} flips, {ties} at ties", len(flips) - ties, 0, 0.0
+        )
     loss_j, grads_j = jb.loss_and_grads(x, y)
     loss_t, grads_t = tb.loss_and_grads(x, y)
-    rec.add("forward", "loss", np.float64(loss_j), np.float64(loss_t), tolerance(rec.dtype, red["loss"], matmul=matmul))
+    rec.add(
+        "forward",
+        "loss",
+        np.float64(loss_j),
+        np.float64(loss_t),
+        tolerance(rec.dtype, red["loss"], matmul=matmul),
+    )
     for name in grads_j:
-        rec.add("gradient", name, grads_j[name], grads_t[name], tolerance(rec.dtype, red["grad"], matmul=matmul))
+        rec.add(
+            "gradient", name, grads_j[name], grads_t[name], tolerance(rec.dtype, red["grad"], matmul=matmul)
+        )
 
 
-def _probes(rec: _Recorder, config: ModelConfig, state, x, y, device: str, red: dict[str, int], matmul: str) -> None:
+def _probes(
+    rec: _Recorder, config: ModelConfig, state, x, y, device: str, red: dict[str, int], matmul: str
+) -> None:
     """Inputs at the edges: ReLU exactly at 0, and logits far beyond exp's range."""
     zero_bias = {k: (np.zeros_like(v) if k.endswith("bias") else v) for k, v in state.items()}
     zero = np.zeros((1, *x.shape[1:]), x.dtype)
     jb, tb = _pair(config, rec.dtype, device, zero_bias)
     grads_j, grads_t = jb.loss_and_grads(zero, y[:1])[1], tb.loss_and_grads(zero, y[:1])[1]
     for name in grads_j:  # all pre-activations are exactly 0: relu'(0) decides these
-        rec.add("probe", f"relu'(0): grad {name}", grads_j[name], grads_t[name], tolerance(rec.dtype, red["grad"], matmul=matmul))
+        rec.add(
+            "probe",
+            f"relu'(0): grad {name}",
+            grads_j[name],
+            grads_t[name],
+            tolerance(rec.dtype, red["grad"], matmul=matmul),
+        )
     last = f"linear_relu_stack.{2 * len(config.hidden)}"
     extreme = {k: (v * v.dtype.type(EXTREME_SCALE) if k.startswith(last) else v) for k, v in state.items()}
     jb, tb = _pair(config, rec.dtype, device, extreme)
     loss_j, loss_t = jb.loss_and_grads(x, y)[0], tb.loss_and_grads(x, y)[0]
-    rec.add("probe", f"loss at extreme logits (x{EXTREME_SCALE:g})", np.float64(loss_j), np.float64(loss_t), tolerance(rec.dtype, red["loss"], matmul=matmul))
+    rec.add(
+        "probe",
+        f"loss at extreme logits (x{EXTREME_SCALE:g})",
+        np.float64(loss_j),
+        np.float64(loss_t),
+        tolerance(rec.dtype, red["loss"], matmul=matmul),
+    )
 
 
-def _step_tolerances(opt, dtype: str, red, matmul: str, grads: dict, params: dict, steps: int) -> dict[str, list[float]]:
+def _step_tolerances(
+    opt, dtype: str, red, matmul: str, grads: dict, params: dict, steps: int
+) -> dict[str, list[float]]:
     """Per parameter, the tolerance after each step; Adam's factor from the first gradient."""
     out = {}
     for name, g in grads.items():
         factor = 1.0
         if opt.name in ("adam", "adamw"):
-            factor = adam_amplification(opt.lr, opt.eps, float(np.abs(g).max()), float(np.abs(params[name]).max()))
-        out[name] = [factor * tolerance(dtype, red["grad"], steps=t, matmul=matmul) for t in range(1, steps + 1)]
+            factor = adam_amplification(
+                opt.lr, opt.eps, float(np.abs(g).max()), float(np.abs(params[name]).max())
+            )
+        out[name] = [
+            factor * tolerance(dtype, red["grad"], steps=t, matmul=matmul) for t in range(1, steps + 1)
+        ]
     return out
 
 
@@ -165,7 +211,14 @@ def _steps(rec, report, pair, recipe_name, batches, images, labels, red, matmul)
     report.histories[key], report.tolerances[key] = history, tols
     for name in pj:
         passed = all(e <= t for e, t in zip(history[name], tols[name], strict=True))
-        rec.add(f"step {len(batches)}", f"{recipe_name}: {name}", pj[name], pt[name], tols[name][-1], passed=passed)
+        rec.add(
+            f"step {len(batches)}",
+            f"{recipe_name}: {name}",
+            pj[name],
+            pt[name],
+            tols[name][-1],
+            passed=passed,
+        )
 
 
 def _epoch(rec, pair, data: FashionMNIST, recipe_name: str, seed: int, red, matmul) -> None:
@@ -188,7 +241,14 @@ def _epoch(rec, pair, data: FashionMNIST, recipe_name: str, seed: int, red, matm
     # float64 trajectories agree to ~1e-13, so no prediction may flip; float32 ones drift by
     # rounding (~1e-4 after an epoch) and may flip a near-tie: at most 0.1% of the test set.
     allowed = 0 if rec.dtype == "float64" else len(pred_j) // 1000
-    rec.add("epoch", f"test predictions differing: {differ} of {len(pred_j)}", float(differ), 0.0, 0.0, passed=differ <= allowed)
+    rec.add(
+        "epoch",
+        f"test predictions differing: {differ} of {len(pred_j)}",
+        float(differ),
+        0.0,
+        0.0,
+        passed=differ <= allowed,
+    )
 
 
 def environment(jb: Backend, tb: Backend, matmul: str) -> dict[str, str]:
@@ -225,7 +285,12 @@ def _matmul_in_force(device: str, precision: str) -> str:
         torch.set_float32_matmul_precision("highest")
         return "highest"
     jax_gpu = (jax.devices()[0].platform == "gpu") if device == "auto" else device == "cuda"
-    jax_reduced = jax_gpu and str(jax.config.jax_default_matmul_precision) in ("None", "default", "bfloat16", "tensorfloat32")
+    jax_reduced = jax_gpu and str(jax.config.jax_default_matmul_precision) in (
+        "None",
+        "default",
+        "bfloat16",
+        "tensorfloat32",
+    )
     torch_reduced = torch.cuda.is_available() and device != "cpu" and torch.backends.cuda.matmul.allow_tf32
     return "tf32" if jax_reduced or torch_reduced else "highest"
 
@@ -291,7 +356,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=("float32", "float64", "both"), default="both")
     p.add_argument("--steps", type=int, default=100, help="optimizer steps compared one by one")
     p.add_argument("--optimizer", choices=(*RECIPES, "all"), default="all", help="recipe for the step rows")
-    p.add_argument("--epoch-optimizer", choices=(*RECIPES, "none"), default="sgd", help="recipe of the full epoch")
+    p.add_argument(
+        "--epoch-optimizer", choices=(*RECIPES, "none"), default="sgd", help="recipe of the full epoch"
+    )
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--matmul-precision", choices=("highest", "default"), default="highest")
     p.add_argument("--seed", type=int, default=0)

@@ -9,7 +9,19 @@ from pathlib import Path
 
 from jaxnet.parity import Report, Row
 
-COLUMNS = ("section", "quantity", "dtype", "max abs", "rel", "ulps", "cosine", "worst at", "tol", "ok", "vs float64")
+COLUMNS = (
+    "section",
+    "quantity",
+    "dtype",
+    "max abs",
+    "rel",
+    "ulps",
+    "cosine",
+    "worst at",
+    "tol",
+    "ok",
+    "vs float64",
+)
 
 
 def _num(x: float) -> str:
@@ -36,7 +48,11 @@ def _cells(row: Row) -> tuple[str, ...]:
 def summary(report: Report) -> str:
     bad = report.failures
     head = f"{len(report.rows) - len(bad)}/{len(report.rows)} within tolerance in {report.seconds:.1f} s"
-    return head if not bad else head + "; first failure: " + f"{bad[0].section} / {bad[0].quantity} ({bad[0].dtype})"
+    return (
+        head
+        if not bad
+        else head + "; first failure: " + f"{bad[0].section} / {bad[0].quantity} ({bad[0].dtype})"
+    )
 
 
 def print_table(report: Report) -> None:
@@ -98,16 +114,20 @@ def plot(report: Report, path: Path) -> None:
     keys = list(report.histories)
     cols = min(4, len(keys)) or 1
     rows = math.ceil(len(keys) / cols) or 1
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False, constrained_layout=True
+    )
     for ax, key in zip(axes.flat, keys, strict=False):
         floor = 1e-18  # exact agreement drawn at the floor of the log axis
         for name, errors in report.histories[key].items():
             steps = range(1, len(errors) + 1)
-            (line,) = ax.plot(steps, [max(e, floor) for e in errors], label=name.removeprefix("linear_relu_stack."))
+            (line,) = ax.plot(
+                steps, [max(e, floor) for e in errors], label=name.removeprefix("linear_relu_stack.")
+            )
             ax.plot(steps, report.tolerances[key][name], ":", color=line.get_color(), linewidth=0.8)
         ax.set(yscale="log", title=key, xlabel="step", ylabel="rel error")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(keys):]:
+    for ax in list(axes.flat)[len(keys) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     path.parent.mkdir(parents=True, exist_ok=True)
