@@ -305,10 +305,11 @@ def run_parity(
     device: str = "auto",
     matmul_precision: str = "highest",
     seed: int = 0,
-    config: ModelConfig = ModelConfig(),
+    config: ModelConfig | None = None,
 ) -> Report:
     """Run every comparison; float64 first, so float32 rows can be checked against it."""
     start = time.perf_counter()
+    config = config or ModelConfig()
     if "float64" in dtypes:
         from jaxnet.backend import enable_x64
 
