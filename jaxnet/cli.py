@@ -125,10 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("source", type=Path)
     c.add_argument("target", type=Path)
 
-    from jaxnet import parity
+    from jaxnet import bench, parity
 
     parity.add_arguments(
         sub.add_parser("parity", help="compare the two backends, layer by layer, step by step")
+    )
+    bench.add_arguments(
+        sub.add_parser("bench", help="time both backends' training loops against the GEMM peak")
     )
     return parser
 

@@ -59,7 +59,7 @@ def print_table(report: Report) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console() if Console().is_terminal else Console(width=220)
     env = Table(title="environment", show_header=False)
     for key, value in report.environment.items():
         env.add_row(key, value)

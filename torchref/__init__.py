@@ -4,6 +4,7 @@ Imports torch and numpy only (never jax or jaxnet), so a tutorial reader recogni
 the harness can trust it as the reference.
 """
 
+from torchref.data import FashionMNISTDataset, to_tensor, tutorial_loader
 from torchref.model import NeuralNetwork, activations
 from torchref.train import (
     evaluate,
@@ -19,6 +20,7 @@ from torchref.train import (
 )
 
 __all__ = [
+    "FashionMNISTDataset",
     "NeuralNetwork",
     "activations",
     "evaluate",
@@ -29,6 +31,8 @@ __all__ = [
     "make_scheduler",
     "optimizer_state",
     "test_loop",
+    "to_tensor",
     "train_loop",
     "train_step",
+    "tutorial_loader",
 ]

@@ -1,0 +1,101 @@
+"""The fast training paths compute exactly what the simple ones do (bit for bit on CPU).
+
+Speed itself is measured by ``jaxnet bench``, never asserted in a test.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+import torchref
+from jaxnet import checkpoint, data
+from jaxnet.backend import JaxBackend, get_backend
+from jaxnet.config import RECIPES, ModelConfig
+
+LIMIT = 3232  # 50 full batches and a tail of 32: both code paths of the scan
+
+
+def _batches(n: int) -> list[np.ndarray]:
+    order = data.epoch_order(n, seed=0, epoch=0)
+    return [order[s] for s in data.batch_slices(n, 64)]
+
+
+def _bits(state: dict[str, np.ndarray]) -> dict[str, bytes]:
+    return {k: v.tobytes() for k, v in state.items()}
+
+
+def test_jax_scan_epoch_equals_the_step_loop_bit_for_bit(fmnist):
+    config = ModelConfig()
+    state = checkpoint.init_state_dict(config, 0)
+    x, y = fmnist.train.float_images()[:LIMIT], fmnist.train.labels[:LIMIT]
+    results = {}
+    for scan in (True, False):
+        backend = JaxBackend(config, scan=scan)
+        backend.load_state_dict(state)
+        backend.set_optimizer(RECIPES["adam"])
+        backend.set_train_data(x, y)
+        losses = backend.train_steps(_batches(LIMIT))
+        results[scan] = (_bits(backend.state_dict()), losses.tobytes(), _bits(backend.optimizer_state()))
+    assert results[True] == results[False]
+
+
+def test_torch_fast_path_equals_the_tutorial_dataloader_loop_bit_for_bit(fmnist):
+    config = ModelConfig()
+    state = checkpoint.init_state_dict(config, 0)
+    images, labels = fmnist.train.images[:LIMIT], fmnist.train.labels[:LIMIT]
+    model = torchref.NeuralNetwork()
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    torchref.train_loop(torchref.tutorial_loader(images, labels), LIMIT, model, optimizer, log=None)
+    fast = get_backend("torch", config, state=state)
+    fast.set_optimizer(RECIPES["sgd"])
+    fast.set_train_data(data.to_float(images)[:, None], labels)
+    fast.train_steps(
+        [np.arange(s.start, s.stop) for s in data.batch_slices(LIMIT, 64)]
+    )  # the tutorial's order
+    tutorial = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    assert _bits(fast.state_dict()) == _bits(tutorial)
+
+
+def test_jax_one_call_evaluation_matches_torch_batched_evaluation(fmnist):
+    config = ModelConfig()
+    state = checkpoint.init_state_dict(config, 4)
+    x, y = fmnist.test.float_images(), fmnist.test.labels
+    correct_j, loss_j = get_backend("jax", config, state=state).evaluate(x, y)
+    correct_t, loss_t = get_backend("torch", config, state=state).evaluate(x, y)
+    assert correct_j == correct_t
+    # float32: 157 batch means of 64-term sums (K ~ 1800 + 64): well inside 16 sqrt(K) u ~ 4e-5.
+    assert abs(loss_j - loss_t) <= 4e-5 * loss_t
+
+
+def test_bench_command_prints_its_table_and_json(tmp_path):
+    out = tmp_path / "bench.json"
+    args = [
+        "bench",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "640",
+        "--paths",
+        "torch-tutorial",
+        "jax-scan",
+        "--json",
+        str(out),
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "jaxnet", *args], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "measured peak" in result.stdout and "jax-scan" in result.stdout
+    report = json.loads(out.read_text())
+    assert [r["path"] for r in report["results"]] == ["torch-tutorial", "jax-scan"]
+    assert report["peak_gflops"]["square_2048"] > 0 and report["epoch_gflop"] == data_gflop(640)
+
+
+def data_gflop(n: int) -> float:
+    return 2 * n * (2 * (784 * 512 + 512 * 512 + 512 * 10) + (512 * 512 + 512 * 10)) / 1e9
