@@ -15,7 +15,9 @@ from torch.utils.data import DataLoader, Dataset
 
 def to_tensor(image_u8: np.ndarray) -> torch.Tensor:
     """torchvision ``ToTensor`` for a ``[28, 28]`` uint8 image: ``[1, 28, 28]`` float32 in [0, 1]."""
-    return torch.from_numpy(image_u8).unsqueeze(0).to(torch.float32).div(255)
+    return (
+        torch.tensor(image_u8).unsqueeze(0).to(torch.float32).div(255)
+    )  # a copy: torch wants writable memory
 
 
 class FashionMNISTDataset(Dataset):

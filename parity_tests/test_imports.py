@@ -1,0 +1,56 @@
+"""The import rules: torchref never sees jax, and jaxnet works without torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+BLOCK_TORCH = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+sys.meta_path.insert(0, Block())
+"""
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+def test_torchref_imports_neither_jax_nor_jaxnet():
+    result = _run(
+        "import sys, torchref; print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxnet', 'flax')))"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_jaxnet_trains_and_evaluates_without_torch(tmp_path):
+    code = (
+        BLOCK_TORCH
+        + f"""
+import jaxnet, jaxnet.model, jaxnet.train, jaxnet.backend, jaxnet.run, jaxnet.parity, jaxnet.bench
+from jaxnet.cli import main
+assert main(["train", "--epochs", "1", "--train-limit", "640", "--save", r"{tmp_path / "c.safetensors"}"]) == 0
+assert main(["eval", "--checkpoint", r"{tmp_path / "c.safetensors"}", "--json"]) == 0
+assert "torch" not in sys.modules
+"""
+    )
+    result = _run(code)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert '"total": 10000' in result.stdout
+
+
+def test_asking_for_torch_without_it_is_a_clear_error():
+    code = (
+        BLOCK_TORCH
+        + """
+from jaxnet.cli import main
+raise SystemExit(main(["eval", "--backend", "torch", "--checkpoint", "/nonexistent.pth"]))
+"""
+    )
+    result = _run(code)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "reading .pth files needs torch" in result.stderr
