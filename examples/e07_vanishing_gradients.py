@@ -45,6 +45,8 @@ def jax_side(x, y, weights, activation):
 
 # %% check
 def main(plot_path=None):
+    import itertools
+
     import numpy as np
 
     from examples._common import real_batch
