@@ -54,10 +54,7 @@ def main(plot_path=None):
     x, y = real_batch(64, "float64")
     rng = np.random.default_rng(0)
     sizes = [784] + [64] * 11 + [10]
-    weights = [
-        (rng.uniform(-1, 1, (o, i)) / np.sqrt(i), np.zeros(o))
-        for i, o in zip(sizes[:-1], sizes[1:], strict=True)
-    ]
+    weights = [(rng.uniform(-1, 1, (o, i)) / np.sqrt(i), np.zeros(o)) for i, o in itertools.pairwise(sizes)]
     norms = {}
     for activation in ("sigmoid", "relu"):
         t, j = torch_side(x, y, weights, activation), jax_side(x, y, weights, activation)
