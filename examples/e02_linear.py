@@ -24,9 +24,9 @@ from flax import nnx
 
 def jax_side(x, weight, bias):
     layer = nnx.Linear(784, 512, rngs=nnx.Rngs(0))  # kernel [784, 512]
-    layer.kernel.value = jnp.asarray(weight.T)  # torch [out, in] -> flax [in, out]
-    layer.bias.value = jnp.asarray(bias)
-    return layer.kernel.value.shape, layer(jnp.asarray(x))
+    layer.kernel[...] = jnp.asarray(weight.T)  # torch [out, in] -> flax [in, out]
+    layer.bias[...] = jnp.asarray(bias)
+    return layer.kernel.shape, layer(jnp.asarray(x))
 
 
 # %% check

@@ -50,10 +50,10 @@ def jax_side(x, y, state):
         return cross_entropy(nnx.merge(graphdef, params)(x), y)
 
     loss, grads = jax.value_and_grad(loss_fn)(params)  # nothing accumulates anywhere
-    bias_grad = grads["linear_relu_stack"]["layers"][0]["bias"].value
+    bias_grad = grads["linear_relu_stack"]["layers"][0]["bias"][...]
     # stop_gradient is .detach(): no gradient flows through what it wraps
     detached = jax.grad(lambda p: jax.lax.stop_gradient(loss_fn(p)))(params)
-    return float(loss), bias_grad, detached["linear_relu_stack"]["layers"][0]["bias"].value
+    return float(loss), bias_grad, detached["linear_relu_stack"]["layers"][0]["bias"][...]
 
 
 # %% check

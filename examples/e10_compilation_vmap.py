@@ -51,7 +51,7 @@ def jax_side(x, y, state):
         return cross_entropy(nnx.merge(graphdef, params)(xi[None]), yi[None])
 
     per_example = jax.jit(jax.vmap(jax.grad(loss_one), in_axes=(None, 0, 0)))(params, x, y)
-    return forward(params, x), per_example["linear_relu_stack"]["layers"][4]["bias"].value
+    return forward(params, x), per_example["linear_relu_stack"]["layers"][4]["bias"][...]
 
 
 # %% check

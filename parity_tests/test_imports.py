@@ -43,14 +43,27 @@ assert "torch" not in sys.modules
     assert '"total": 10000' in result.stdout
 
 
-def test_asking_for_torch_without_it_is_a_clear_error():
+def test_asking_for_torch_without_it_is_a_clear_error(tmp_path):
+    import torch
+
+    import torchref
+
+    torch.save(torchref.NeuralNetwork().state_dict(), tmp_path / "model.pth")
     code = (
         BLOCK_TORCH
-        + """
+        + f"""
+from jaxnet.backend import get_backend
 from jaxnet.cli import main
-raise SystemExit(main(["eval", "--backend", "torch", "--checkpoint", "/nonexistent.pth"]))
+from jaxnet.config import ModelConfig
+from jaxnet.errors import JaxnetError
+try:
+    get_backend("torch", ModelConfig())
+except JaxnetError as err:
+    print(err)
+raise SystemExit(main(["eval", "--checkpoint", r"{tmp_path / "model.pth"}"]))
 """
     )
     result = _run(code)
     assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "the torch backend needs torch" in result.stdout
     assert "reading .pth files needs torch" in result.stderr
