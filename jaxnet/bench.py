@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+from jaxnet.argtypes import nonneg_int, positive_int
 from jaxnet.config import ModelConfig, OptimConfig
 
 PATHS = ("torch-tutorial", "torch-fast", "jax-step", "jax-scan")
@@ -233,15 +234,13 @@ def print_table(report: dict) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--epochs", type=int, default=3, help="timed epochs per path (after one warm-up)")
+    p.add_argument("--epochs", type=positive_int, default=3, help="timed epochs per path (after one warm-up)")
     p.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
-    p.add_argument("--train-limit", type=int, default=0, help="first N training images (0: all)")
+    p.add_argument("--train-limit", type=nonneg_int, default=0, help="first N training images (0: all)")
     p.add_argument("--json", type=Path, help="write the results as JSON")
 
 
 def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    if args.epochs < 1 or args.train_limit < 0:
-        parser.error("--epochs must be >= 1 and --train-limit >= 0")
     report = run_bench(tuple(args.paths), args.epochs, args.train_limit)
     print_table(report)
     if args.json:

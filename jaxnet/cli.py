@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from jaxnet.argtypes import finite_float, nonneg_int, positive_int
 from jaxnet.config import (
     BACKENDS,
     DEVICES,
@@ -41,36 +42,6 @@ _RECIPE_DEFAULTS = {
 }
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"must be finite, got {text}")
-    return value
-
-
 def _common(p: argparse.ArgumentParser, *, backend: bool = True) -> None:
     if backend:
         p.add_argument("--backend", choices=BACKENDS, default="jax")
@@ -85,18 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train the tutorial model (defaults: the tutorial's recipe)")
     _common(t)
     t.add_argument("--optimizer", choices=OPTIMIZERS)
-    t.add_argument("--lr", type=_float)
-    t.add_argument("--momentum", type=_float)
+    t.add_argument("--lr", type=finite_float)
+    t.add_argument("--momentum", type=finite_float)
     t.add_argument("--nesterov", action="store_const", const=True)
-    t.add_argument("--weight-decay", type=_float, help="default: 0 (sgd, adam), 1e-2 (adamw, torch's)")
+    t.add_argument("--weight-decay", type=finite_float, help="default: 0 (sgd, adam), 1e-2 (adamw, torch's)")
     t.add_argument("--schedule", choices=SCHEDULES, help="per-step learning-rate schedule")
-    t.add_argument("--batch-size", type=_positive_int)
-    t.add_argument("--epochs", type=_positive_int)
-    t.add_argument("--seed", type=_nonneg_int)
+    t.add_argument("--batch-size", type=positive_int)
+    t.add_argument("--epochs", type=positive_int)
+    t.add_argument("--seed", type=nonneg_int)
     t.add_argument("--no-shuffle", action="store_const", const=True, help="the tutorial's fixed order")
     t.add_argument("--dtype", choices=DTYPES)
-    t.add_argument("--train-limit", type=_nonneg_int, help="train on the first N images only (quick runs)")
-    t.add_argument("--hidden", type=_positive_int, nargs="+", default=[512, 512], help="hidden sizes")
+    t.add_argument("--train-limit", type=nonneg_int, help="train on the first N images only (quick runs)")
+    t.add_argument("--hidden", type=positive_int, nargs="+", default=[512, 512], help="hidden sizes")
     t.add_argument("--init", choices=("shared", "native"), default="shared",
                    help="shared: numpy weights from --seed, the same in both backends; native: each framework's RNG")  # fmt: skip
     t.add_argument("--save", type=Path, help="checkpoint (.safetensors) written after every epoch")
@@ -109,13 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a checkpoint on the 10,000 test images")
     _common(e)
     e.add_argument("--checkpoint", type=Path, required=True, help=".safetensors or tutorial .pth")
-    e.add_argument("--batch-size", type=_positive_int, default=64, help="for the per-batch mean loss")
+    e.add_argument("--batch-size", type=positive_int, default=64, help="for the per-batch mean loss")
     e.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("predict", help="predicted and actual class of test images")
     _common(p)
     p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--index", type=_nonneg_int, nargs="+", default=[0], help="test-set indices")
+    p.add_argument("--index", type=nonneg_int, nargs="+", default=[0], help="test-set indices")
 
     pl = sub.add_parser("plot", help="overlay the metrics of runs (JSON lines from --metrics)")
     pl.add_argument("runs", type=Path, nargs="+")

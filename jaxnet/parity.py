@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from jaxnet import checkpoint
+from jaxnet.argtypes import nonneg_int, positive_int
 from jaxnet.compare import Error, adam_amplification, compare, mask_flips, reductions, rel_error, tolerance
 from jaxnet.config import DEVICES, RECIPES, ModelConfig
 from jaxnet.data import FashionMNIST, batch_slices, epoch_order
@@ -355,14 +356,14 @@ def run_parity(
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=("float32", "float64", "both"), default="both")
-    p.add_argument("--steps", type=int, default=100, help="optimizer steps compared one by one")
+    p.add_argument("--steps", type=positive_int, default=100, help="optimizer steps compared one by one")
     p.add_argument("--optimizer", choices=(*RECIPES, "all"), default="all", help="recipe for the step rows")
     p.add_argument(
         "--epoch-optimizer", choices=(*RECIPES, "none"), default="sgd", help="recipe of the full epoch"
     )
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--matmul-precision", choices=("highest", "default"), default="highest")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--data-dir", type=Path)
     p.add_argument("--json", type=Path, help="write the report as JSON")
     p.add_argument("--markdown", type=Path, help="write the report as a markdown table")
@@ -372,8 +373,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from jaxnet import data, parity_report
 
-    if args.steps < 1:
-        parser.error(f"argument --steps: must be >= 1, got {args.steps}")
     dtypes = ("float64", "float32") if args.dtype == "both" else (args.dtype,)
     recipes = tuple(RECIPES) if args.optimizer == "all" else (args.optimizer,)
     report = run_parity(

@@ -23,7 +23,7 @@ from jaxnet import checkpoint as ckpt_io
 from jaxnet.backend import Backend
 from jaxnet.config import ModelConfig, TrainConfig
 from jaxnet.data import FashionMNIST, Split, batch_slices, epoch_order
-from jaxnet.errors import TrainingError
+from jaxnet.errors import CheckpointError, TrainingError
 
 LOG_EVERY = 100  # the tutorial prints the loss every 100 batches
 
@@ -234,8 +234,6 @@ class _Bar:
 
 def check_resume(ckpt: ckpt_io.Checkpoint, config: ModelConfig, cfg: TrainConfig) -> None:
     """A resumed run must use the checkpoint's model; the dtype must match its tensors."""
-    from jaxnet.errors import CheckpointError
-
     if ckpt.config != config:
         raise CheckpointError(f"checkpoint model {ckpt.config} differs from the requested {config}")
     if str(ckpt.dtype) != cfg.dtype:

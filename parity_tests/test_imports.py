@@ -67,3 +67,12 @@ raise SystemExit(main(["eval", "--checkpoint", r"{tmp_path / "model.pth"}"]))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "the torch backend needs torch" in result.stdout
     assert "reading .pth files needs torch" in result.stderr
+
+
+def test_public_api_resolves_lazily():
+    result = _run(
+        "import sys, jaxnet; assert 'jax' not in sys.modules; "
+        "print(jaxnet.ModelConfig().param_shapes()['linear_relu_stack.0.weight'], jaxnet.CLASS_NAMES[9])"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(512, 784) Ankle boot"
