@@ -7,6 +7,7 @@ jaxnet`` and the JAX-only commands work without torch installed.
 
 from __future__ import annotations
 
+import itertools
 from typing import Protocol
 
 import jax
@@ -161,25 +162,21 @@ class JaxBackend:
         assert self.tx is not None and self._data is not None, "set_optimizer and set_train_data first"
         images, labels = self._data
         losses = []
-        i = 0
-        while i < len(batches):
-            j = i
-            while self.scan and j < len(batches) and len(batches[j]) == len(batches[i]):
-                j += 1
-            if j - i > 1:
-                idx = self._put(np.stack(batches[i:j]))
+        for _, run in itertools.groupby(batches, key=len):
+            run = list(run)
+            if self.scan and len(run) > 1:
+                idx = self._put(np.stack(run))
                 self.params, self.opt_state, chunk = self._scan(
                     self.params, self.opt_state, images, labels, idx
                 )
                 losses.append(chunk)
-            else:
-                j = i + 1
-                idx = self._put(batches[i])
+                continue
+            for batch in run:
+                idx = self._put(batch)
                 self.params, self.opt_state, loss = self._step(
                     self.params, self.opt_state, images[idx], labels[idx]
                 )
                 losses.append(loss[None])
-            i = j
         self.step += len(batches)
         return np.asarray(jnp.concatenate(losses)) if losses else np.zeros(0)
 
