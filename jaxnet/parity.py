@@ -228,9 +228,8 @@ def _epoch(rec, pair, data: FashionMNIST, recipe_name: str, seed: int, red, matm
     order = epoch_order(n, seed=seed, epoch=0)
     batches = [order[s] for s in batch_slices(n, BATCH)]
     opt = replace(RECIPES[recipe_name], total_steps=len(batches))
-    for backend in pair:
+    for backend in pair:  # the training data is already on the device
         backend.set_optimizer(opt)
-        backend.set_train_data(data.train.float_images(rec.dtype), data.train.labels)
         backend.train_steps(batches)
     tol = tolerance(rec.dtype, red["grad"], steps=len(batches), matmul=matmul)
     pj, pt = jb.state_dict(), tb.state_dict()
@@ -338,13 +337,16 @@ def run_parity(
         _forward_and_gradient(rec, *pair, x.astype(dtype), y, red, matmul)
         _probes(rec, config, state, x.astype(dtype), y, device, red, matmul)
         images = train_x.astype(dtype)
+        for backend in pair:  # one pair per dtype: each run below restarts from ``state``
+            backend.set_train_data(images, data.train.labels)
         for name in recipes:
-            pair = _pair(config, dtype, device, state)
             for backend in pair:
-                backend.set_train_data(images, data.train.labels)
+                backend.load_state_dict(state)
             _steps(rec, report, pair, name, batches, images, data.train.labels, red, matmul)
         if epoch_recipe is not None:
-            _epoch(rec, _pair(config, dtype, device, state), data, epoch_recipe, seed, red, matmul)
+            for backend in pair:
+                backend.load_state_dict(state)
+            _epoch(rec, pair, data, epoch_recipe, seed, red, matmul)
         report.rows += rec.rows
         reference = keep
     report.seconds = time.perf_counter() - start
