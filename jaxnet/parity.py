@@ -147,13 +147,16 @@ def _forward_and_gradient(
         )
 
 
-def _probes(
-    rec: _Recorder, config: ModelConfig, state, x, y, device: str, red: dict[str, int], matmul: str
-) -> None:
-    """Inputs at the edges: ReLU exactly at 0, and logits far beyond exp's range."""
+def _probes(rec: _Recorder, pair, config: ModelConfig, state, x, y, red: dict[str, int], matmul: str) -> None:
+    """Inputs at the edges: ReLU exactly at 0, and logits far beyond exp's range.
+
+    Loads probe weights into ``pair``; the caller reloads ``state`` before training.
+    """
+    jb, tb = pair
     zero_bias = {k: (np.zeros_like(v) if k.endswith("bias") else v) for k, v in state.items()}
     zero = np.zeros((1, *x.shape[1:]), x.dtype)
-    jb, tb = _pair(config, rec.dtype, device, zero_bias)
+    for backend in pair:
+        backend.load_state_dict(zero_bias)
     grads_j, grads_t = jb.loss_and_grads(zero, y[:1])[1], tb.loss_and_grads(zero, y[:1])[1]
     for name in grads_j:  # all pre-activations are exactly 0: relu'(0) decides these
         rec.add(
@@ -165,7 +168,8 @@ def _probes(
         )
     last = f"linear_relu_stack.{2 * len(config.hidden)}"
     extreme = {k: (v * v.dtype.type(EXTREME_SCALE) if k.startswith(last) else v) for k, v in state.items()}
-    jb, tb = _pair(config, rec.dtype, device, extreme)
+    for backend in pair:
+        backend.load_state_dict(extreme)
     loss_j, loss_t = jb.loss_and_grads(x, y)[0], tb.loss_and_grads(x, y)[0]
     rec.add(
         "probe",
@@ -335,7 +339,7 @@ def run_parity(
         if not report.environment:
             report.environment = environment(*pair, matmul)
         _forward_and_gradient(rec, *pair, x.astype(dtype), y, red, matmul)
-        _probes(rec, config, state, x.astype(dtype), y, device, red, matmul)
+        _probes(rec, pair, config, state, x.astype(dtype), y, red, matmul)
         images = train_x.astype(dtype)
         for backend in pair:  # one pair per dtype: each run below restarts from ``state``
             backend.set_train_data(images, data.train.labels)
