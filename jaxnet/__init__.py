@@ -25,10 +25,9 @@ _EXPORTS = {
     "Checkpoint": ("jaxnet.checkpoint", "Checkpoint"),
     "load_checkpoint": ("jaxnet.checkpoint", "load"),
     "save_checkpoint": ("jaxnet.checkpoint", "save"),
-    "get_backend": ("jaxnet.backend", "get_backend"),
-    "compare": ("jaxnet.compare", "compare"),
-    "tolerance": ("jaxnet.compare", "tolerance"),
+    "get_backend": ("jaxnet.backends", "get_backend"),
     "JaxnetError": ("jaxnet.errors", "JaxnetError"),
+    "parity": ("jaxnet.parity", None),  # the subpackage itself
 }
 
 __all__ = [*_EXPORTS, "__version__"]
@@ -38,4 +37,5 @@ def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'jaxnet' has no attribute {name!r}")
     module, attr = _EXPORTS[name]
-    return getattr(importlib.import_module(module), attr)
+    imported = importlib.import_module(module)
+    return imported if attr is None else getattr(imported, attr)

@@ -25,9 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from jaxnet.argtypes import nonneg_int, positive_int
 from jaxnet.config import ModelConfig, OptimConfig
 
 PATHS = ("torch-tutorial", "torch-fast", "jax-step", "jax-scan")
@@ -102,7 +100,8 @@ def _epoch_fn(path: str, train_limit: int):
             lambda: torchref.train_loop(loader, n, model, optimizer, log=None),
             lambda: torchref.evaluate(model, tx, ty),
         )
-    from jaxnet.backend import JaxBackend, get_backend
+    from jaxnet.backends import get_backend
+    from jaxnet.backends.jax import JaxBackend
 
     if path == "jax-step":
         backend = JaxBackend(config, scan=False)
@@ -231,22 +230,6 @@ def print_table(report: dict) -> None:
     if not console.is_terminal:  # piped or redirected: don't squeeze the table into 80 columns
         console = Console(width=180)
     console.print(table)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--epochs", type=positive_int, default=3, help="timed epochs per path (after one warm-up)")
-    p.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
-    p.add_argument("--train-limit", type=nonneg_int, default=0, help="first N training images (0: all)")
-    p.add_argument("--json", type=Path, help="write the results as JSON")
-
-
-def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    report = run_bench(tuple(args.paths), args.epochs, args.train_limit)
-    print_table(report)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1))
-    return 0
 
 
 if __name__ == "__main__":  # the per-path worker: python -m jaxnet.bench --worker PATH ...

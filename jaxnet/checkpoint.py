@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxnet.config import ModelConfig, TrainConfig
-from jaxnet.errors import CheckpointError
+from jaxnet.errors import CheckpointError, JaxnetError
 
 FORMAT = "jaxnet-checkpoint"
 FORMAT_VERSION = "1"
@@ -50,52 +49,45 @@ class Checkpoint:
         return next(iter(self.model.values())).dtype
 
 
-def validate_state_dict(state: dict[str, np.ndarray], config: ModelConfig) -> np.dtype:
-    """Check keys, shapes and dtypes against ``config``; return the (single) float dtype.
+def validate_state_dict(
+    state: dict[str, np.ndarray], config: ModelConfig, dtype: str | np.dtype | None = None
+) -> np.dtype:
+    """Check keys, shapes, dtypes and values against ``config``; return the (single) float dtype.
+
+    The one validator every loader uses (checkpoint files, both backends' ``load_state_dict``).
+    ``dtype`` is the dtype the caller needs; by default any one float dtype for all tensors.
 
     Raises:
-        CheckpointError: naming the key, what was expected and what was found.
+        CheckpointError: ``key 'K': expected <dtype>[shape], found <dtype>[shape]`` and the like.
     """
     expected = config.param_shapes()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing:
-        raise CheckpointError(f"missing key {missing[0]!r} (expected keys {list(expected)})")
+        raise CheckpointError(f"missing key {missing[0]!r} (expected keys {', '.join(expected)})")
     if unexpected:
-        raise CheckpointError(f"unexpected key {unexpected[0]!r} (expected keys {list(expected)})")
-    dtype = None
+        raise CheckpointError(f"unexpected key {unexpected[0]!r} (expected keys {', '.join(expected)})")
+    want = np.dtype(dtype) if dtype is not None else None
     for key, shape in expected.items():
-        value = state[key]
-        if tuple(value.shape) != shape:
-            raise CheckpointError(f"key {key!r}: expected shape {shape}, found {tuple(value.shape)}")
-        if value.dtype not in FLOAT_DTYPES:
-            raise CheckpointError(f"key {key!r}: expected float32 or float64, found {value.dtype}")
-        if dtype is not None and value.dtype != dtype:
-            raise CheckpointError(f"key {key!r}: expected {dtype} like the others, found {value.dtype}")
+        value = np.asarray(state[key])
+        if want is None and value.dtype in FLOAT_DTYPES:
+            want = value.dtype  # the first tensor sets the dtype for the rest
+        wanted = str(want) if want is not None else "float32 or float64"
+        if tuple(value.shape) != shape or value.dtype != want:
+            raise CheckpointError(
+                f"key {key!r}: expected {wanted}{list(shape)}, found {value.dtype}{list(value.shape)}"
+            )
         if not np.all(np.isfinite(value)):
             raise CheckpointError(f"key {key!r}: holds NaN or inf values")
-        dtype = value.dtype
-    return dtype
+    return want
 
 
 def infer_config(state: dict[str, np.ndarray]) -> ModelConfig:
-    """Read the layer sizes off a torch-layout state dict (e.g. a tutorial ``model.pth``)."""
-    indices = sorted(
-        {int(m.group(1)) for k in state if (m := re.fullmatch(r"linear_relu_stack\.(\d+)\.weight", k))}
-    )
-    if not indices:
-        raise CheckpointError(
-            f"no 'linear_relu_stack.<i>.weight' keys; found {list(state)[:4]}... "
-            "(is this a NeuralNetwork state dict?)"
-        )
-    shapes = [tuple(state[f"linear_relu_stack.{i}.weight"].shape) for i in indices]
-    if any(len(s) != 2 for s in shapes):
-        raise CheckpointError(f"weights must be 2-D [out, in], found shapes {shapes}")
-    config = ModelConfig(
-        in_features=shapes[0][1],
-        hidden=tuple(s[0] for s in shapes[:-1]),
-        num_classes=shapes[-1][0],
-    )
+    """The layer sizes of a torch-layout state dict, validated (e.g. a tutorial ``model.pth``)."""
+    try:
+        config = ModelConfig.from_state_dict(state)
+    except JaxnetError as err:
+        raise CheckpointError(str(err)) from None
     validate_state_dict(state, config)
     return config
 

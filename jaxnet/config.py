@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import re
 from dataclasses import dataclass, field
 
 from jaxnet.errors import JaxnetError
@@ -18,6 +19,7 @@ SCHEDULES = ("constant", "cosine", "step")
 DTYPES = ("float32", "float64")
 BACKENDS = ("jax", "torch")
 DEVICES = ("auto", "cpu", "cuda")
+STACK = "linear_relu_stack"  # the tutorial's attribute name, hence every state-dict key's prefix
 
 
 @dataclass(frozen=True)
@@ -40,13 +42,49 @@ class ModelConfig:
         sizes = (self.in_features, *self.hidden, self.num_classes)
         return list(itertools.pairwise(sizes))
 
+    # The one place that knows the module paths: ``linear_relu_stack`` is an ``nn.Sequential``
+    # of Linear, ReLU, Linear, ..., Linear, so the Linears sit at the even indices.
+
+    @property
+    def linear_names(self) -> list[str]:
+        """Module path of each Linear layer: ``linear_relu_stack.0``, ``.2``, ``.4``."""
+        return [f"{STACK}.{2 * i}" for i in range(len(self.linear_shapes))]
+
+    @property
+    def relu_inputs(self) -> list[str]:
+        """The Linear layers whose output feeds a ReLU (all but the last)."""
+        return self.linear_names[:-1]
+
+    @property
+    def logits_name(self) -> str:
+        return self.linear_names[-1]
+
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Torch state-dict names and shapes (weights ``[out, in]``), in torch's order."""
         shapes: dict[str, tuple[int, ...]] = {}
-        for i, (fan_in, fan_out) in enumerate(self.linear_shapes):
-            shapes[f"linear_relu_stack.{2 * i}.weight"] = (fan_out, fan_in)
-            shapes[f"linear_relu_stack.{2 * i}.bias"] = (fan_out,)
+        for name, (fan_in, fan_out) in zip(self.linear_names, self.linear_shapes, strict=True):
+            shapes[f"{name}.weight"] = (fan_out, fan_in)
+            shapes[f"{name}.bias"] = (fan_out,)
         return shapes
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> ModelConfig:
+        """Read the layer sizes off a torch-layout state dict (e.g. a tutorial ``model.pth``).
+
+        Raises:
+            JaxnetError: no ``linear_relu_stack.<i>.weight`` keys, or weights that are not 2-D.
+        """
+        pattern = re.compile(rf"{STACK}\.(\d+)\.weight")
+        indices = sorted({int(m.group(1)) for k in state if (m := pattern.fullmatch(k))})
+        if not indices:
+            found = ", ".join(list(state)[:4]) or "nothing"
+            raise JaxnetError(
+                f"no '{STACK}.<i>.weight' keys (found {found}): is this a NeuralNetwork state dict?"
+            )
+        shapes = [tuple(state[f"{STACK}.{i}.weight"].shape) for i in indices]
+        if any(len(s) != 2 for s in shapes):
+            raise JaxnetError(f"weights must be 2-D [out, in], found shapes {shapes}")
+        return cls(shapes[0][1], tuple(s[0] for s in shapes[:-1]), shapes[-1][0])
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -138,13 +176,62 @@ class TrainConfig:
         raw = json.loads(text)
         return cls(**{**raw, "optimizer": OptimConfig(**raw["optimizer"])})
 
+    def flat(self) -> dict[str, object]:
+        """The recipe as the flat ``{flag name: value}`` the command line speaks (see FLAGS)."""
+        opt = self.optimizer
+        values = {f: getattr(opt, f) for f in ("lr", "momentum", "nesterov", "weight_decay", "schedule")}
+        values["optimizer"] = opt.name
+        values |= {
+            f: getattr(self, f) for f in ("batch_size", "epochs", "seed", "shuffle", "dtype", "train_limit")
+        }
+        return values
 
-# Named optimizer recipes the parity report and tests run (``total_steps`` set per run).
+    @classmethod
+    def from_flat(cls, values: dict[str, object]) -> TrainConfig:
+        """Inverse of :meth:`flat`; missing names take :data:`FLAGS`' defaults.
+
+        Raises:
+            JaxnetError: a value is invalid (the message names it).
+        """
+        v = {**FLAGS, **values}
+        optim = OptimConfig(
+            name=v["optimizer"],
+            lr=v["lr"],
+            momentum=v["momentum"],
+            nesterov=v["nesterov"],
+            weight_decay=v["weight_decay"],
+            schedule=v["schedule"],
+        )
+        rest = {f: v[f] for f in ("batch_size", "epochs", "seed", "shuffle", "dtype", "train_limit")}
+        return cls(optimizer=optim, **rest)
+
+
+# The recipe in flat form with the tutorial's values: the one mapping between ``jaxnet train``
+# flags (``--weight-decay`` is ``weight_decay``) and TrainConfig. weight_decay None means
+# torch's default for the optimizer.
+FLAGS: dict[str, object] = {
+    "optimizer": "sgd",
+    "lr": 1e-3,
+    "momentum": 0.0,
+    "nesterov": False,
+    "weight_decay": None,
+    "schedule": "constant",
+    "batch_size": 64,
+    "epochs": 10,
+    "seed": 0,
+    "shuffle": True,
+    "dtype": "float32",
+    "train_limit": 0,
+}
+
+# Named optimizer recipes the parity report, the tests and the examples run (``total_steps``
+# is set per run). Between them they exercise every branch of the optimizer translation:
+# coupled and decoupled weight decay, momentum with Nesterov, both schedules.
 RECIPES = {
     "sgd": OptimConfig(),
-    "sgd-momentum-nesterov-wd": OptimConfig(
-        name="sgd", lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4
+    "sgd-nesterov-wd-step": OptimConfig(
+        name="sgd", lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="step"
     ),
-    "adam": OptimConfig(name="adam", lr=1e-3, weight_decay=1e-4),
+    "adam-l2": OptimConfig(name="adam", lr=1e-3, weight_decay=1e-4),
     "adamw-cosine": OptimConfig(name="adamw", lr=1e-3, weight_decay=1e-2, schedule="cosine"),
 }

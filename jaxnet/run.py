@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxnet import checkpoint as ckpt_io
-from jaxnet.backend import Backend
+from jaxnet.backends import Backend
 from jaxnet.config import ModelConfig, TrainConfig
 from jaxnet.data import FashionMNIST, Split, batch_slices, epoch_order
 from jaxnet.errors import CheckpointError, TrainingError

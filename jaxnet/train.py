@@ -15,6 +15,7 @@ Optimizers are built from optax pieces in the order torch applies them (see
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -44,22 +45,36 @@ loss_and_grads = jax.value_and_grad(loss_fn)
 
 
 def make_schedule(cfg: OptimConfig, dtype: str = "float32") -> optax.ScalarOrSchedule:
-    """The learning rate per step, matching ``torchref.make_scheduler``'s torch schedulers.
+    """The learning rate per step, exactly as ``torchref.make_scheduler``'s torch schedulers
+    give it: a table computed on the host with :func:`torch_lr_table`, indexed by the count.
 
-    The step count is cast to ``dtype`` first: ``optax.exponential_decay`` evaluated on the
-    int32 count computes in float32 even under x64, an error of 1e-8 that float64 parity sees.
+    optax's own schedules give the same values up to rounding, but round differently:
+    evaluated in float32 from the int32 count, ``optax.cosine_decay_schedule`` loses 1e-4 of
+    ``lr`` near the end of the decay (``1 + cos`` cancels), while torch computes in double.
     """
     if cfg.schedule == "constant":
         return cfg.lr
+    table = jnp.asarray(torch_lr_table(cfg), dtype)
+    return lambda count: table[jnp.minimum(count, cfg.total_steps)]
+
+
+def torch_lr_table(cfg: OptimConfig) -> np.ndarray:
+    """``lr`` before each optimizer step 0..total_steps, in double, by torch's own recurrences.
+
+    ``CosineAnnealingLR(T_max=T)`` (eta_min 0) multiplies by
+    ``(1 + cos(pi t / T)) / (1 + cos(pi (t - 1) / T))`` at each step; ``StepLR`` by ``gamma``
+    every ``step_every`` steps. The same double operations in the same order, so the same bits.
+    """
     if cfg.total_steps < 1:
         raise ValueError(f"schedule {cfg.schedule!r} needs total_steps >= 1")
-    if cfg.schedule == "cosine":  # CosineAnnealingLR(T_max=total_steps), eta_min=0
-        schedule = optax.cosine_decay_schedule(cfg.lr, decay_steps=cfg.total_steps)
-    else:  # StepLR(step_size=total_steps // 3, gamma)
-        schedule = optax.exponential_decay(
-            cfg.lr, transition_steps=cfg.step_every, decay_rate=cfg.gamma, staircase=True
-        )
-    return lambda count: schedule(jnp.asarray(count, dtype))
+    lrs, total = [cfg.lr], cfg.total_steps
+    for t in range(1, total + 1):
+        if cfg.schedule == "cosine":
+            factor = (1 + math.cos(math.pi * t / total)) / (1 + math.cos(math.pi * (t - 1) / total))
+            lrs.append(factor * (lrs[-1] - 0.0) + 0.0)
+        else:
+            lrs.append(lrs[-1] * cfg.gamma if t % cfg.step_every == 0 else lrs[-1])
+    return np.array(lrs)
 
 
 def make_optimizer(cfg: OptimConfig, dtype: str = "float32") -> optax.GradientTransformation:
@@ -68,8 +83,8 @@ def make_optimizer(cfg: OptimConfig, dtype: str = "float32") -> optax.GradientTr
     - sgd: ``g += wd * p`` (coupled decay, before momentum), ``buf = m * buf + g`` (the
       first buffer is ``g`` itself, as ``optax.trace`` starts from zeros), nesterov
       ``g + m * buf``; ``p -= lr * g``.
-    - adam: coupled L2 decay ``g += wd * p``, then ``scale_by_adam`` (eps outside the sqrt).
-    - adamw: ``scale_by_adam`` then decoupled ``+ wd * p``, both scaled by ``lr``, as in torch.
+    - adam: coupled L2 decay ``g += wd * p``, then :func:`scale_by_adam` (eps outside the sqrt).
+    - adamw: :func:`scale_by_adam` then decoupled ``+ wd * p``, both scaled by ``lr``, as in torch.
 
     Example:
         >>> tx = make_optimizer(OptimConfig(name="sgd", lr=0.1, momentum=0.9))
@@ -81,11 +96,49 @@ def make_optimizer(cfg: OptimConfig, dtype: str = "float32") -> optax.GradientTr
     if cfg.name == "sgd" and cfg.momentum:
         parts.append(optax.trace(decay=cfg.momentum, nesterov=cfg.nesterov))
     if cfg.name in ("adam", "adamw"):
-        parts.append(optax.scale_by_adam(b1=b1, b2=b2, eps=cfg.eps))
+        parts.append(scale_by_adam(b1=b1, b2=b2, eps=cfg.eps))
     if cfg.name == "adamw" and cfg.weight_decay:
         parts.append(optax.add_decayed_weights(cfg.weight_decay))
     parts.append(optax.scale_by_learning_rate(make_schedule(cfg, dtype)))
     return optax.chain(*parts)
+
+
+def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> optax.GradientTransformation:
+    """``optax.scale_by_adam`` with ``torch.optim.Adam``'s bias correction.
+
+    Both compute ``m_hat / (sqrt(v_hat) + eps)`` with ``m_hat = m / (1 - b1^t)`` and
+    ``v_hat = v / (1 - b2^t)``. torch evaluates ``1 - b^t`` in double precision, whatever the
+    parameters' dtype. optax evaluates it in the parameters' dtype from ``b`` rounded to it: in
+    float32, ``1 - 0.999f = 9.99987e-4``, 1.3e-5 off, which moves every early step by 6e-6 of
+    ``lr`` (jaxnet's teacher-forced parity rows caught it at 15-35x their bound). Here float64
+    parameters get ``1 - b^t`` in float64 (the same arithmetic as torch's, cancellation
+    included), float32 ones ``-expm1(t log b)``, torch's double value to within a few ulps.
+    The state is optax's ``ScaleByAdamState``.
+
+    Example:
+        >>> tx = optax.chain(scale_by_adam(), optax.scale_by_learning_rate(1e-3))
+    """
+
+    def correction(b: float, t: jax.Array) -> jax.Array:  # 1 - b^t
+        return 1 - b**t if t.dtype == jnp.float64 else -jnp.expm1(t * math.log(b))
+
+    def init(params):
+        zeros = optax.tree.zeros_like
+        return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=zeros(params), nu=zeros(params))
+
+    def update(updates, state, params=None):
+        del params
+        mu = optax.tree.update_moment(updates, state.mu, b1, 1)
+        nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
+        count = optax.safe_increment(state.count)
+
+        def scale(m, v):
+            t = count.astype(m.dtype)
+            return (m / correction(b1, t)) / (jnp.sqrt(v / correction(b2, t)) + eps)
+
+        return jax.tree.map(scale, mu, nu), optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
+
+    return optax.GradientTransformation(init, update)
 
 
 def export_opt_state(opt_state: tuple, step: int) -> dict[str, np.ndarray]:
@@ -135,8 +188,8 @@ def import_opt_state(opt_state: tuple, state: dict[str, np.ndarray], step: int) 
 def train_step(graphdef, tx, params, opt_state, x, y):
     """One SGD/Adam step: ``(params, opt_state, x, y) -> (params, opt_state, loss)``."""
     loss, grads = loss_and_grads(params, graphdef, x, y)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+    params, opt_state = apply_gradients(tx, params, opt_state, grads)
+    return params, opt_state, loss
 
 
 def train_steps(graphdef, tx, params, opt_state, images, labels, batch_idx):
@@ -170,12 +223,19 @@ def evaluate(graphdef, params, images, labels, batch_size: int = 64):
     return correct, jnp.mean(sums / counts)
 
 
+def apply_gradients(tx, params, opt_state, grads):
+    """The optimizer half of a step, with given gradients: ``(params, opt_state)``."""
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+
 def compiled(graphdef, tx):
-    """jitted ``train_step`` and ``train_steps`` for one model structure and optimizer.
+    """jitted ``train_step``, ``train_steps`` and ``apply_gradients`` for one model and optimizer.
 
     ``params`` and ``opt_state`` are donated: XLA updates them in place instead of copying.
     """
     return (
         jax.jit(functools.partial(train_step, graphdef, tx), donate_argnums=(0, 1)),
         jax.jit(functools.partial(train_steps, graphdef, tx), donate_argnums=(0, 1)),
+        jax.jit(functools.partial(apply_gradients, tx), donate_argnums=(0, 1)),
     )

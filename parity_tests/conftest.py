@@ -1,14 +1,14 @@
 """Shared fixtures: the real Fashion-MNIST files, loaded once per session.
 
-x64 is switched on before any array is made so float64 tests get float64 (JAX would silently
-give float32 otherwise); float32 tests pass explicit dtypes and are unaffected.
+Nothing here switches JAX's x64 mode for the process: a float64 backend runs its own calls
+under ``jax.enable_x64``, so the float32 set-up users run (x64 off) is what the suite tests.
 """
 
 from __future__ import annotations
 
-import jax
+from jaxnet import process
 
-jax.config.update("jax_enable_x64", True)
+process.prepare(shared=True)  # before torch loads: MKL's reproducible mode, OpenMP waits passive
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -7,10 +7,10 @@ import os
 import numpy as np
 import pytest
 import torch
+from jaxnet.backend import JaxBackend, get_backend
 
 import torchref
 from jaxnet import checkpoint
-from jaxnet.backend import JaxBackend, get_backend
 from jaxnet.config import ModelConfig
 from jaxnet.errors import CheckpointError
 

@@ -11,10 +11,10 @@ import sys
 
 import numpy as np
 import torch
+from jaxnet.backend import JaxBackend, get_backend
 
 import torchref
 from jaxnet import checkpoint, data
-from jaxnet.backend import JaxBackend, get_backend
 from jaxnet.config import RECIPES, ModelConfig
 
 LIMIT = 3232  # 50 full batches and a tail of 32: both code paths of the scan

@@ -1,8 +1,8 @@
 """Forward and gradient parity: same weights in both backends, real and generated inputs.
 
-Tolerances come from ``jaxnet.compare.tolerance``: the dtype's unit roundoff times the square
-root of the reduction length along the computation (see that module). Measured on this
-machine, the float32 errors sit about 40x under them and float64 about 50x under.
+Each quantity is judged by the parity engine's verdict: jax against torch within K times the
+noise floor measured in the same call (torch float32 against torch float64, scaled to the
+row's dtype), so nothing here depends on one CPU's rounding.
 """
 
 from __future__ import annotations
@@ -12,152 +12,122 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxnet import checkpoint
-from jaxnet.backend import get_backend
-from jaxnet.compare import compare, mask_flips, reductions, tolerance
+from jaxnet import checkpoint, parity
+from jaxnet.backends import get_backend
 from jaxnet.config import ModelConfig
+from jaxnet.numerics import rel_error
+from jaxnet.parity import verdict
 from parity_tests.conftest import batch
 
-DTYPES = ["float32", "float64"]
+DTYPES = ("float32", "float64")
 
 
-def check_parity(config: ModelConfig, state, x, y, dtype: str) -> dict[str, float]:
-    """Compare activations, loss and every gradient; return {quantity: rel error} of failures."""
-    red = reductions(config.hidden, config.in_features, batch=len(y))
-    jax_side = get_backend("jax", config, dtype=dtype, state=state)
-    torch_side = get_backend("torch", config, dtype=dtype, state=state)
-    failures = {}
-    acts_j, acts_t = jax_side.activations(x), torch_side.activations(x)
-    assert acts_j.keys() == acts_t.keys()
-    tol_forward = tolerance(dtype, red["forward"])
-    for name in acts_j:
-        err = compare(acts_j[name], acts_t[name])
-        if not err.within(tol_forward):
-            failures[name] = err.rel
-    # A ReLU mask may flip only at a tie: a pre-activation within rounding distance of 0.
-    # Such an example's gradient differs by O(1) between two correct implementations, so the
-    # gradients are compared on the other examples (at most a couple ever flip).
-    tied = set()
-    for i in range(0, 2 * len(config.hidden), 2):
-        pre_j, pre_t = acts_j[f"linear_relu_stack.{i}"], acts_t[f"linear_relu_stack.{i}"]
-        for row, col in mask_flips(pre_j, pre_t):
-            if abs(pre_t[row, col]) > tol_forward * np.abs(pre_t).max():
-                failures[f"relu mask linear_relu_stack.{i}[{row}, {col}]"] = float(pre_t[row, col])
-            tied.add(int(row))
-    assert len(tied) <= max(2, len(y) // 16), f"too many ReLU ties: {sorted(tied)}"
-    keep = np.array([r for r in range(len(y)) if r not in tied])
-    if len(keep) == 0:
-        return failures
-    x, y = x[keep], y[keep]
-    loss_j, grads_j = jax_side.loss_and_grads(x, y)
-    loss_t, grads_t = torch_side.loss_and_grads(x, y)
-    if not compare(np.float64(loss_j), np.float64(loss_t)).within(tolerance(dtype, red["loss"])):
-        failures["loss"] = abs(loss_j - loss_t)
-    assert grads_j.keys() == grads_t.keys() == set(config.param_shapes())
-    for name in grads_j:
-        err = compare(grads_j[name], grads_t[name])
-        if not err.within(tolerance(dtype, red["grad"])):
-            failures[f"grad {name}"] = err.rel
-    return failures
+def failures(rows) -> list[tuple[str, str, str, float]]:
+    return [(r.section, r.quantity, r.dtype, r.ratio) for r in rows if not r.passed]
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("start", [0, 30000, 59936])
-def test_real_batches_agree(fmnist, tutorial_state, dtype, start):
-    x, y = batch(fmnist, dtype, start)
-    assert check_parity(ModelConfig(), tutorial_state[dtype], x, y, dtype) == {}
+def test_real_batches_agree(fmnist, tutorial_state, start):
+    x, y = batch(fmnist, "float32", start)
+    rows = parity.forward(x, y, state=tutorial_state["float32"])
+    assert {r.dtype for r in rows} == set(DTYPES)
+    assert {r.quantity for r in rows if r.section == "gradient"} == set(ModelConfig().param_shapes())
+    assert failures(rows) == []
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_float64_meets_the_1e_12_goal_on_real_data(fmnist, tutorial_state, dtype):
-    """float64 agrees to 1e-12 relative or better (the issue's bar; the model's is tighter)."""
-    if dtype == "float32":
-        assert tolerance("float32", reductions((512, 512))["grad"]) > 1e-6  # float32 can't: u = 6e-8
-        return
-    x, y = batch(fmnist, dtype, 128)
-    j = get_backend("jax", ModelConfig(), dtype=dtype, state=tutorial_state[dtype])
-    t = get_backend("torch", ModelConfig(), dtype=dtype, state=tutorial_state[dtype])
-    assert compare(j.predict(x), t.predict(x)).rel < 1e-12
+def test_float64_meets_the_1e_12_goal_on_real_data(fmnist, tutorial_state):
+    """float64 agrees to 1e-12 relative or better (the issue's bar; the floors are far tighter)."""
+    x, y = batch(fmnist, "float64", 128)
+    state = tutorial_state["float64"]
+    j = get_backend("jax", ModelConfig(), dtype="float64", state=state)
+    t = get_backend("torch", ModelConfig(), dtype="float64", state=state)
+    assert rel_error(j.predict(x), t.predict(x)) < 1e-12
     grads_j, grads_t = j.loss_and_grads(x, y)[1], t.loss_and_grads(x, y)[1]
-    assert max(compare(grads_j[k], grads_t[k]).rel for k in grads_j) < 1e-12
+    assert max(rel_error(grads_j[k], grads_t[k]) for k in grads_j) < 1e-12
 
 
 # ---------------------------------------------------------------------------- generated inputs
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(
     batch_size=st.sampled_from([1, 2, 37, 64, 100]),
-    hidden=st.sampled_from([(512, 512), (1024, 1024), (2048,), (256, 128, 64)]),
-    dtype=st.sampled_from(DTYPES),
+    hidden=st.sampled_from([(512, 512), (1024,), (256, 128, 64)]),
     seed=st.integers(0, 2**16),
 )
-def test_property_generated_inputs_agree(batch_size, hidden, dtype, seed):
+def test_property_generated_inputs_agree(batch_size, hidden, seed):
     config = ModelConfig(hidden=hidden)
     rng = np.random.default_rng(seed)
-    x = rng.random((batch_size, 1, 28, 28)).astype(dtype)
+    x = rng.random((batch_size, 1, 28, 28)).astype(np.float32)
     y = rng.integers(0, 10, batch_size)
-    state = checkpoint.init_state_dict(config, seed, dtype)
-    assert check_parity(config, state, x, y, dtype) == {}
+    rows = parity.forward(x, y, state=checkpoint.init_state_dict(config, seed), config=config)
+    assert failures(rows) == []
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_relu_at_exactly_zero(dtype):
+def test_relu_at_exactly_zero():
     """Zero biases and an all-zero image put every first-layer pre-activation at exactly 0.
 
     Then ``d loss / d bias0 = relu'(0) * (W2^T delta)``: torch's ``relu'(0) = 0`` gives 0
     exactly; an implementation with ``relu'(0) = 0.5`` (``jnp.maximum(x, 0)``) would not.
     """
     config = ModelConfig()
-    state = checkpoint.init_state_dict(config, 3, dtype)
-    for key in state:
-        if key.endswith("bias"):
-            state[key][:] = 0
-    x = np.zeros((4, 1, 28, 28), dtype)
+    state = {
+        k: (np.zeros_like(v) if k.endswith("bias") else v)
+        for k, v in checkpoint.init_state_dict(config, 3).items()
+    }
+    x = np.zeros((4, 1, 28, 28), np.float32)
     x[1:] = np.random.default_rng(0).random((3, 1, 28, 28))  # a mixed batch: zeros and real-valued
     y = np.array([0, 3, 5, 9])
-    acts = get_backend("jax", config, dtype=dtype, state=state).activations(x)
+    acts = get_backend("jax", config, state=state).activations(x)
     assert np.all(acts["linear_relu_stack.0"][0] == 0)  # the zero image: exact zeros at the ReLU
-    assert check_parity(config, state, x, y, dtype) == {}
-    for backend in ("jax", "torch"):
-        grads = get_backend(backend, config, dtype=dtype, state=state).loss_and_grads(x[:1], y[:1])[1]
-        assert np.all(grads["linear_relu_stack.0.bias"] == 0), backend
+    assert failures(parity.forward(x, y, state=state)) == []
+    for name in ("jax", "torch"):
+        for dtype in DTYPES:
+            weights = {k: v.astype(dtype) for k, v in state.items()}
+            grads = get_backend(name, config, dtype=dtype, state=weights).loss_and_grads(
+                x[:1].astype(dtype), y[:1]
+            )[1]
+            assert np.all(grads["linear_relu_stack.0.bias"] == 0), (name, dtype)
 
 
-# ---------------------------------------------------------------------------- planted faults
+# ---------------------------------------------------------------------------- faults the rows must catch
 
 
-def test_a_transposed_weight_is_caught(fmnist, tutorial_state):
+def test_a_transposed_weight_is_caught_where_it_is(fmnist, tutorial_state):
     """The 512x512 layer is square, so a wrong transpose has the right shape and loads."""
-    x, _y = batch(fmnist, "float32")
-    state = dict(tutorial_state["float32"])
-    jax_side = get_backend("jax", ModelConfig(), state=state)
+    x, _ = batch(fmnist, "float32")
+    state = tutorial_state["float32"]
     wrong = {**state, "linear_relu_stack.2.weight": state["linear_relu_stack.2.weight"].T.copy()}
-    torch_side = get_backend("torch", ModelConfig(), state=wrong)
-    red = reductions((512, 512))
-    err = compare(
-        jax_side.activations(x)["linear_relu_stack.2"], torch_side.activations(x)["linear_relu_stack.2"]
+    acts_j = get_backend("jax", ModelConfig(), state=state).activations(x)
+    acts_t = get_backend("torch", ModelConfig(), state=wrong).activations(x)
+    acts64 = get_backend(
+        "torch", ModelConfig(), dtype="float64", state={k: v.astype("float64") for k, v in wrong.items()}
     )
-    assert not err.within(tolerance("float32", red["forward"]))
-    assert compare(
-        jax_side.activations(x)["linear_relu_stack.0"], torch_side.activations(x)["linear_relu_stack.0"]
-    ).within(tolerance("float32", red["forward"]))  # the fault is localised: the layer before still agrees
+    acts64 = acts64.activations(x.astype(np.float64))
+
+    def row(name):
+        floor = verdict.ladder_floor(acts_t[name], acts64[name], "float32", 1.0)
+        return verdict.normwise("forward", name, "float32", acts_j[name], acts_t[name], floor)
+
+    assert row("linear_relu_stack.0").passed  # the layer before still agrees: the fault is localised
+    assert not row("linear_relu_stack.2").passed
 
 
 @pytest.mark.parametrize("which", ["largest", "median"])
 def test_one_float64_gradient_entry_off_by_1e_9_is_caught(fmnist, tutorial_state, which):
-    x, y = batch(fmnist, "float64")
-    state = tutorial_state["float64"]
-    grads_j = get_backend("jax", ModelConfig(), dtype="float64", state=state).loss_and_grads(x, y)[1]
-    grads_t = get_backend("torch", ModelConfig(), dtype="float64", state=state).loss_and_grads(x, y)[1]
-    tol = tolerance("float64", reductions((512, 512))["grad"])
+    x, y = batch(fmnist, "float32")
+    state = tutorial_state["float32"]
+    rows = {(r.quantity, r.dtype): r for r in parity.forward(x, y, state=state)}
     key = "linear_relu_stack.2.weight"
-    assert compare(grads_j[key], grads_t[key]).within(tol)
-    g = grads_j[key].copy()
-    magnitude = np.abs(g)
-    pick = magnitude.argmax() if which == "largest" else np.argsort(magnitude, axis=None)[magnitude.size // 2]
-    g.flat[pick] *= 1 + 1e-9
-    assert not compare(g, grads_t[key]).within(tol)
+    assert rows[key, "float64"].passed
+    weights = {k: v.astype("float64") for k, v in state.items()}
+    x64 = x.astype(np.float64)
+    g_j = get_backend("jax", ModelConfig(), dtype="float64", state=weights).loss_and_grads(x64, y)[1][key]
+    g_t = get_backend("torch", ModelConfig(), dtype="float64", state=weights).loss_and_grads(x64, y)[1][key]
+    pick = np.abs(g_j).argmax() if which == "largest" else np.argsort(np.abs(g_j), axis=None)[g_j.size // 2]
+    g_j.flat[pick] *= 1 + 1e-9
+    floor = rows[key, "float64"].floor  # the floor that row measured, ~1e-16
+    assert not verdict.normwise("gradient", key, "float64", g_j, g_t, floor).passed
 
 
 # ---------------------------------------------------------------------------- finite differences
@@ -184,16 +154,16 @@ def test_torch_gradcheck_float64():
 
 def test_jax_check_grads_float64():
     import jax
-    import jax.numpy as jnp
     from jax.test_util import check_grads
 
-    from jaxnet.backend import JaxBackend
+    from jaxnet.backends.jax import JaxBackend
     from jaxnet.train import loss_fn
 
     model = JaxBackend(ModelConfig(20, (8, 6), 5), dtype="float64", seed=0)
-    x = jnp.asarray(np.random.default_rng(0).random((3, 20)))
-    y = jnp.array([0, 4, 2])
-    # Central differences along random directions, eps 1e-4 (jax's default for float64 is 1e-3
-    # in check_grads' eps=None path); float64 keeps the O(eps^2) truncation error ~1e-8.
-    f = jax.jit(lambda p: loss_fn(p, model.graphdef, x, y))
-    check_grads(f, (model.params,), order=2, modes=["rev"], eps=1e-4)
+    with jax.enable_x64(True):
+        x = jax.numpy.asarray(np.random.default_rng(0).random((3, 20)))
+        y = jax.numpy.array([0, 4, 2])
+        # Central differences along random directions, eps 1e-4: float64 keeps the O(eps^2)
+        # truncation error ~1e-8, far inside check_grads' float64 tolerance.
+        f = jax.jit(lambda p: loss_fn(p, model.graphdef, x, y))
+        check_grads(f, (model.params,), order=2, modes=["rev"], eps=1e-4)

@@ -161,7 +161,9 @@ def load_optimizer_state(
         entries = {k: state[f"{name}.{k}"] for k in _STATE_NAMES if f"{name}.{k}" in state}
         if not entries:
             continue
-        restored = {k: torch.as_tensor(v.copy()).to(param.device) for k, v in entries.items()}
+        restored = {
+            k: torch.tensor(v, device=param.device) for k, v in entries.items()
+        }  # torch-owned, aligned
         if is_adam:
             restored["step"] = torch.tensor(float(step), dtype=torch.float32)
         optimizer.state[param] = restored

@@ -1,28 +1,54 @@
-"""The :class:`~jaxnet.backend.Backend` interface over ``torchref`` (imported only when asked for)."""
+"""The :class:`~jaxnet.backends.Backend` interface over ``torchref`` (never imports jax).
+
+Imported only by ``get_backend("torch", ...)`` and by the harness, so that the JAX-only
+commands work without torch installed and a torch run never starts JAX.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
-
-from jaxnet.config import ModelConfig, OptimConfig
-from jaxnet.errors import CheckpointError, JaxnetError
-
-try:
-    import torch
-except ImportError:  # pragma: no cover - exercised only where torch is absent
-    raise JaxnetError("the torch backend needs torch: pip install 'jaxnet[torch]'") from None
+import torch
 
 import torchref
+from jaxnet import checkpoint
+from jaxnet.config import ModelConfig, OptimConfig
+from jaxnet.errors import JaxnetError
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def _torch_device(device: str) -> torch.device:
+def torch_device(device: str) -> torch.device:
+    """``auto`` is CUDA when torch sees it, else the CPU; ``cuda`` must exist."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise JaxnetError("device 'cuda' requested but torch sees no CUDA device")
     return torch.device(device)
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str) -> Iterator[None]:
+    """torch's float32 matmul precision (``"highest"``, ``"high"``: TF32) for the block, then
+    whatever was set before (``set_float32_matmul_precision`` is process-wide)."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def tensor(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A torch-owned copy of ``x`` on ``device``.
+
+    Always a copy into torch's allocator: numpy memory is only 16-byte aligned, and a tensor
+    aliasing it would make the kernels' alignment (and so, for MKL, the rounding) depend on
+    where numpy happened to put the array.
+    """
+    return torch.tensor(np.ascontiguousarray(x), device=device)
 
 
 class TorchBackend:
@@ -31,44 +57,43 @@ class TorchBackend:
     name = "torch"
 
     def __init__(
-        self, config: ModelConfig, *, dtype: str = "float32", device: str = "auto", seed: int = 0
+        self,
+        config: ModelConfig,
+        *,
+        dtype: str = "float32",
+        device: str = "auto",
+        seed: int = 0,
+        state: dict[str, np.ndarray] | None = None,
     ) -> None:
         self.config, self.dtype = config, dtype
-        self.device = _torch_device(device)
+        self.device = torch_device(device)
         torch.manual_seed(seed)
         self.model = torchref.NeuralNetwork(
             config.in_features, config.hidden, config.num_classes, dtype=_DTYPES[dtype]
         ).to(self.device)
+        self.cfg: OptimConfig | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
         self.step = 0
         self._data: tuple[torch.Tensor, torch.Tensor] | None = None
+        if state is not None:
+            self.load_state_dict(state)
 
     def describe(self) -> str:
         where = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         return f"torch {torch.__version__} on {self.device} ({where}, {torch.get_num_threads()} threads)"
 
     def _put(self, x: np.ndarray) -> torch.Tensor:
-        x = np.ascontiguousarray(x)
-        if not x.flags.writeable:  # e.g. a view of a JAX array; torch wants to own writable memory
-            x = x.copy()
-        return torch.from_numpy(x).to(self.device)
+        return tensor(x, self.device)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {k: v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        own = self.model.state_dict()
-        for key, value in own.items():
-            if key not in state:
-                raise CheckpointError(f"missing key {key!r}")
-            found = np.asarray(state[key])
-            expected = str(value.dtype).removeprefix("torch.")
-            if tuple(found.shape) != tuple(value.shape) or found.dtype != np.dtype(expected):
-                raise CheckpointError(
-                    f"key {key!r}: expected {expected}{list(value.shape)}, found {found.dtype}{list(found.shape)}"
-                )
-        self.model.load_state_dict({k: self._put(np.asarray(state[k])) for k in own})
+        checkpoint.validate_state_dict(state, self.config, self.dtype)
+        with torch.no_grad():
+            for key, value in self.model.state_dict().items():
+                value.copy_(torch.from_numpy(np.ascontiguousarray(state[key])))
 
     def activations(self, x: np.ndarray) -> dict[str, np.ndarray]:
         with torch.no_grad():
@@ -82,19 +107,41 @@ class TorchBackend:
     def set_optimizer(
         self, cfg: OptimConfig, state: dict[str, np.ndarray] | None = None, step: int = 0
     ) -> None:
+        self.cfg = cfg
         self.optimizer = torchref.make_optimizer(
             self.model, cfg.name, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay, cfg.betas, cfg.eps
         )
+        self.load_optimizer_state(state, step)
+
+    def load_optimizer_state(self, state: dict[str, np.ndarray] | None, step: int) -> None:
+        assert self.optimizer is not None and self.cfg is not None, "set_optimizer first"
+        self.optimizer.state.clear()
+        for group in self.optimizer.param_groups:  # a fresh schedule starts from the base lr
+            group["lr"] = group["initial_lr"] = self.cfg.lr
         if state:
             torchref.load_optimizer_state(self.model, self.optimizer, state, step)
         self.scheduler = torchref.make_scheduler(
-            self.optimizer, cfg.schedule, cfg.total_steps, cfg.gamma, step
+            self.optimizer, self.cfg.schedule, self.cfg.total_steps, self.cfg.gamma, step
         )
         self.step = step
 
     def optimizer_state(self) -> dict[str, np.ndarray]:
         assert self.optimizer is not None
         return torchref.optimizer_state(self.model, self.optimizer)
+
+    def apply_gradients(self, grads: dict[str, np.ndarray]) -> None:
+        assert self.optimizer is not None, "set_optimizer first"
+        for name, param in self.model.named_parameters():
+            param.grad = self._put(grads[name])
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        self._after_step(1)
+
+    def _after_step(self, steps: int) -> None:
+        if self.scheduler is not None:
+            for _ in range(steps):
+                self.scheduler.step()
+        self.step += steps
 
     def set_train_data(self, images: np.ndarray, labels: np.ndarray) -> None:
         self._data = (self._put(images), self._put(labels))
@@ -107,9 +154,7 @@ class TorchBackend:
         for idx in batches:
             i = torch.from_numpy(idx).to(self.device)
             losses.append(torchref.train_step(self.model, self.optimizer, images[i], labels[i]))
-            if self.scheduler is not None:
-                self.scheduler.step()
-        self.step += len(batches)
+            self._after_step(1)
         return torch.stack(losses).cpu().numpy() if losses else np.zeros(0)
 
     def evaluate(self, images: np.ndarray, labels: np.ndarray, batch_size: int = 64) -> tuple[int, float]:

@@ -1,0 +1,122 @@
+"""The one interface the harness (train, eval, parity, bench) uses to drive either framework.
+
+This module imports neither framework: :func:`get_backend` imports ``jaxnet.backends.jax``
+or ``jaxnet.backends.torch`` only when that backend is asked for, so a torch run never
+starts JAX and a JAX run never loads torch.
+
+Everything crosses the interface as numpy arrays in torch's layout under torch's state-dict
+names (``linear_relu_stack.0.weight`` is ``[out, in]``); each backend converts at its edge.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Protocol
+
+import numpy as np
+
+from jaxnet.config import BACKENDS, DEVICES, ModelConfig, OptimConfig
+from jaxnet.errors import JaxnetError
+
+
+class Backend(Protocol):
+    """A model, its optimizer and its training data in one framework.
+
+    Attributes:
+        name: ``"jax"`` or ``"torch"``.
+        config: the model's layer sizes.
+        dtype: ``"float32"`` or ``"float64"``, of the parameters and the arithmetic.
+        step: optimizer steps taken so far (Adam's bias-correction count, the schedule position).
+    """
+
+    name: str
+    config: ModelConfig
+    dtype: str
+    step: int
+
+    def describe(self) -> str:
+        """Framework version and device, for logs and reports."""
+        ...
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The parameters: ``{torch key: array}`` in torch layout (copies)."""
+        ...
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Replace the parameters; keys, shapes and dtype must match exactly.
+
+        Raises:
+            CheckpointError: ``key 'K': expected <dtype>[shape], found <dtype>[shape]``.
+        """
+        ...
+
+    def activations(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every submodule's output on ``x``, keyed by torch module path, then ``softmax``."""
+        ...
+
+    def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        """The mean cross-entropy on ``(x, y)`` and its gradient for every parameter."""
+        ...
+
+    def set_optimizer(
+        self, cfg: OptimConfig, state: dict[str, np.ndarray] | None = None, step: int = 0
+    ) -> None:
+        """Build the optimizer and schedule of ``cfg``, then :meth:`load_optimizer_state`."""
+        ...
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        """``{"<param key>.<momentum_buffer|exp_avg|exp_avg_sq>": array}``; empty before step 1."""
+        ...
+
+    def load_optimizer_state(self, state: dict[str, np.ndarray] | None, step: int) -> None:
+        """Restore the optimizer's buffers and put the step count (and schedule) at ``step``."""
+        ...
+
+    def apply_gradients(self, grads: dict[str, np.ndarray]) -> None:
+        """One optimizer step with the given gradients instead of computed ones."""
+        ...
+
+    def set_train_data(self, images: np.ndarray, labels: np.ndarray) -> None:
+        """Put the training split on the device once; :meth:`train_steps` indexes into it."""
+        ...
+
+    def train_steps(self, batches: list[np.ndarray]) -> np.ndarray:
+        """One optimizer step per array of example indices; the losses, one per step."""
+        ...
+
+    def evaluate(self, images: np.ndarray, labels: np.ndarray, batch_size: int = 64) -> tuple[int, float]:
+        """``(correct, avg_loss)``, avg_loss the tutorial's mean of per-batch mean losses."""
+        ...
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Logits ``[N, num_classes]``."""
+        ...
+
+
+def get_backend(
+    name: str,
+    config: ModelConfig,
+    *,
+    dtype: str = "float32",
+    device: str = "auto",
+    seed: int = 0,
+    state: dict[str, np.ndarray] | None = None,
+) -> Backend:
+    """Build a backend; ``state`` (torch layout) replaces the framework's own initialisation.
+
+    Raises:
+        JaxnetError: an unknown backend or device, or a framework that is not installed.
+    """
+    if name not in BACKENDS:
+        raise JaxnetError(f"backend must be one of {BACKENDS}, got {name!r}")
+    if device not in DEVICES:
+        raise JaxnetError(f"device must be one of {DEVICES}, got {device!r}")
+    try:
+        module = importlib.import_module(f"jaxnet.backends.{name}")
+    except ImportError as err:
+        if err.name is not None and err.name.split(".")[0] in ("torch", "jax", "jaxlib", "flax", "optax"):
+            extra = " (pip install 'jaxnet[torch]')" if name == "torch" else ""
+            raise JaxnetError(f"the {name} backend needs {err.name.split('.')[0]}{extra}") from None
+        raise
+    cls = getattr(module, f"{name.capitalize()}Backend")  # JaxBackend, TorchBackend
+    return cls(config, dtype=dtype, device=device, seed=seed, state=state)

@@ -1,0 +1,203 @@
+"""The :class:`~jaxnet.backends.Backend` interface over the Flax NNX model (never imports torch).
+
+The model is split once into ``(graphdef, params)``; every hot path is a module-level
+``jax.jit`` of a pure function (``jaxnet.train``), so all instances share compiled code.
+
+Numeric mode is the instance's own, not the process's: a float64 backend runs each call
+under ``jax.enable_x64(True)``, a float32 one under ``jax.enable_x64(False)``, so creating one
+never switches x64 on for anyone else.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxnet import checkpoint
+from jaxnet import model as jmodel
+from jaxnet import train as jtrain
+from jaxnet.config import ModelConfig, OptimConfig
+from jaxnet.errors import JaxnetError
+
+
+def _in_mode(method: Callable) -> Callable:
+    """Run ``method`` with x64 on for a float64 backend and off for a float32 one."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with jax.enable_x64(self.dtype == "float64"):
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+def jax_device(device: str) -> jax.Device:
+    """``auto`` is JAX's default device; ``cpu`` and ``cuda`` must exist."""
+    if device == "auto":
+        return jax.devices()[0]
+    platform = "gpu" if device == "cuda" else "cpu"
+    try:
+        return jax.devices(platform)[0]
+    except RuntimeError:
+        raise JaxnetError(f"device {device!r} requested but JAX sees no {platform} device") from None
+
+
+# Compiled code is shared by every instance: the model functions are jitted once per module,
+# and an optimizer's step functions once per (model structure, recipe, dtype).
+_COMPILED: dict[tuple, tuple] = {}
+
+
+def clear_caches() -> None:
+    """Forget compiled steps and traces (tests that swap a function for a faulty one call it)."""
+    _COMPILED.clear()
+    jax.clear_caches()
+
+
+def _optimizer(graphdef, cfg: OptimConfig, dtype: str) -> tuple:
+    """``(tx, step, scan, apply)`` for ``cfg``, built and jitted once per model and dtype."""
+    key = (graphdef, cfg, dtype)
+    if key not in _COMPILED:
+        tx = jtrain.make_optimizer(cfg, dtype)
+        _COMPILED[key] = (tx, *jtrain.compiled(graphdef, tx))
+    return _COMPILED[key]
+
+
+_EVAL = jax.jit(jtrain.evaluate, static_argnums=(0,), static_argnames="batch_size")
+_GRADS = jax.jit(jtrain.loss_and_grads, static_argnums=(1,))
+_ACTS = jax.jit(
+    lambda graphdef, params, x: jmodel.activations(nnx.merge(graphdef, params), x), static_argnums=0
+)
+_LOGITS = jax.jit(lambda graphdef, params, x: nnx.merge(graphdef, params)(x), static_argnums=0)
+
+
+class JaxBackend:
+    """Flax NNX model as ``(graphdef, params)``; training runs as compiled ``lax.scan``.
+
+    ``scan=False`` runs one jitted step per batch instead (the readable reference loop); the
+    two give bit-identical results on CPU. With ``state`` the model is built abstractly
+    (shapes only, nothing computed or compiled) and the weights are those of ``state``.
+    """
+
+    name = "jax"
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        *,
+        dtype: str = "float32",
+        device: str = "auto",
+        seed: int = 0,
+        state: dict[str, np.ndarray] | None = None,
+        scan: bool = True,
+    ) -> None:
+        self.config, self.dtype, self.scan = config, dtype, scan
+        self.device = jax_device(device)
+        self.step = 0
+        self.tx = None
+        self._data: tuple[jax.Array, jax.Array] | None = None
+        with jax.enable_x64(dtype == "float64"), jax.default_device(self.device):
+            if state is None:
+                model = jmodel.build(config, seed=seed, dtype=dtype)
+            else:
+                model = nnx.eval_shape(lambda: jmodel.build(config, seed=seed, dtype=dtype))
+            self.graphdef, self.params = nnx.split(model, nnx.Param)
+        if state is not None:
+            self.load_state_dict(state)
+
+    def describe(self) -> str:
+        return f"jax {jax.__version__} on {self.device.platform}:{self.device.id} ({self.device.device_kind})"
+
+    def _put(self, x) -> jax.Array:
+        return jax.device_put(x, self.device)
+
+    @_in_mode
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return jmodel.to_torch_layout(self.params)
+
+    @_in_mode
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        checkpoint.validate_state_dict(state, self.config, self.dtype)
+        self.params = self._put(jmodel.from_torch_layout(self.params, state))
+
+    @_in_mode
+    def activations(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        acts = _ACTS(self.graphdef, self.params, self._put(x))
+        return {k: np.asarray(v) for k, v in acts.items()}
+
+    @_in_mode
+    def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        loss, grads = _GRADS(self.params, self.graphdef, self._put(x), self._put(y))
+        return float(loss), jmodel.to_torch_layout(grads)
+
+    @_in_mode
+    def set_optimizer(
+        self, cfg: OptimConfig, state: dict[str, np.ndarray] | None = None, step: int = 0
+    ) -> None:
+        self.tx, self._step, self._scan, self._apply = _optimizer(self.graphdef, cfg, self.dtype)
+        self.load_optimizer_state(state, step)
+
+    @_in_mode
+    def load_optimizer_state(self, state: dict[str, np.ndarray] | None, step: int) -> None:
+        assert self.tx is not None, "set_optimizer first"
+        fresh = self.tx.init(self.params)
+        self.opt_state = self._put(jtrain.import_opt_state(fresh, state or {}, step))
+        self.step = step
+
+    @_in_mode
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        return jtrain.export_opt_state(self.opt_state, self.step)
+
+    @_in_mode
+    def apply_gradients(self, grads: dict[str, np.ndarray]) -> None:
+        tree = self._put(jmodel.from_torch_layout(self.params, grads))
+        self.params, self.opt_state = self._apply(self.params, self.opt_state, tree)
+        self.step += 1
+
+    @_in_mode
+    def set_train_data(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self._data = (self._put(images), self._put(labels))
+
+    @_in_mode
+    def train_steps(self, batches: list[np.ndarray]) -> np.ndarray:
+        """One step per index array; each run of equal-sized batches is one compiled scan.
+
+        With ``scan=False``, one jitted step per batch on a batch gathered outside it: the
+        readable loop, bit-identical to the scan on CPU.
+        """
+        assert self.tx is not None and self._data is not None, "set_optimizer and set_train_data first"
+        images, labels = self._data
+        losses = []
+        for _, group in itertools.groupby(batches, key=len):
+            run = list(group)
+            if self.scan:
+                idx = self._put(np.stack(run))
+                self.params, self.opt_state, chunk = self._scan(
+                    self.params, self.opt_state, images, labels, idx
+                )
+                losses.append(chunk)
+                continue
+            for batch in run:
+                idx = self._put(batch)
+                self.params, self.opt_state, loss = self._step(
+                    self.params, self.opt_state, images[idx], labels[idx]
+                )
+                losses.append(loss[None])
+        self.step += len(batches)
+        return np.asarray(jnp.concatenate(losses)) if losses else np.zeros(0)
+
+    @_in_mode
+    def evaluate(self, images: np.ndarray, labels: np.ndarray, batch_size: int = 64) -> tuple[int, float]:
+        correct, avg = _EVAL(
+            self.graphdef, self.params, self._put(images), self._put(labels), batch_size=batch_size
+        )
+        return int(correct), float(avg)
+
+    @_in_mode
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        return np.asarray(_LOGITS(self.graphdef, self.params, self._put(images)))

@@ -1,0 +1,52 @@
+"""The jaxnet command line: train | eval | predict | parity | bench | plot | convert.
+
+One module per subcommand, each with its flags (``add_arguments``) and its action (``run``);
+none imports a framework until it runs. Errors print one line, ``jaxnet: error: ...``, and
+exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from jaxnet import process
+from jaxnet.errors import JaxnetError
+
+COMMANDS = ("train", "eval", "predict", "parity", "bench", "plot", "convert")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxnet", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f"jaxnet.cli.{name}")
+        doc = module.__doc__.strip()
+        p = sub.add_parser(
+            name,
+            help=doc.splitlines()[0],
+            description=doc,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(p)
+        p.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``jaxnet ARGV``; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    process.prepare(shared=args.command in ("parity",))
+    try:
+        return args.run(args, parser)
+    except JaxnetError as err:
+        print(f"jaxnet: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"jaxnet: error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("jaxnet: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,41 @@
+"""Time both backends' training loops side by side, against this machine's measured limits.
+
+Each path runs in its own process, on the real training set with the tutorial's recipe;
+every number is the median of --epochs timed epochs after a warm-up one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from jaxnet.argtypes import nonneg_int, positive_int
+from jaxnet.bench import PATHS
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=3,
+        help="timed epochs per path, after one warm-up (default: %(default)s)",
+    )
+    p.add_argument(
+        "--paths", nargs="+", choices=PATHS, default=list(PATHS), help="training paths to time (default: all)"
+    )
+    p.add_argument(
+        "--train-limit", type=nonneg_int, default=0, help="first N training images (default: 0, all)"
+    )
+    p.add_argument("--json", type=Path, help="also write the results as JSON")
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from jaxnet import bench
+
+    report = bench.run_bench(tuple(args.paths), args.epochs, args.train_limit)
+    bench.print_table(report)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0

@@ -1,0 +1,79 @@
+"""Compare jax with torch layer by layer and step by step, against measured noise floors.
+
+Every row passes when its error is at most K times the noise floor measured in the same run
+(torch's float32 result against its float64 result, scaled to the row's dtype; per element
+for optimizer steps). Steps are compared teacher-forced (both sides step from torch's state)
+and free-running (each its own trajectory; a divergence must be explained by a ReLU tie or a
+sign flip). Exit status 0 only if every row passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from jaxnet.argtypes import nonneg_int, positive_int
+from jaxnet.cli._common import add_data_dir
+from jaxnet.config import DEVICES, RECIPES
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", choices=("float32", "float64", "both"), default="both",
+                   help="the dtypes whose rows to report (default: %(default)s)")  # fmt: skip
+    p.add_argument("--steps", type=positive_int, default=100,
+                   help="optimizer steps per recipe, teacher-forced and free-running (default: %(default)s)")  # fmt: skip
+    p.add_argument("--optimizer", choices=(*RECIPES, "all"), default="all",
+                   help="recipe of the step rows (default: %(default)s)")  # fmt: skip
+    p.add_argument("--epoch-optimizer", choices=(*RECIPES, "none"), default="sgd",
+                   help="recipe of the free-running epoch, or none (default: %(default)s)")  # fmt: skip
+    p.add_argument("--train-limit", type=nonneg_int, default=0,
+                   help="the epoch runs over the first N training images (default: 0, all)")  # fmt: skip
+    p.add_argument("--device", choices=DEVICES, default="auto", help="(default: %(default)s)")
+    p.add_argument("--matmul-precision", choices=("highest", "default"), default="highest",
+                   help="highest: full float32 matmuls in both (restored after); default: each "
+                   "framework's own (TF32 on recent GPUs in JAX), with floors scaled to it (default: %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--seed", type=nonneg_int, default=0, help="initial weights and batch order (default: %(default)s)"
+    )
+    p.add_argument("--plant", metavar="FAULT",
+                   help="run with a realistic porting bug planted in the JAX side, to see which row "
+                   "catches it (names: jaxnet/parity/faults.py, e.g. adam-eps-1e-7)")  # fmt: skip
+    add_data_dir(p)
+    p.add_argument("--json", type=Path, help="also write the report as JSON")
+    p.add_argument("--markdown", type=Path, help="also write the report as a markdown table")
+    p.add_argument("--plot", type=Path, help="also write a PNG: free-running gap and bound against step")
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import contextlib
+
+    from jaxnet import data, parity
+    from jaxnet.parity import faults
+
+    if args.plant is not None and args.plant not in faults.FAULTS:
+        parser.error(f"--plant: unknown fault {args.plant!r} (one of {', '.join(faults.FAULTS)})")
+    with faults.planted(args.plant) if args.plant else contextlib.nullcontext():
+        report = _report(args, data, parity)
+    parity.print_table(report)
+    if args.json:
+        parity.write_json(report, args.json)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(parity.markdown(report))
+    if args.plot:
+        parity.plot(report, args.plot)
+    return 0 if report.passed else 1
+
+
+def _report(args, data, parity):
+    return parity.run(
+        data.load(args.data_dir),
+        dtypes=("float32", "float64") if args.dtype == "both" else (args.dtype,),
+        steps=args.steps,
+        recipes=tuple(RECIPES) if args.optimizer == "all" else (args.optimizer,),
+        epoch_recipe=None if args.epoch_optimizer == "none" else args.epoch_optimizer,
+        device=args.device,
+        matmul_precision=args.matmul_precision,
+        seed=args.seed,
+        train_limit=args.train_limit,
+    )

@@ -1,0 +1,37 @@
+"""Predicted and actual class of test images, as the quickstart prints them.
+
+[0] Predicted: "Ankle boot", Actual: "Ankle boot"
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from jaxnet.argtypes import nonneg_int
+from jaxnet.cli._common import add_backend, add_data_dir, load_backend
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint", type=Path, required=True, help="a jaxnet checkpoint, .safetensors or tutorial .pth"
+    )
+    p.add_argument("--index", type=nonneg_int, nargs="+", default=[0],
+                   help="test-set indices, 0..9999 (default: %(default)s)")  # fmt: skip
+    add_backend(p)
+    add_data_dir(p)
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from jaxnet import data
+
+    backend = load_backend(args)
+    test = data.load(args.data_dir).test
+    bad = [i for i in args.index if i >= len(test)]
+    if bad:
+        parser.error(f"--index {bad[0]} is out of range (the test set has {len(test)} images)")
+    logits = backend.predict(test.float_images(backend.dtype)[args.index])
+    for i, row in zip(args.index, logits, strict=True):
+        predicted, actual = data.CLASS_NAMES[int(row.argmax())], data.CLASS_NAMES[int(test.labels[i])]
+        print(f'[{i}] Predicted: "{predicted}", Actual: "{actual}"')
+    return 0

@@ -1,0 +1,133 @@
+"""Train the tutorial model (defaults: the tutorial's recipe) with either backend.
+
+Prints the tutorial's lines (a loss every 100 batches, the Test Error block after each
+epoch). With --save, a checkpoint is written after every epoch and on Ctrl-C; --resume
+continues one, in either backend, on the same trajectory. A NaN or inf loss stops the run
+and keeps the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from jaxnet.argtypes import finite_float, nonneg_int, positive_int
+from jaxnet.cli._common import add_backend, add_data_dir
+from jaxnet.config import DTYPES, FLAGS, OPTIMIZERS, SCHEDULES, ModelConfig, TrainConfig
+from jaxnet.errors import JaxnetError
+
+DEFAULT_HIDDEN = ModelConfig().hidden
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_backend(p)
+    add_data_dir(p)
+    # Recipe flags default to None so that a resumed run can tell "given" from "not given";
+    # the defaults shown are FLAGS', applied in TrainConfig.from_flat.
+    recipe = p.add_argument_group("recipe (defaults: the tutorial's; a resumed run takes the checkpoint's)")
+    recipe.add_argument("--optimizer", choices=OPTIMIZERS, help=f"(default: {FLAGS['optimizer']})")
+    recipe.add_argument("--lr", type=finite_float, help=f"learning rate (default: {FLAGS['lr']})")
+    recipe.add_argument("--momentum", type=finite_float, help=f"sgd only (default: {FLAGS['momentum']})")
+    recipe.add_argument(
+        "--nesterov", action="store_const", const=True, help="Nesterov momentum (sgd with --momentum)"
+    )
+    recipe.add_argument("--weight-decay", type=finite_float,
+                        help="L2 for sgd and adam, decoupled for adamw (default: torch's: 0, or 1e-2 for adamw)")  # fmt: skip
+    recipe.add_argument("--schedule", choices=SCHEDULES,
+                        help=f"per-step learning-rate schedule over the run (default: {FLAGS['schedule']})")  # fmt: skip
+    recipe.add_argument("--batch-size", type=positive_int, help=f"(default: {FLAGS['batch_size']})")
+    recipe.add_argument("--epochs", type=positive_int,
+                        help=f"total epochs, counting a resumed run's (default: {FLAGS['epochs']})")  # fmt: skip
+    recipe.add_argument("--seed", type=nonneg_int,
+                        help=f"initial weights and batch order (default: {FLAGS['seed']})")  # fmt: skip
+    recipe.add_argument("--shuffle", action=argparse.BooleanOptionalAction,
+                        help="a new batch order every epoch; --no-shuffle is the tutorial's fixed order (default: shuffle)")  # fmt: skip
+    recipe.add_argument("--dtype", choices=DTYPES, help=f"(default: {FLAGS['dtype']})")
+    recipe.add_argument("--train-limit", type=nonneg_int,
+                        help="train on the first N images only, for quick runs (default: 0, all 60,000)")  # fmt: skip
+    model = p.add_argument_group("model")
+    model.add_argument("--hidden", type=positive_int, nargs="+",
+                       help=f"hidden layer sizes (default: {' '.join(map(str, DEFAULT_HIDDEN))})")  # fmt: skip
+    model.add_argument("--init", choices=("shared", "native"), default="shared",
+                       help="shared: numpy weights from --seed, the same in both backends; "
+                       "native: each framework's own RNG (default: %(default)s)")  # fmt: skip
+    out = p.add_argument_group("files")
+    out.add_argument("--save", type=Path, help="checkpoint written after every epoch and on Ctrl-C")
+    out.add_argument("--resume", type=Path, help="continue from a checkpoint (from either backend)")
+    out.add_argument("--metrics", type=Path, help="append one JSON line per epoch")
+    out.add_argument("--plot", type=Path, help="PNG of loss and accuracy per epoch")
+    out.add_argument("--progress", action=argparse.BooleanOptionalAction,
+                     help="progress bar (default: when stdout is a terminal)")  # fmt: skip
+
+
+def recipe(args: argparse.Namespace, resumed: TrainConfig | None) -> TrainConfig:
+    """The training config from the flags; when resuming, the checkpoint's, which flags must match.
+
+    Raises:
+        JaxnetError: an invalid value, or a flag that contradicts the checkpoint.
+    """
+    given = {k: getattr(args, k) for k in FLAGS if getattr(args, k) is not None}
+    if resumed is None:
+        return TrainConfig.from_flat(given)
+    current = resumed.flat()
+    for key, value in given.items():
+        if key != "epochs" and value != current[key]:
+            raise JaxnetError(
+                f"--{key.replace('_', '-')} {value} differs from the checkpoint's {current[key]}"
+            )
+    if given.get("epochs", resumed.epochs) != resumed.epochs and resumed.optimizer.schedule != "constant":
+        raise JaxnetError(
+            "--epochs cannot change with a learning-rate schedule (it decays over the whole run)"
+        )
+    return TrainConfig.from_flat(current | given)
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from jaxnet import checkpoint
+
+    resumed = checkpoint.load(args.resume) if args.resume else None
+    if resumed is not None and resumed.train_config is None:
+        raise JaxnetError(f"{args.resume}: holds weights only, no training state to resume")
+    try:
+        cfg = recipe(args, resumed.train_config if resumed else None)
+    except JaxnetError as err:
+        parser.error(str(err))
+    hidden = tuple(args.hidden) if args.hidden else None
+    if resumed is not None and hidden is not None and hidden != resumed.config.hidden:
+        parser.error(
+            f"--hidden {' '.join(map(str, hidden))} differs from the checkpoint's {resumed.config.hidden}"
+        )
+    config = resumed.config if resumed else ModelConfig(hidden=hidden or DEFAULT_HIDDEN)
+
+    from jaxnet import data, run  # the heavy imports after the flags are checked
+    from jaxnet.backends import get_backend
+
+    if resumed is not None:
+        run.check_resume(resumed, config, cfg)
+    ds = data.load(args.data_dir)
+    state = checkpoint.init_state_dict(config, cfg.seed, cfg.dtype) if args.init == "shared" else None
+    if resumed is not None:
+        state = resumed.model
+    backend = get_backend(
+        args.backend, config, dtype=cfg.dtype, device=args.device, seed=cfg.seed, state=state
+    )
+    print(f"backend: {backend.describe()}", file=sys.stderr)
+    try:
+        history = run.train(
+            backend, ds, cfg, save=args.save, resume=resumed, metrics=args.metrics, progress=args.progress
+        )
+    except run.Interrupted as stop:
+        where = (
+            f"; saved to {stop.checkpoint}, continue with --resume {stop.checkpoint}"
+            if stop.checkpoint
+            else ""
+        )
+        print(f"jaxnet: interrupted at step {stop.step}{where}", file=sys.stderr)
+        return 130
+    if args.plot:
+        from jaxnet import plot
+
+        rows = plot.read_metrics(args.metrics) if args.metrics else [vars(h) for h in history]
+        plot.plot_runs({args.backend: rows}, args.plot)
+    return 0

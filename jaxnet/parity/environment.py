@@ -1,0 +1,81 @@
+"""The arithmetic a parity run happens in: matmul precision switched and restored, and recorded.
+
+The only module besides the engine that imports both frameworks, and only when called.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Arithmetic:
+    """The float32 matmul arithmetic each side uses: ``"highest"`` (IEEE float32) or ``"tf32"``."""
+
+    jax: str
+    torch: str
+
+    @property
+    def coarsest(self) -> str:
+        return "tf32" if "tf32" in (self.jax, self.torch) else "highest"
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str, device: str) -> Iterator[Arithmetic]:
+    """``"highest"``: full float32 matmuls in both frameworks for the block, restored after.
+    ``"default"``: each framework's own default, left as it is; yields what is in force."""
+    import jax
+
+    from jaxnet.backends.torch import matmul_precision as torch_precision
+
+    if precision == "highest":
+        with jax.default_matmul_precision("highest"), torch_precision("highest"):
+            yield Arithmetic("highest", "highest")
+        return
+    yield in_force(device)
+
+
+def in_force(device: str) -> Arithmetic:
+    """What each framework's float32 matmuls use right now on ``device``."""
+    import jax
+    import torch
+
+    jax_gpu = jax.devices()[0].platform == "gpu" if device == "auto" else device == "cuda"
+    jax_setting = str(jax.config.jax_default_matmul_precision)
+    jax_reduced = jax_gpu and jax_setting in ("None", "default", "bfloat16", "tensorfloat32", "fastest")
+    torch_gpu = torch.cuda.is_available() and device != "cpu"
+    torch_reduced = torch_gpu and (
+        torch.get_float32_matmul_precision() != "highest" or torch.backends.cuda.matmul.allow_tf32
+    )
+    return Arithmetic("tf32" if jax_reduced else "highest", "tf32" if torch_reduced else "highest")
+
+
+def describe(jax_side, torch_side, arithmetic: Arithmetic) -> dict[str, str]:
+    """Devices, versions and the precision settings read at run time."""
+    import flax
+    import jax
+    import jaxlib
+    import optax
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "machine": f"{platform.platform()} ({platform.processor() or platform.machine()})",
+        "jax": f"{jax.__version__} (jaxlib {jaxlib.__version__}), flax {flax.__version__}, optax {optax.__version__}",
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "jax device": jax_side.describe(),
+        "torch device": torch_side.describe(),
+        "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),
+        "jax_enable_x64 (process)": str(bool(jax.config.jax_enable_x64)),
+        "torch float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "torch cuda.matmul.allow_tf32 / cudnn.allow_tf32": (
+            f"{torch.backends.cuda.matmul.allow_tf32} / {torch.backends.cudnn.allow_tf32}"
+        ),
+        "float32 matmul arithmetic in force": f"jax {arithmetic.jax}, torch {arithmetic.torch}",
+    }

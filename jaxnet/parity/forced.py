@@ -1,0 +1,166 @@
+"""Teacher-forced optimizer steps: both frameworks step from the reference's state, every step.
+
+At step ``t`` the JAX side is loaded with the reference's (torch float32) parameters,
+optimizer buffers and step count, and both take one step on the same batch. The results are
+compared element by element against :func:`verdict.step_floor`, measured at that step from
+the reference's float64 step and its sensitivity to gradient rounding. An implementation
+difference shows at the step where it acts, at full size, and the bound does not grow with
+the step count: nothing accumulates. The reference then continues along its own trajectory.
+
+A step whose batch holds a ReLU tie between the two sides (a pre-activation within rounding
+of 0 that they put on different sides) is compared without that example: its gradient
+legitimately differs by O(1). The rows say which steps left an example out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from jaxnet.backends import Backend
+from jaxnet.numerics import rel_error, unit_roundoff
+from jaxnet.parity import verdict
+from jaxnet.parity.free import FreePair
+from jaxnet.parity.report import Row
+
+OPT = "optimizer."  # prefix of optimizer buffers in a combined state
+
+
+def state(backend: Backend) -> dict[str, np.ndarray]:
+    """Parameters and optimizer buffers in one dict (buffers under ``optimizer.``)."""
+    return backend.state_dict() | {OPT + k: v for k, v in backend.optimizer_state().items()}
+
+
+def load(backend: Backend, combined: dict[str, np.ndarray], step: int) -> None:
+    backend.load_state_dict({k: v for k, v in combined.items() if not k.startswith(OPT)})
+    optimizer = {k.removeprefix(OPT): v for k, v in combined.items() if k.startswith(OPT)}
+    backend.load_optimizer_state(optimizer, step)
+
+
+def cast(combined: dict[str, np.ndarray], dtype: str) -> dict[str, np.ndarray]:
+    return {k: v.astype(dtype) for k, v in combined.items()}
+
+
+@dataclass
+class Sides:
+    """The backends of a teacher-forced run; all with the same optimizer and training data."""
+
+    ref: Backend  # torch float32: the reference trajectory
+    ref64: Backend  # torch float64: the floors, reloaded every step
+    spare: Backend  # torch float32: the reference's step on a batch without its tied examples
+    jax: dict[str, Backend]  # dtype -> the side under test, reloaded every step
+    relu_inputs: list[str]
+
+
+@dataclass
+class TeacherForced:
+    """The worst row per (dtype, tensor), and per-step series for the free-running pairs."""
+
+    rows: dict[tuple[str, str], Row]
+    ratios: dict[str, list[float]]  # dtype -> worst ratio of each step
+    allowance: dict[str, list[float]]  # dtype -> normwise teacher-forced allowance of each step
+    noise: dict[str, dict[str, float]] = field(default_factory=dict)  # dtype -> largest gradient floor
+    tied_steps: list[int] = field(default_factory=list)
+
+
+def teacher_forced(
+    sides: Sides,
+    batches: list[np.ndarray],
+    images: np.ndarray,
+    labels: np.ndarray,
+    factors: dict[str, float],
+    free: dict[str, FreePair] | None = None,
+) -> TeacherForced:
+    """Step the reference along its own trajectory and compare every side's step from its state.
+
+    ``factors`` maps a dtype to the scale from the float32 floor to that dtype's
+    (:func:`verdict.ladder_factor`). ``free`` pairs (dtype -> pair) take their own step at each
+    step too; the float32 pair's torch side must be ``sides.ref``.
+    """
+    out = TeacherForced({}, {d: [] for d in sides.jax}, {d: [] for d in sides.jax})
+    worst: dict[tuple[str, str], tuple[float, int, tuple]] = {}
+    free = free or {}
+    for t, idx in enumerate(batches, start=1):
+        x, y = images[idx], labels[idx]
+        for dtype, pair in free.items():
+            pair.before(x.astype(dtype), y)
+        step, start = sides.ref.step, state(sides.ref)
+        keep = _untied(sides, start, step, x, factors)
+        if len(keep) < len(idx):
+            out.tied_steps.append(t)
+        grads32 = sides.ref.loss_and_grads(x[keep], y[keep])[1]
+        sides.ref.train_steps([idx])  # the trajectory takes the whole batch
+        if len(keep) < len(idx):
+            load(sides.spare, start, step)
+            sides.spare.train_steps([idx[keep]])
+            after32 = state(sides.spare)
+        else:
+            after32 = state(sides.ref)
+        up = cast(start, "float64")
+        after64, moved, noise = _reference_float64(
+            sides.ref64, up, step, x[keep].astype(np.float64), y[keep], grads32
+        )
+        measured = max(rel_error(after32[k], after64[k]) for k in sides.ref.state_dict())
+        for dtype, side in sides.jax.items():  # _untied loaded each side with ``start``
+            side.train_steps([idx[keep]])
+            got = state(side)
+            expected = after32 if dtype == "float32" else after64
+            ratios = []
+            for name, value in got.items():
+                before = start.get(name, np.zeros_like(value))
+                floor = verdict.step_floor(
+                    before, after32[name], after64[name], [m[name] for m in moved], dtype, factors[dtype]
+                )
+                ratio = verdict.worst_ratio(value, expected[name], floor)
+                ratios.append(ratio)
+                if (dtype, name) not in worst or ratio > worst[dtype, name][0]:
+                    worst[dtype, name] = (ratio, t, (value, expected[name], floor))
+            out.ratios[dtype].append(max(ratios))
+            out.allowance[dtype].append(verdict.K * max(measured * factors[dtype], unit_roundoff(dtype)))
+        for dtype in sides.jax:
+            scaled = {k: v * factors[dtype] for k, v in noise.items()}
+            out.noise[dtype] = {k: max(v, out.noise.get(dtype, {}).get(k, 0.0)) for k, v in scaled.items()}
+            if dtype in free:
+                free[dtype].step(idx)
+                free[dtype].after(t, out.allowance[dtype][-1], scaled)
+    section = f"step ({len(batches)}, teacher-forced)"
+    tied = f"; a tied example left out at step(s) {out.tied_steps}" if out.tied_steps else ""
+    for (dtype, name), (_, t, args) in worst.items():
+        out.rows[dtype, name] = verdict.elementwise(section, name, dtype, *args, f"at step {t}{tied}")
+    return out
+
+
+def _untied(sides: Sides, start: dict, step: int, x: np.ndarray, factors: dict[str, float]) -> np.ndarray:
+    """Positions in the batch of the examples no side disagrees on at a ReLU tie."""
+    acts32 = sides.ref.activations(x)
+    load(sides.ref64, cast(start, "float64"), step)
+    acts64 = sides.ref64.activations(x.astype(np.float64))
+    tied: set[int] = set()
+    for dtype, side in sides.jax.items():
+        load(side, cast(start, dtype), step)
+        acts_j, acts_t = side.activations(x.astype(dtype)), (acts32 if dtype == "float32" else acts64)
+        for name in sides.relu_inputs:
+            floor = verdict.ladder_floor(acts32[name], acts64[name], dtype, factors[dtype])
+            flips, at_tie = verdict.relu_ties(acts_j[name], acts_t[name], floor)
+            tied |= {int(b) for (b, _), tie in zip(flips, at_tie, strict=True) if tie}
+    for name in sides.relu_inputs:
+        tied |= {int(b) for b, _ in verdict.relu_ties(acts32[name], acts64[name], 0.0)[0]}
+    return np.array([i for i in range(len(x)) if i not in tied], dtype=np.int64)
+
+
+def _reference_float64(ref64: Backend, start: dict, step: int, x, y, grads32: dict):
+    """The reference's float64 step from ``start``, the same step with every gradient element
+    moved up and down by the gradient's measured float32 floor, and those floors."""
+    load(ref64, start, step)
+    grads64 = ref64.loss_and_grads(x, y)[1]
+    u32 = unit_roundoff("float32")
+    noise = {
+        k: max(float(np.abs(grads32[k] - g).max()), u32 * float(np.abs(g).max())) for k, g in grads64.items()
+    }
+    results = []
+    for sign in (0.0, 1.0, -1.0):
+        load(ref64, start, step)
+        ref64.apply_gradients({k: g + sign * noise[k] for k, g in grads64.items()})
+        results.append(state(ref64))
+    return results[0], results[1:], noise

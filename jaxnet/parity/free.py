@@ -1,0 +1,132 @@
+"""Free-running trajectories: each framework follows its own, and their divergence is explained.
+
+Two training runs that differ only in rounding drift apart. Step by step, :class:`FreePair`
+holds their gap against the teacher-forced allowances accumulated so far (each step may add
+what one step's rounding adds, :mod:`jaxnet.parity.forced`). Where the gap first rises above
+that, the cause is looked up among the events of the steps up to there:
+
+- **ReLU tie**: the two runs' pre-activations of a unit for an example fall on different
+  sides of 0 while within their current disagreement of it; that example's gradient then
+  differs by O(1) in one run, a discontinuity no rounding bound covers;
+- **near-zero gradient**: an element's two updates differ by more than rounding while its
+  gradient is indistinguishable from 0 (within K times the gradient's noise, or below the
+  optimizer's ``eps``): Adam's ``m / (sqrt(v) + eps)`` normalises it, so rounding flips the
+  update's sign or is amplified up to ``lr / eps`` times.
+
+Found, the divergence is explained and what follows is chaotic growth, judged on outcomes;
+not found, it is unexplained and the row fails.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from jaxnet.backends import Backend
+from jaxnet.numerics import rel_error, ulp
+from jaxnet.parity import verdict
+from jaxnet.parity.report import Row
+
+MAX_EVENTS = 8  # the first few are what a reader needs
+
+
+@dataclass
+class Event:
+    step: int
+    kind: str  # "ReLU tie" or "near-zero gradient"
+    text: str
+
+
+@dataclass
+class FreePair:
+    """One free-running (jax, torch) pair, tracked step by step.
+
+    ``own_torch=False`` when the torch side is stepped by someone else (the reference
+    trajectory of :func:`~jaxnet.parity.forced.teacher_forced`). ``eps`` is the optimizer's
+    (0 for SGD): below it a normalised update is steep in the gradient.
+    """
+
+    jax: Backend
+    torch: Backend
+    relu_inputs: list[str]
+    eps: float = 0.0
+    own_torch: bool = True
+    gaps: list[float] = field(default_factory=list)
+    bounds: list[float] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+    def before(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Record both sides' state, pre-activations and torch's gradient on the coming batch."""
+        self._acts = (self.jax.activations(x), self.torch.activations(x))
+        self._params = (self.jax.state_dict(), self.torch.state_dict())
+        self._grads = self.torch.loss_and_grads(x, y)[1]
+
+    def step(self, idx: np.ndarray) -> None:
+        self.jax.train_steps([idx])
+        if self.own_torch:
+            self.torch.train_steps([idx])
+
+    def after(self, t: int, allowance: float, noise: dict[str, float]) -> None:
+        """Gap after step ``t``; ``allowance`` is this step's teacher-forced allowance
+        (normwise), ``noise`` each gradient's measured floor (absolute, in this dtype)."""
+        pj, pt = self.jax.state_dict(), self.torch.state_dict()
+        self.gaps.append(max(rel_error(pj[k], pt[k]) for k in pt))
+        self.bounds.append((self.bounds[-1] if self.bounds else 0.0) + allowance)
+        if len(self.events) < MAX_EVENTS:
+            self._find_ties(t)
+            self._find_near_zero(t, pj, pt, noise)
+
+    def _find_ties(self, t: int) -> None:
+        acts_j, acts_t = self._acts
+        for name in self.relu_inputs:
+            pre_j, pre_t = acts_j[name], acts_t[name]
+            flips = np.argwhere((pre_j > 0) != (pre_t > 0))
+            if len(flips):
+                b, j = (int(i) for i in flips[0])
+                spread = float(np.abs(pre_j - pre_t).max())
+                self.events.append(Event(t, "ReLU tie", (
+                    f"ReLU tie at step {t}: {name} unit {j}, example {b} of the batch: pre-activation "
+                    f"torch {pre_t[b, j]:.2e}, jax {pre_j[b, j]:.2e}, within the runs' disagreement "
+                    f"{spread:.1e} of 0 ({len(flips)} such flip(s) in this layer)"
+                )))  # fmt: skip
+                return
+
+    def _find_near_zero(self, t: int, pj: dict, pt: dict, noise: dict[str, float]) -> None:
+        before_j, before_t = self._params
+        for name in pt:
+            dj, dt = pj[name] - before_j[name], pt[name] - before_t[name]
+            resolution = ulp(np.maximum(np.abs(before_t[name]), np.abs(pt[name])), pt[name].dtype) + ulp(
+                dt, dt.dtype
+            )
+            g = self._grads[name]
+            near = np.abs(g) <= max(verdict.K * noise[name], self.eps)
+            hits = np.argwhere((np.abs(dj - dt) > verdict.K * resolution) & near)
+            if len(hits):
+                i = tuple(int(v) for v in hits[np.argmax(np.abs(dj - dt)[tuple(hits.T)])])
+                how = "opposite signs" if np.sign(dj[i]) != np.sign(dt[i]) else "the same sign, amplified"
+                self.events.append(Event(t, "near-zero gradient", (
+                    f"near-zero gradient at step {t}: {name}{list(i)} has gradient {g[i]:.1e} (noise "
+                    f"{noise[name]:.1e}, eps {self.eps:g}); its normalised update moved {dt[i]:+.2e} in torch "
+                    f"and {dj[i]:+.2e} in jax ({how}; {len(hits)} such element(s))"
+                )))  # fmt: skip
+                return
+
+    def row(self, section: str, quantity: str, dtype: str) -> Row:
+        """The verdict: within the accumulated bound, or above it after an explained event."""
+        gaps, bounds = np.array(self.gaps), np.array(self.bounds)
+        over = np.flatnonzero(gaps > bounds)
+        final = f"gap {gaps[-1]:.1e} after {len(gaps)} steps"
+        if not len(over):
+            i = int(np.argmax(gaps / np.maximum(bounds, 1e-300)))
+            note = f"{final}; within the accumulated teacher-forced bound at every step"
+            return Row(section, quantity, dtype, gaps[i], bounds[i] / verdict.K, bounds[i], True, None, note)
+        t = int(over[0]) + 1
+        gap, bound = gaps[t - 1], bounds[t - 1]
+        causes = [e for e in self.events if e.step <= t]
+        head = f"gap {gap:.1e} rose above the accumulated bound {bound:.1e} at step {t}"
+        if not causes:
+            note = f"{head}: unexplained (no ReLU tie, no near-zero gradient up to there); {final}"
+            return Row(section, quantity, dtype, gap, bound / verdict.K, bound, False, None, note)
+        note = f"{head}, after a {causes[0].text}; chaotic from there (judged on outcomes); {final}"
+        return Row(section, quantity, dtype, gap, bound / verdict.K, np.inf, True, None, note)

@@ -1,0 +1,144 @@
+"""Verdicts from measured noise floors (numpy only).
+
+A cross-framework difference is judged against the *noise floor*: how far two correct
+executions of the same computation land apart when only their arithmetic differs. jaxnet
+measures it in the same run, on the same inputs, from the reference (torch) itself:
+
+- the **dtype ladder**: the reference's float32 result against its float64 result from the
+  same (upcast) inputs is the float32 rounding error actually incurred. Rounding error is
+  first-order linear in the unit roundoff ``u``, so the float64 floor of the same computation
+  is that measurement times ``u64 / u32 = 2^-29``; with TF32 (or bf16) matmuls in force on
+  either side, times ``u_tf32 / u32``. No floor is below one ``u`` of the row's dtype: a
+  result stored in that dtype cannot be resolved more finely.
+- **per element** for optimizer steps (:func:`step_floor`): one ulp of the values involved,
+  plus how far the reference optimizer moves that element when its gradient moves by the
+  gradient's measured floor (a finite difference of the real update rule in float64, so
+  Adam's element near ``g = 0`` gets its own steep slope ``lr / (sqrt(v_hat) + eps)``).
+
+A row passes when ``err <= K * floor``. K covers what separates one correct execution from
+another beyond the reference's own error: the error of the other side (similar size, so a
+sum of two gives up to 2x), its different summation order (XLA's dot and reduce strategies
+accumulate error differently from MKL's; a factor of 2-3 in the normwise maximum), and the
+sampling of a maximum over few elements (a 10-element bias). 2 x 3 rounded up to a power of
+two gives 8. The calibration (``python -m jaxnet.parity.calibrate``, docs/calibration.md)
+measured the ratio ``err / floor`` of correct runs over 24 seeds and 4 arithmetic orders on
+this machine at 3.7 at most, and every planted fault at 30 or more: K = 8 sits between, with
+a factor of 2 to spare on the correct side.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from jaxnet.numerics import error, rel_error, ulp, unit_roundoff
+from jaxnet.parity.report import Row
+
+K = 8.0
+
+
+def ladder_factor(dtype: str, matmul: str = "highest", reference_matmul: str = "highest") -> float:
+    """Scale from the reference's measured float32 error to the floor of a ``dtype`` row.
+
+    ``matmul`` is the coarsest float32 matmul arithmetic either side uses; ``reference_matmul``
+    the one the reference's float32 run used (the one its measurement reflects).
+    """
+    return unit_roundoff(dtype, matmul) / unit_roundoff("float32", reference_matmul)
+
+
+def ladder_floor(ref32: np.ndarray, ref64: np.ndarray, dtype: str, factor: float) -> float:
+    """Normwise relative floor of a ``dtype`` row from the reference's float32 and float64 values."""
+    return max(rel_error(ref32, ref64) * factor, unit_roundoff(dtype))
+
+
+def normwise(section: str, quantity: str, dtype: str, actual, expected, floor: float, note: str = "") -> Row:
+    """Row for ``max|a - b| / max|b| <= K * floor``."""
+    err = error(actual, expected, dtype)
+    bound = K * floor
+    return Row(section, quantity, dtype, err.rel, floor, bound, err.rel <= bound, err, note)
+
+
+def elementwise(
+    section: str, quantity: str, dtype: str, actual, expected, floor: np.ndarray, note: str = ""
+) -> Row:
+    """Row for ``|a_i - b_i| <= K * floor_i`` at every element.
+
+    ``err``, ``floor`` and ``bound`` are shown at the element closest to failing, relative to
+    ``max|b|``, so that the printed err <= bound holds exactly when the row passes.
+    """
+    a, b = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    diff, ratio = _ratios(a, b, floor)
+    i = np.unravel_index(int(np.argmax(ratio)), ratio.shape) if ratio.ndim else ()
+    scale = float(np.abs(b).max()) or 1.0
+    worst = f"per element; closest to its bound at {[int(v) for v in i]}"
+    row = Row(
+        section,
+        quantity,
+        dtype,
+        float(diff[i]) / scale,
+        float(floor[i]) / scale,
+        K * float(floor[i]) / scale,
+        bool(np.all(ratio <= 1)),
+        error(a, b, dtype),
+        f"{worst}; {note}" if note else worst,
+    )
+    return row
+
+
+def worst_ratio(actual, expected, floor: np.ndarray) -> float:
+    """``max_i |a_i - b_i| / (K floor_i)``: what :func:`elementwise` decides on, computed alone."""
+    return float(
+        _ratios(np.asarray(actual, np.float64), np.asarray(expected, np.float64), floor)[1].max(initial=0)
+    )
+
+
+def _ratios(a: np.ndarray, b: np.ndarray, floor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    diff = np.abs(a - b)
+    diff[np.isnan(diff)] = np.inf
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return diff, np.where(diff == 0, 0.0, diff / (K * floor))
+
+
+def count(section: str, quantity: str, dtype: str, found: int, floor: int, bound: int, note: str = "") -> Row:
+    """Row for a count (flipped masks, differing predictions): passes when ``found <= bound``."""
+    return Row(section, quantity, dtype, float(found), float(floor), float(bound), found <= bound, None, note)
+
+
+def relu_ties(pre_a: np.ndarray, pre_b: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """Where two pre-activation arrays disagree on ``x > 0`` (``[n, 2]`` indices), and which
+    of those flips are ties.
+
+    A tie is a flip at a pre-activation within ``K * floor`` (relative to the layer's largest
+    value) of 0: ReLU's derivative jumps there, so two correct executions may put it on
+    either side, and that example's gradient then legitimately differs by O(1).
+    """
+    flips = np.argwhere((np.asarray(pre_a) > 0) != (np.asarray(pre_b) > 0))
+    threshold = K * floor * float(np.abs(pre_b).max())
+    return flips, np.array([abs(pre_b[b, j]) <= threshold for b, j in flips], dtype=bool)
+
+
+def step_floor(
+    before: np.ndarray,
+    after32: np.ndarray,
+    after64: np.ndarray,
+    moved: list[np.ndarray],
+    dtype: str,
+    factor: float,
+) -> np.ndarray:
+    """Per-element floor of one optimizer step's result (a parameter or a state buffer).
+
+    The sum of what separates two correct executions of ``after = before + update``:
+
+    - the resolution of the result: one ulp (in ``dtype``) of ``max(|before|, |after|)``,
+      which covers the cancellation in ``before + update``, and one ulp of ``|update|`` for
+      the update's own arithmetic;
+    - the reference's measured error at this element: its float32 result against its float64
+      one (``factor`` scales it to ``dtype``);
+    - the element's own sensitivity to gradient rounding: how far the reference's float64
+      update moves when every gradient element moves up or down by the gradient's measured
+      float32 floor (``moved``), scaled by ``factor``. Adam's elements near ``g = 0`` get
+      their steep slope ``lr / (sqrt(v_hat) + eps)`` here, SGD's get ``lr``.
+    """
+    update = np.abs(after64 - before)
+    resolution = ulp(np.maximum(np.abs(before), np.abs(after64)), dtype) + ulp(update, dtype)
+    sensitivity = np.max([np.abs(m - after64) for m in moved], axis=0)
+    return resolution + (np.abs(after32 - after64) + sensitivity) * factor

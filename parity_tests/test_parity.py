@@ -1,0 +1,210 @@
+"""``jaxnet parity``: verdicts that hold on any CPU and catch every planted fault.
+
+No false alarms: a correct JAX side passes under three arithmetic orders (as built, every
+gradient reduction reversed, torch on MKL's generic kernels with one thread everywhere).
+No blind spots: each fault of :mod:`jaxnet.parity.faults` fails the float32 rows alone,
+named by its first failing row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxnet import parity
+from jaxnet.cli import main
+from jaxnet.config import RECIPES
+from jaxnet.numerics import UNIT_ROUNDOFF, error
+from jaxnet.parity import faults, verdict
+from jaxnet.parity.environment import matmul_precision
+
+QUICK = {"steps": 3, "epoch_recipe": "sgd", "train_limit": 640}  # 10 steps in the epoch
+
+
+def problems(report: parity.Report) -> list[tuple]:
+    return [(r.section, r.quantity, r.dtype, f"{r.ratio:.3g}", r.note) for r in report.failures]
+
+
+@pytest.fixture(scope="module")
+def quick_report(fmnist) -> parity.Report:
+    return parity.run(fmnist, **QUICK)
+
+
+def test_a_correct_port_passes_every_row(quick_report):
+    assert quick_report.passed, problems(quick_report)
+    sections = {r.section.split(" ")[0] for r in quick_report.rows}
+    assert sections == {"forward", "gradient", "probe", "step", "trajectory", "epoch"}
+    steps = {(r.quantity.split(":")[0], r.dtype) for r in quick_report.rows if r.section.startswith("step")}
+    assert steps == {(name, d) for name in RECIPES for d in ("float32", "float64")}
+    assert quick_report.environment["float32 matmul arithmetic in force"] == "jax highest, torch highest"
+
+
+def test_every_row_shows_floor_bound_and_ratio_consistently(quick_report):
+    for row in quick_report.rows:
+        assert row.passed == (row.err <= row.bound), row  # never "pass" beside an error above the bound
+        if row.bound not in (0.0, np.inf):
+            assert row.ratio == pytest.approx(row.err / row.bound)
+        if row.error is not None and row.section in ("forward", "gradient"):
+            assert row.floor >= UNIT_ROUNDOFF[row.dtype]  # no floor finer than the dtype resolves
+
+
+def test_same_verdicts_with_every_reduction_reversed(fmnist):
+    """Each batch's examples reversed: every gradient sum and the loss mean in another order."""
+    report = parity.run(fmnist, reverse_batches=True, **QUICK)
+    assert report.passed, problems(report)
+
+
+def test_same_verdicts_on_mkl_generic_kernels_and_one_thread(tmp_path):
+    """torch on MKL's generic (SSE) kernels, one thread for torch, MKL and XLA's Eigen: another
+    CPU's rounding, in a fresh process because the libraries read these settings when they load."""
+    env = {**os.environ, "MKL_CBWR": "COMPATIBLE", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"}  # fmt: skip
+    out = tmp_path / "report.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "jaxnet",
+        "parity",
+        "--steps",
+        "3",
+        "--train-limit",
+        "640",
+        "--json",
+        str(out),
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    report = json.loads(out.read_text())
+    assert result.returncode == 0 and report["passed"], [r for r in report["rows"] if not r["passed"]]
+    assert "1 threads" in report["environment"]["torch device"]
+
+
+# ---------------------------------------------------------------------------- planted faults
+
+EXPECTED_FIRST_FAILURE = {
+    "transposed-weight": ("forward", "linear_relu_stack.2"),
+    "relu-grad-at-0": ("probe", "relu'(0): grad linear_relu_stack.0.bias"),
+    "log-of-softmax": ("probe", "loss at extreme logits (x10000)"),
+    "sum-loss": ("forward", "loss"),
+    "decay-after-momentum": ("step", "sgd-nesterov-wd-step: "),
+    "nesterov-dropped": ("step", "sgd-nesterov-wd-step: "),
+    "adam-eps-in-sqrt": ("step", "adam-l2: "),
+    "adam-eps-1e-7": ("step", "adam-l2: "),
+    "adam-bias-correction-off-by-one": ("step", "adam-l2: "),
+    "cosine-one-step-off": ("step", "adamw-cosine: "),
+    "adamw-decay-not-scaled-by-lr": ("step", "adamw-cosine: "),
+}
+
+
+def test_the_fault_catalogue_is_covered():
+    assert set(EXPECTED_FIRST_FAILURE) == set(faults.FAULTS)
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_FIRST_FAILURE))
+def test_each_planted_fault_fails_the_float32_rows_alone(fmnist, name):
+    with faults.planted(name) as fault:
+        report = parity.run(fmnist, dtypes=("float32",), steps=3, recipes=fault.recipes, epoch_recipe=None)
+    first = report.first_failure()
+    assert first is not None, f"{name} went unnoticed"
+    section, quantity = EXPECTED_FIRST_FAILURE[name]
+    assert first.section.startswith(section) and first.quantity.startswith(quantity), (
+        first.section,
+        first.quantity,
+    )
+    assert first.ratio > 1 and first.dtype == "float32"
+
+
+def test_the_planted_fault_is_gone_afterwards(fmnist):
+    with faults.planted("adam-eps-1e-7"):
+        pass
+    report = parity.run(fmnist, dtypes=("float32",), steps=2, recipes=("adam-l2",), epoch_recipe=None)
+    assert report.passed, problems(report)
+
+
+# ---------------------------------------------------------------------------- verdict pieces
+
+
+def test_the_ladder_scales_the_float32_floor_by_unit_roundoff():
+    assert verdict.ladder_factor("float32") == 1.0
+    assert verdict.ladder_factor("float64") == 2.0**-29
+    assert verdict.ladder_factor("float32", matmul="tf32") == 2.0**13  # u_tf32 / u_32
+    ref32, ref64 = np.float32([1.0, 2.0 + 2**-22]), np.float64([1.0, 2.0])
+    assert verdict.ladder_floor(ref32, ref64, "float32", 1.0) == 2**-23
+    assert verdict.ladder_floor(ref32, ref64, "float64", 2.0**-29) == 2**-52
+    assert verdict.ladder_floor(ref64, ref64, "float64", 1.0) == 2.0**-53  # never below one u
+
+
+def test_ulps_are_counted_in_the_rows_dtype():
+    one_float32_ulp_at_2 = np.float64(np.float32(2.0) + np.spacing(np.float32(2.0)))
+    assert error(np.float64([1.0, one_float32_ulp_at_2]), np.float64([1.0, 2.0]), "float32").ulps == 1.0
+    assert error(np.float64([1.0, one_float32_ulp_at_2]), np.float64([1.0, 2.0])).ulps == 2.0**29
+
+
+def test_an_elementwise_row_fails_at_the_element_beyond_its_own_bound():
+    expected = np.array([1.0, 1e-6, 0.5])
+    floor = np.array([1e-7, 1e-12, 1e-7])
+    ok = expected + np.array([7e-7, 7e-12, -7e-7])  # each within K = 8 times its own floor
+    assert verdict.elementwise("step", "p", "float32", ok, expected, floor).passed
+    bad = expected + np.array([0.0, 9e-12, 0.0])  # tiny, but 9x the floor of its element
+    row = verdict.elementwise("step", "p", "float32", bad, expected, floor)
+    assert not row.passed and "[1]" in row.note and row.err > row.bound
+
+
+def test_precision_switches_restore_what_they_change():
+    import torch
+
+    before = (str(jax.config.jax_default_matmul_precision), torch.get_float32_matmul_precision())
+    with matmul_precision("highest", "cpu") as arithmetic:
+        assert arithmetic.coarsest == "highest"
+        assert str(jax.config.jax_default_matmul_precision) == "highest"
+        assert torch.get_float32_matmul_precision() == "highest"
+    assert (str(jax.config.jax_default_matmul_precision), torch.get_float32_matmul_precision()) == before
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def test_the_command_writes_json_markdown_and_a_plot(tmp_path, capsys):
+    out = tmp_path / "r"
+    args = ["parity", "--dtype", "float32", "--steps", "2", "--optimizer", "adam-l2", "--epoch-optimizer", "none",
+            "--json", f"{out}.json", "--markdown", f"{out}.md", "--plot", f"{out}.png"]  # fmt: skip
+    assert main(args) == 0
+    assert "rows within their bounds" in capsys.readouterr().out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["passed"] and {row["dtype"] for row in report["rows"]} == {"float32"}
+    assert {row["section"].split(" ")[0] for row in report["rows"]} == {
+        "forward",
+        "gradient",
+        "probe",
+        "step",
+        "trajectory",
+    }
+    assert "| forward | linear_relu_stack.0 | float32 |" in (tmp_path / "r.md").read_text()
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_command_fails_on_a_planted_fault(capsys):
+    assert main(["parity", "--dtype", "float32", "--steps", "2", "--optimizer", "adam-l2", "--epoch-optimizer",
+                 "none", "--plant", "adam-eps-1e-7"]) == 1  # fmt: skip
+    assert "first failure: step (2, teacher-forced) / adam-l2: " in capsys.readouterr().out
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["highest", "default"])
+def test_gpu_parity_in_both_matmul_precisions(fmnist, precision):
+    import torch
+
+    if not torch.cuda.is_available() or not any(d.platform == "gpu" for d in jax.devices()):
+        pytest.skip("needs a CUDA device visible to both torch and jax")
+    report = parity.run(fmnist, steps=10, device="cuda", matmul_precision=precision, epoch_recipe=None)
+    assert report.passed, problems(report)
+    arithmetic = report.environment["float32 matmul arithmetic in force"]
+    if precision == "highest":
+        assert arithmetic == "jax highest, torch highest"
+    else:  # JAX's default float32 matmuls on recent NVIDIA GPUs are TF32; the floors scale to it
+        assert "tf32" in arithmetic
