@@ -1,4 +1,8 @@
-"""The ``jaxnet`` command as a user runs it: real subprocesses, real files, real signals."""
+"""The ``jaxnet`` command as a user runs it: real files, real signals.
+
+Commands run in-process through ``main(argv)`` with their output captured; a subprocess only
+where the process itself is the subject (SIGKILL, Ctrl-C).
+"""
 
 from __future__ import annotations
 
@@ -16,22 +20,18 @@ import torch
 
 import torchref
 from jaxnet import checkpoint, data
+from jaxnet.backends import get_backend
+from jaxnet.cli import build_parser, main
 
 JAXNET = [sys.executable, "-m", "jaxnet"]
 
 
-def jaxnet(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([*JAXNET, *map(str, args)], capture_output=True, text=True, timeout=600)
-    if check and result.returncode != 0:
-        raise AssertionError(f"jaxnet {args} exited {result.returncode}:\n{result.stderr}")
-    return result
-
-
-def one_line_error(result: subprocess.CompletedProcess) -> str:
-    """Bad input: non-zero exit, no traceback, and a final one-line message."""
-    assert result.returncode == 2, result
-    assert "Traceback" not in result.stderr, result.stderr
-    return result.stderr.strip().splitlines()[-1]
+def jaxnet(capsys, *args) -> str:
+    """Run ``jaxnet ARGS`` in-process; return its stdout (it must succeed)."""
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out
 
 
 # ---------------------------------------------------------------------------- eval and predict
@@ -52,38 +52,41 @@ def tutorial_pth(tmp_path_factory) -> Path:
     return path
 
 
-def test_eval_of_a_tutorial_checkpoint_gives_the_same_predictions_in_both_backends(tutorial_pth, fmnist):
+def test_eval_of_a_tutorial_checkpoint_gives_the_same_predictions_in_both_backends(
+    tutorial_pth, fmnist, capsys
+):
     results = {
-        b: json.loads(jaxnet("eval", "--backend", b, "--checkpoint", tutorial_pth, "--json").stdout)
+        b: json.loads(jaxnet(capsys, "eval", "--backend", b, "--checkpoint", tutorial_pth, "--json"))
         for b in ("jax", "torch")
     }
     assert results["jax"]["total"] == results["torch"]["total"] == 10000
-    assert results["jax"]["correct"] == results["torch"]["correct"]
     assert results["jax"]["accuracy"] > 0.5  # 50 steps learned something: chance is 0.1
-    # float32 avg loss: 157 per-batch means, each a 64-term sum; the two differ by rounding.
+    # float32 avg loss: 157 per-batch means of 64-term sums, each rounded: a few u apart.
     assert abs(results["jax"]["avg_loss"] - results["torch"]["avg_loss"]) < 1e-5
-    # Predictions on every one of the 10,000 test images, not only the count, must agree.
+    # Predictions on every one of the 10,000 test images: a difference must be a near-tie of
+    # the top two logits, within rounding (float32 logits agree to ~1e-6 relative).
     ckpt = checkpoint.load(tutorial_pth)
-    from jaxnet.backend import get_backend
-
     x = fmnist.test.float_images()
-    jax_pred = get_backend("jax", ckpt.config, state=ckpt.model).predict(x).argmax(1)
-    torch_pred = get_backend("torch", ckpt.config, state=ckpt.model).predict(x).argmax(1)
-    assert np.array_equal(jax_pred, torch_pred)
-    text = jaxnet("eval", "--checkpoint", tutorial_pth).stdout
+    logits_j = get_backend("jax", ckpt.config, state=ckpt.model).predict(x)
+    logits_t = get_backend("torch", ckpt.config, state=ckpt.model).predict(x)
+    differ = np.flatnonzero(logits_j.argmax(1) != logits_t.argmax(1))
+    top2 = np.sort(logits_t[differ], axis=1)[:, -2:]
+    assert np.all(top2[:, 1] - top2[:, 0] <= 1e-5 * np.abs(logits_t).max()), differ
+    assert abs(results["jax"]["correct"] - results["torch"]["correct"]) <= len(differ)
+    text = jaxnet(capsys, "eval", "--checkpoint", tutorial_pth)
     assert text.startswith(f"Test Error: \n Accuracy: {100 * results['jax']['accuracy']:>0.1f}%, Avg loss: ")
 
 
-def test_predict_prints_the_quickstart_line(tutorial_pth):
-    out = jaxnet("predict", "--checkpoint", tutorial_pth, "--index", "0", "1", "--backend", "torch").stdout
+def test_predict_prints_the_quickstart_line(tutorial_pth, capsys):
+    out = jaxnet(capsys, "predict", "--checkpoint", tutorial_pth, "--index", "0", "1", "--backend", "torch")
     lines = out.strip().splitlines()
     assert lines[0].startswith('[0] Predicted: "') and lines[0].endswith('", Actual: "Ankle boot"')
     assert len(lines) == 2
 
 
-def test_convert_pth_to_safetensors_and_back(tutorial_pth, tmp_path):
-    jaxnet("convert", tutorial_pth, tmp_path / "m.safetensors")
-    jaxnet("convert", tmp_path / "m.safetensors", tmp_path / "back.pth")
+def test_convert_pth_to_safetensors_and_back(tutorial_pth, tmp_path, capsys):
+    jaxnet(capsys, "convert", tutorial_pth, tmp_path / "m.safetensors")
+    jaxnet(capsys, "convert", tmp_path / "m.safetensors", tmp_path / "back.pth")
     original = torch.load(tutorial_pth, weights_only=True)
     back = torch.load(tmp_path / "back.pth", weights_only=True)
     assert all(torch.equal(original[k], back[k]) for k in original)
@@ -102,68 +105,95 @@ def test_convert_pth_to_safetensors_and_back(tutorial_pth, tmp_path):
         (["train", "--nesterov"], "nesterov needs --optimizer sgd and a non-zero --momentum"),
         (["train", "--momentum", "0.9", "--optimizer", "adam"], "--momentum applies to sgd only"),
         (["eval"], "the following arguments are required: --checkpoint"),
+        (["parity", "--plant", "no-such-bug"], "--plant: unknown fault 'no-such-bug'"),
     ],
 )
-def test_invalid_flags_get_argparse_errors(args, message):
-    result = jaxnet(*args, check=False)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.startswith("usage: jaxnet")
-    assert message in result.stderr.strip().splitlines()[-1]
+def test_invalid_flags_get_argparse_errors(args, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: jaxnet") and "Traceback" not in err
+    assert message in err.strip().splitlines()[-1]
 
 
-def test_bad_files_get_one_line_errors(tmp_path):
-    missing = one_line_error(jaxnet("eval", "--checkpoint", tmp_path / "nope.safetensors", check=False))
-    assert missing == f"jaxnet: error: {tmp_path / 'nope.safetensors'}: no such checkpoint file"
+def test_every_flag_of_every_command_is_explained():
+    """``-h`` explains every argument; every flag with a default says what it is."""
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # argparse keeps them here
+    for name, sub in commands.items():
+        for action in sub._actions:
+            if action.dest in ("help",):
+                continue
+            assert action.help, f"jaxnet {name} {action.option_strings or action.dest}: no help"
+            if action.option_strings and action.default not in (None, False) and action.nargs != 0:
+                assert "default" in action.help, f"jaxnet {name} {action.option_strings}: default not shown"
+
+
+def test_bad_files_get_one_line_errors(tmp_path, capsys):
+    def error(*args) -> str:
+        assert main([str(a) for a in args]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        return err.strip().splitlines()[-1]
+
+    missing = tmp_path / "nope.safetensors"
+    assert error("eval", "--checkpoint", missing) == f"jaxnet: error: {missing}: no such checkpoint file"
     wrong = tmp_path / "wrong.safetensors"
     state = checkpoint.init_state_dict(checkpoint.ModelConfig(), 0)
     state["linear_relu_stack.2.weight"] = state["linear_relu_stack.2.weight"][:, :100]
     wrong.write_bytes(checkpoint.safetensors_bytes(state, {}))
-    line = one_line_error(jaxnet("eval", "--checkpoint", wrong, check=False))
-    assert "key 'linear_relu_stack.2.weight': expected shape (512, 512), found (512, 100)" in line
+    line = error("eval", "--checkpoint", wrong)
+    assert "key 'linear_relu_stack.2.weight': expected float32[512, 512], found float32[512, 100]" in line
     empty = tmp_path / "empty-data"
     empty.mkdir()
-    line = one_line_error(jaxnet("eval", "--checkpoint", wrong, "--data-dir", empty, check=False))
-    assert "wrong.safetensors" in line  # the checkpoint is checked before the data
+    assert "wrong.safetensors" in error(
+        "eval", "--checkpoint", wrong, "--data-dir", empty
+    )  # checkpoint first
     good = tmp_path / "good.safetensors"
     good.write_bytes(
         checkpoint.safetensors_bytes(checkpoint.init_state_dict(checkpoint.ModelConfig(), 0), {})
     )
-    line = one_line_error(jaxnet("eval", "--checkpoint", good, "--data-dir", empty, check=False))
+    line = error("eval", "--checkpoint", good, "--data-dir", empty)
     assert line.startswith(f"jaxnet: error: {empty}: missing train-images-idx3-ubyte.gz")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n")
+    assert "not JSON lines" in error("plot", bad, "-o", tmp_path / "x.png")
 
 
-def test_resume_refuses_conflicting_flags(tmp_path):
+def test_resume_refuses_conflicting_flags(tmp_path, capsys):
     ckpt = tmp_path / "c.safetensors"
-    jaxnet("train", "--epochs", "1", "--train-limit", "640", "--save", ckpt)
-    result = jaxnet("train", "--resume", ckpt, "--lr", "0.5", check=False)
-    assert result.returncode == 2
-    assert "--lr 0.5 differs from the checkpoint's 0.001" in result.stderr
+    jaxnet(capsys, "train", "--epochs", "1", "--train-limit", "640", "--save", ckpt)
+    for flags, message in (
+        (["--lr", "0.5"], "--lr 0.5 differs from the checkpoint's 0.001"),
+        (["--hidden", "256"], "--hidden 256 differs from the checkpoint's (512, 512)"),
+        (["--dtype", "float64"], "--dtype float64 differs from the checkpoint's float32"),
+    ):
+        with pytest.raises(SystemExit) as stop:
+            main(["train", "--resume", str(ckpt), *flags])
+        assert stop.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_metrics_and_plot(tmp_path, capsys):
+    metrics, plot = tmp_path / "m.jsonl", tmp_path / "m.png"
+    jaxnet(capsys, "train", "--epochs", "2", "--train-limit", "1280", "--metrics", metrics, "--plot", plot)
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert {"train_loss", "test_loss", "accuracy", "seconds", "samples_per_s"} <= rows[0].keys()
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    overlay = tmp_path / "overlay.png"
+    jaxnet(capsys, "plot", metrics, metrics, "-o", overlay)
+    assert overlay.stat().st_size > 10_000
 
 
 # ---------------------------------------------------------------------------- interruptions
 
 
-def _train_args(save: Path, backend: str) -> list[str]:
-    # 6,400 images: 100 steps an epoch; the kill comes within ms of the first checkpoint.
-    return [
-        "train",
-        "--backend",
-        backend,
-        "--epochs",
-        "3",
-        "--train-limit",
-        "6400",
-        "--optimizer",
-        "adam",
-        "--seed",
-        "9",
-        "--save",
-        str(save),
-    ]
-
-
-def _start(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([*JAXNET, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _train_args(save: Path, backend: str, *extra: str) -> list[str]:
+    # 3,200 images: 50 steps an epoch; the kill comes within ms of the first checkpoint.
+    return ["train", "--backend", backend, "--epochs", "3", "--train-limit", "3200", "--optimizer", "adam",
+            "--seed", "9", "--save", str(save), *extra]  # fmt: skip
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -175,20 +205,22 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
 
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])
-def test_killed_run_resumes_bit_identical(tmp_path, backend):
+def test_killed_run_resumes_bit_identical(tmp_path, backend, capsys):
     reference = tmp_path / "reference.safetensors"
-    jaxnet(*_train_args(reference, backend))
+    jaxnet(capsys, *_train_args(reference, backend))
     killed = tmp_path / "killed.safetensors"
-    proc = _start(_train_args(killed, backend))
+    proc = subprocess.Popen(
+        [*JAXNET, *_train_args(killed, backend)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     _wait_for(killed, proc)  # epoch 1 saved; epoch 2 under way
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert checkpoint.load(killed).epoch < 3  # it really was stopped before the end
-    jaxnet("train", "--backend", backend, "--resume", killed, "--save", killed)
+    jaxnet(capsys, "train", "--backend", backend, "--resume", killed, "--save", killed)
     assert killed.read_bytes() == reference.read_bytes()
 
 
-def test_ctrl_c_saves_mid_epoch_and_resume_is_bit_identical(tmp_path):
+def test_ctrl_c_saves_mid_epoch_and_resume_is_bit_identical(tmp_path, capsys):
     args = [
         "train",
         "--epochs",
@@ -201,16 +233,11 @@ def test_ctrl_c_saves_mid_epoch_and_resume_is_bit_identical(tmp_path):
         "9",
     ]  # 300 steps/epoch
     reference = tmp_path / "reference.safetensors"
-    jaxnet(*args, "--save", reference)
+    jaxnet(capsys, *args, "--save", reference)
     stopped = tmp_path / "stopped.safetensors"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [*JAXNET, *args, "--save", str(stopped)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    proc = subprocess.Popen([*JAXNET, *args, "--save", str(stopped)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
     for line in proc.stdout:  # the first loss line of epoch 2 comes after step 400
         if line.startswith("Epoch 2"):
             next(proc.stdout)
@@ -223,20 +250,5 @@ def test_ctrl_c_saves_mid_epoch_and_resume_is_bit_identical(tmp_path):
     assert proc.returncode == 130, err
     assert "interrupted at step" in err and "Traceback" not in err
     assert checkpoint.load(stopped).step in (400, 500)
-    jaxnet("train", "--resume", stopped, "--save", stopped)
+    jaxnet(capsys, "train", "--resume", stopped, "--save", stopped)
     assert stopped.read_bytes() == reference.read_bytes()
-
-
-def test_metrics_and_plot(tmp_path):
-    metrics, plot = tmp_path / "m.jsonl", tmp_path / "m.png"
-    jaxnet("train", "--epochs", "2", "--train-limit", "1280", "--metrics", metrics, "--plot", plot)
-    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2]
-    assert {"train_loss", "test_loss", "accuracy", "seconds", "samples_per_s"} <= rows[0].keys()
-    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    overlay = tmp_path / "overlay.png"
-    jaxnet("plot", metrics, metrics, "-o", overlay)
-    assert overlay.stat().st_size > 10_000
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text("{not json\n")
-    assert "not JSON lines" in one_line_error(jaxnet("plot", bad, "-o", overlay, check=False))

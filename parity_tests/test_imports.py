@@ -1,22 +1,44 @@
-"""The import rules: torchref never sees jax, and jaxnet works without torch."""
+"""The import rules: each backend is loaded only when asked for, and imports run one way.
+
+- ``torchref`` imports neither jax nor jaxnet;
+- a torch run never starts JAX, a JAX run never loads torch (fresh processes, since the
+  subject is what a process has imported);
+- jaxnet works without torch installed, and asking for torch then is a clear error;
+- jaxnet's modules import each other without cycles.
+"""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
+
+import jaxnet
 
 BLOCK_TORCH = """
 import sys
 class Block:
     def find_spec(self, name, path=None, target=None):
         if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test")
+            raise ImportError("torch is blocked in this test", name="torch")
 sys.meta_path.insert(0, Block())
 """
+FRAMEWORKS = ("jax", "jaxlib", "flax", "optax", "torch")
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+def _loaded(code: str) -> set[str]:
+    """The frameworks a fresh process has imported after running ``code``."""
+    probe = (
+        code + f"\nimport sys; print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(FRAMEWORKS)!r}))"
+    )
+    result = _run(probe)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return set(ast.literal_eval(result.stdout.strip().splitlines()[-1]))
 
 
 def test_torchref_imports_neither_jax_nor_jaxnet():
@@ -27,11 +49,21 @@ def test_torchref_imports_neither_jax_nor_jaxnet():
     assert result.stdout.strip() == "[]"
 
 
+def test_a_torch_run_never_starts_jax_and_a_jax_run_never_loads_torch(tmp_path):
+    train = "from jaxnet.cli import main\nassert main(['train', '--backend', '{b}', '--epochs', '1', '--train-limit', '128', '--save', r'{p}']) == 0"
+    assert _loaded(train.format(b="torch", p=tmp_path / "t.safetensors")) == {"torch"}
+    assert _loaded(train.format(b="jax", p=tmp_path / "j.safetensors")) == {"jax", "jaxlib", "flax", "optax"}
+    evaluate = (
+        "from jaxnet.cli import main\nassert main(['eval', '--backend', '{b}', '--checkpoint', r'{p}']) == 0"
+    )
+    assert _loaded(evaluate.format(b="torch", p=tmp_path / "j.safetensors")) == {"torch"}  # across backends
+
+
 def test_jaxnet_trains_and_evaluates_without_torch(tmp_path):
     code = (
         BLOCK_TORCH
         + f"""
-import jaxnet, jaxnet.model, jaxnet.train, jaxnet.backend, jaxnet.run, jaxnet.parity, jaxnet.bench
+import jaxnet, jaxnet.backends, jaxnet.run, jaxnet.parity, jaxnet.bench, jaxnet.cli
 from jaxnet.cli import main
 assert main(["train", "--epochs", "1", "--train-limit", "640", "--save", r"{tmp_path / "c.safetensors"}"]) == 0
 assert main(["eval", "--checkpoint", r"{tmp_path / "c.safetensors"}", "--json"]) == 0
@@ -52,7 +84,7 @@ def test_asking_for_torch_without_it_is_a_clear_error(tmp_path):
     code = (
         BLOCK_TORCH
         + f"""
-from jaxnet.backend import get_backend
+from jaxnet.backends import get_backend
 from jaxnet.cli import main
 from jaxnet.config import ModelConfig
 from jaxnet.errors import JaxnetError
@@ -71,8 +103,60 @@ raise SystemExit(main(["eval", "--checkpoint", r"{tmp_path / "model.pth"}"]))
 
 def test_public_api_resolves_lazily():
     result = _run(
-        "import sys, jaxnet; assert 'jax' not in sys.modules; "
+        "import sys, jaxnet; assert 'jax' not in sys.modules and 'torch' not in sys.modules; "
         "print(jaxnet.ModelConfig().param_shapes()['linear_relu_stack.0.weight'], jaxnet.CLASS_NAMES[9])"
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "(512, 784) Ankle boot"
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """jaxnet module -> the jaxnet modules it imports at module level (not inside functions)."""
+    root = Path(jaxnet.__file__).parent
+    files = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in files.items():
+        found = set()
+        for node in ast.parse(path.read_text()).body:  # top level only
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("jaxnet"):
+                # ``from package import submodule`` depends on the submodule
+                found |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in files else node.module
+                          for a in node.names}  # fmt: skip
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name.startswith("jaxnet")}
+        # a module's parent packages load before it by Python's rules: not a design dependency
+        graph[name] = {d for d in found if d in files and d != name and not name.startswith(d + ".")}
+    return graph
+
+
+def test_jaxnet_imports_have_no_cycles():
+    graph = _module_imports()
+    state: dict[str, int] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        if state.get(module) == 1:
+            raise AssertionError("import cycle: " + " -> ".join([*path, module]))
+        if state.get(module) == 2:
+            return
+        state[module] = 1
+        for dep in sorted(graph[module]):
+            visit(dep, [*path, module])
+        state[module] = 2
+
+    for module in sorted(graph):
+        visit(module, [])
+
+
+def test_only_the_backend_modules_import_a_framework_at_the_top():
+    """Everything else imports jax or torch inside the function that needs it."""
+    root = Path(jaxnet.__file__).parent
+    allowed = {"backends/jax.py", "backends/torch.py", "model.py", "train.py", "parity/faults.py"}
+    for path in root.rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            heavy = [n for n in names if n.split(".")[0] in FRAMEWORKS]
+            assert not heavy or str(path.relative_to(root)) in allowed, (path, heavy)

@@ -93,7 +93,7 @@ class TorchBackend:
         checkpoint.validate_state_dict(state, self.config, self.dtype)
         with torch.no_grad():
             for key, value in self.model.state_dict().items():
-                value.copy_(torch.from_numpy(np.ascontiguousarray(state[key])))
+                value.copy_(self._put(state[key]))
 
     def activations(self, x: np.ndarray) -> dict[str, np.ndarray]:
         with torch.no_grad():

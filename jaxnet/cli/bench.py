@@ -1,7 +1,9 @@
-"""Time both backends' training loops side by side, against this machine's measured limits.
+"""Time both backends' training loops beside plain loops and this machine's measured limits.
 
-Each path runs in its own process, on the real training set with the tutorial's recipe;
-every number is the median of --epochs timed epochs after a warm-up one.
+Each path and each limit runs in its own process holding one framework, on the real
+training set with the tutorial's recipe; epoch times are medians of --epochs timed epochs
+after a warm-up one; limits (GEMM peaks per framework) the best of several trials; start-up
+the wall time of whole commands against a bare import.
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--train-limit", type=nonneg_int, default=0, help="first N training images (default: 0, all)"
     )
+    p.add_argument("--no-startup", action="store_true", help="skip timing the start-up of whole commands")
     p.add_argument("--json", type=Path, help="also write the results as JSON")
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from jaxnet import bench
 
-    report = bench.run_bench(tuple(args.paths), args.epochs, args.train_limit)
+    report = bench.run_bench(tuple(args.paths), args.epochs, args.train_limit, not args.no_startup)
     bench.print_table(report)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,186 @@
+"""The parts of a parity run over training steps: the backends, the step sections, the epoch.
+
+:class:`Run` holds the settings and makes each backend once per run; :func:`steps_section`
+compares one recipe's steps teacher-forced and free-running; :func:`epoch_section` runs one
+free-running epoch and judges its end on outcomes.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from jaxnet.backends import Backend, get_backend
+from jaxnet.config import RECIPES, ModelConfig, OptimConfig
+from jaxnet.data import batch_slices
+from jaxnet.numerics import rel_error, unit_roundoff
+from jaxnet.parity import verdict
+from jaxnet.parity.forced import Sides, teacher_forced
+from jaxnet.parity.free import FreePair
+from jaxnet.parity.report import Row
+
+BATCH = 64
+TF_SAMPLE = 10  # teacher-forced steps measured for an epoch recipe not among the step rows
+
+
+@dataclass
+class Run:
+    """The backends and settings of one parity run."""
+
+    config: ModelConfig
+    dtypes: tuple[str, ...]
+    device: str
+    state: dict[str, np.ndarray]  # float32 initial weights (float64 runs use them upcast)
+    factors: dict[str, float]  # dtype -> scale of the float32 floor to that dtype
+    reverse: bool  # each batch's examples in reverse order (another reduction order)
+
+    def __post_init__(self) -> None:
+        self._made: dict[tuple[str, str, str], Backend] = {}
+
+    def backend(self, name: str, dtype: str, role: str = "") -> Backend:
+        """The backend for ``role``, made once per run and reset to the initial weights."""
+        key = (name, dtype, role)
+        if key not in self._made:
+            self._made[key] = get_backend(
+                name, self.config, dtype=dtype, device=self.device, state=self.weights(dtype)
+            )
+        else:
+            self._made[key].load_state_dict(self.weights(dtype))
+        return self._made[key]
+
+    def weights(self, dtype: str) -> dict[str, np.ndarray]:
+        return {k: v.astype(dtype) for k, v in self.state.items()}
+
+    def batches(self, order: np.ndarray, n: int) -> list[np.ndarray]:
+        out = [order[s] for s in batch_slices(n, BATCH)]
+        return [b[::-1].copy() for b in out] if self.reverse else out
+
+
+def steps_section(setup: Run, recipe: str, opt: OptimConfig, batches, images, labels):
+    """Teacher-forced rows and free-running trajectory rows for one recipe.
+
+    Returns the rows, the teacher-forced run (its per-step allowances and gradient floors
+    serve the epoch's free-running pair) and the series to plot.
+    """
+    used, batches = _compact(batches)  # only the examples these steps touch go on the devices
+    images, labels = images[used], labels[used]
+    relu_inputs = setup.config.relu_inputs
+    sides = Sides(
+        setup.backend("torch", "float32", "reference"),
+        setup.backend("torch", "float64", "floor"),
+        setup.backend("torch", "float32", "spare"),
+        {d: setup.backend("jax", d, "teacher-forced") for d in setup.dtypes},
+        relu_inputs,
+    )
+    eps = opt.eps if opt.name in ("adam", "adamw") else 0.0
+    free = {
+        d: FreePair(setup.backend("jax", d, "free"), sides.ref if d == "float32" else setup.backend("torch", d, "free"),
+                    relu_inputs, eps=eps, own_torch=d != "float32")
+        for d in setup.dtypes
+    }  # fmt: skip
+    everyone = [sides.ref, sides.ref64, sides.spare, *sides.jax.values()]
+    everyone += [b for p in free.values() for b in (p.jax, p.torch)]
+    for backend in {id(b): b for b in everyone}.values():
+        backend.set_optimizer(opt)
+        backend.set_train_data(images.astype(backend.dtype), labels)
+    tf = teacher_forced(sides, batches, images, labels, setup.factors, free)
+    order = {name: i for i, name in enumerate(setup.config.param_shapes())}  # torch's order, then buffers
+    keyed = sorted(tf.rows.items(), key=lambda kv: (kv[0][0] != "float32", _tensor_order(kv[0][1], order)))
+    rows = [replace(row, quantity=f"{recipe}: {name}") for (_, name), row in keyed]
+    for dtype, pair in free.items():
+        rows.append(pair.row(f"trajectory ({len(batches)}, free-running)", recipe, dtype))
+    histories = {
+        f"{d} {recipe}": {"gap": p.gaps, "bound": p.bounds, "ratio": tf.ratios[d]} for d, p in free.items()
+    }
+    return rows, tf, histories
+
+
+def _tensor_order(name: str, order: dict[str, int]) -> tuple[int, str]:
+    param = name.removeprefix("optimizer.").rsplit(".", 1)[0] if name.startswith("optimizer.") else name
+    return (order.get(param, len(order)) + (len(order) if name.startswith("optimizer.") else 0), name)
+
+
+def _compact(batches: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The examples ``batches`` use, and the batches re-indexed into them."""
+    used, inverse = np.unique(np.concatenate(batches), return_inverse=True)
+    bounds = np.cumsum([0, *map(len, batches)])
+    return used, [inverse[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+def epoch_section(setup: Run, recipe: str, batches, images, data, forced: dict) -> list[Row]:
+    """One epoch, free-running; its divergence explained, its end judged on outcomes.
+
+    The per-step allowance and gradient floors are the largest the teacher-forced steps of
+    the same recipe measured (on the first steps, if the recipe had no step rows).
+    """
+    opt = replace(RECIPES[recipe], total_steps=len(batches))
+    if recipe not in forced:
+        forced[recipe] = steps_section(setup, recipe, opt, batches[:TF_SAMPLE], images, data.train.labels)[1]
+    tf = forced[recipe]
+    used, batches = _compact(batches)
+    images, labels = images[used], data.train.labels[used]
+    train_x = {d: images.astype(d) for d in ("float32", "float64")}
+    test_x, test_y = data.test.float_images(), data.test.labels
+    eps = opt.eps if opt.name in ("adam", "adamw") else 0.0
+    outcomes: dict[tuple[str, str], tuple[np.ndarray, float, float]] = {}
+    rows = []
+
+    def trained(name: str, dtype: str, role: str) -> Backend:
+        backend = setup.backend(name, dtype, f"epoch {role}")
+        backend.set_optimizer(opt)
+        backend.set_train_data(train_x[dtype], labels)
+        return backend
+
+    def outcome(backend: Backend) -> tuple[np.ndarray, float, float]:
+        x = test_x.astype(backend.dtype)
+        correct, loss = backend.evaluate(x, test_y)
+        return backend.predict(x).argmax(1), correct / len(test_y), loss
+
+    for dtype in sorted(set(setup.dtypes) | {"float64"}):
+        torch_side = trained("torch", dtype, "")
+        if dtype in setup.dtypes:
+            pair = FreePair(trained("jax", dtype, ""), torch_side, setup.config.relu_inputs, eps=eps)
+            allowance = max(tf.allowance[dtype])
+            for t, idx in enumerate(batches, start=1):
+                pair.before(train_x[dtype][idx], labels[idx])
+                pair.step(idx)
+                pair.after(t, allowance, tf.noise[dtype])
+            rows.append(
+                pair.row(f"epoch ({len(batches)} steps, free-running)", f"{recipe}: trajectory", dtype)
+            )
+            outcomes["jax", dtype] = outcome(pair.jax)
+        else:
+            torch_side.train_steps(batches)
+        outcomes["torch", dtype] = outcome(torch_side)
+        reversed_run = trained("torch", dtype, "reversed")
+        reversed_run.train_steps([b[::-1].copy() for b in batches])
+        outcomes["torch reversed", dtype] = outcome(reversed_run)
+    for dtype in setup.dtypes:
+        references = [("torch reversed", dtype)] + ([("torch", "float64")] if dtype == "float32" else [])
+        rows += outcome_rows(recipe, dtype, outcomes, references, len(batches))
+    return sorted(rows, key=lambda r: r.dtype != "float32")
+
+
+def outcome_rows(recipe, dtype, outcomes, references, steps) -> list[Row]:
+    """jax against torch after the epoch, each measure bounded by K times its largest value
+    between torch and a correct torch run that differs only in arithmetic order."""
+    section = f"epoch ({steps} steps, free-running)"
+    pred, acc, loss = outcomes["torch", dtype]
+    pred_j, acc_j, loss_j = outcomes["jax", dtype]
+    spread = [outcomes[r] for r in references]
+    names = ", ".join(f"{n} {d}" for n, d in references)
+    found = int(np.sum(pred_j != pred))
+    floor = max(int(np.sum(p != pred)) for p, _, _ in spread)
+    rows = [verdict.count(section, f"{recipe}: test predictions differing: {found} of {len(pred)}", dtype, found,
+                          floor, int(verdict.K * max(floor, 1)), f"floor: torch against {names}; at least 1 (a count)")]  # fmt: skip
+    one = 1.0 / len(pred)  # accuracy resolves one image
+    floor = max(max(abs(a - acc) for _, a, _ in spread), one)
+    rows.append(Row(section, f"{recipe}: test accuracy {acc_j:.2%} / {acc:.2%}", dtype, abs(acc_j - acc), floor,
+                    verdict.K * floor, abs(acc_j - acc) <= verdict.K * floor, None, f"floor: torch against {names}"))  # fmt: skip
+    floor = max(max(rel_error(np.float64(l_), np.float64(loss)) for _, _, l_ in spread), unit_roundoff(dtype))
+    err = rel_error(np.float64(loss_j), np.float64(loss))
+    rows.append(Row(section, f"{recipe}: test loss {loss_j:.6f} / {loss:.6f}", dtype, err, floor, verdict.K * floor,
+                    err <= verdict.K * floor, None, f"floor: torch against {names}"))  # fmt: skip
+    return rows
