@@ -26,7 +26,7 @@ data:
 	else echo "dataset-fashion-mnist not installed: jaxnet will download Fashion-MNIST into its cache"; fi
 
 train: $(STAMP) data
-	$(BIN)/jaxnet train --save runs/model.safetensors --metrics runs/metrics.jsonl --plot runs/metrics.png $(ARGS)
+	$(BIN)/jaxnet train --save runs/checkpoint --metrics runs/metrics.jsonl --plot runs/metrics.png $(ARGS)
 
 test: $(STAMP) data
 	$(BIN)/ruff check .

@@ -1,23 +1,38 @@
-"""Helpers shared by the examples: real data, and printing both sides' numbers alike."""
+"""Helpers shared by the examples' checks: real data, and printing both sides' numbers alike.
+
+Nothing here switches JAX's x64 mode: an example that needs float64 JAX runs its JAX calls
+under ``with jax.enable_x64(True):``, so importing an example changes nothing for the process.
+"""
 
 from __future__ import annotations
 
-import jax
 import numpy as np
-
-jax.config.update("jax_enable_x64", True)  # some examples compare in float64
 
 
 def real_batch(n: int = 8, dtype: str = "float32") -> tuple[np.ndarray, np.ndarray]:
-    """The first ``n`` real Fashion-MNIST test images ``[n, 1, 28, 28]`` and labels."""
+    """The first ``n`` real Fashion-MNIST test images ``[n, 1, 28, 28]`` in [0, 1], and their labels."""
     from jaxnet import data
 
     test = data.load().test
     return test.float_images(dtype)[:n], test.labels[:n]
 
 
-def show(name: str, torch_value, jax_value, digits: int = 6) -> None:
-    """Print one quantity from both frameworks, rounded so the page is stable."""
+# Significant digits printed per dtype. float32 results differ in their last bits between
+# machines (AVX2 against AVX-512 kernels, thread counts), so a page that every correct CPU
+# reproduces prints them short; float64 ones agree to far more digits.
+DIGITS = {"float32": 4, "float64": 8}
+
+
+def digits_for(*values) -> int:
+    """The digits of the coarsest floating dtype among ``values`` (float64 if none is a float)."""
+    kinds = [np.asarray(v).dtype for v in values]
+    floats = [d for d in kinds if d.kind == "f"]
+    return min((DIGITS.get(d.name, 4) for d in floats), default=DIGITS["float64"])
+
+
+def show(name: str, torch_value, jax_value, digits: int | None = None) -> None:
+    """Print one quantity from both frameworks, with the digits its dtype holds on every CPU."""
+    digits = digits or digits_for(torch_value, jax_value)
     t, j = np.asarray(torch_value, dtype=np.float64), np.asarray(jax_value, dtype=np.float64)
     fmt = {"float_kind": lambda v: f"{v:.{digits}g}"}
     with np.printoptions(formatter=fmt, threshold=8, edgeitems=3):

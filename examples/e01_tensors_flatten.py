@@ -37,11 +37,15 @@ def main():
     for name, a, b in zip(("input", "Flatten()", "Flatten(start_dim=0)"), t[:3], j[:3], strict=True):
         print(f"{name:22s} torch {tuple(a)}  jax {tuple(b)}")
         assert tuple(a) == tuple(b)
-    show(
-        "first 3 pixels of row 14 of image 0", t[3][0, 14 * 28 : 14 * 28 + 3], j[3][0, 14 * 28 : 14 * 28 + 3]
-    )
+    row = slice(14 * 28 + 12, 14 * 28 + 15)  # pixels 12-14 of row 14: the middle of the image
+    show("flat[0, 14 * 28 + 12 : 14 * 28 + 15]", t[3][0, row], j[3][0, row])
     assert (t[3].numpy() == jnp.asarray(j[3])).all()
 
 
 if __name__ == "__main__":
+    import sys
+    from pathlib import Path
+
+    # the repository root, so that `python examples/<this file>.py` finds the `examples` package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     main()

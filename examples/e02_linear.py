@@ -46,4 +46,9 @@ def main():
 
 
 if __name__ == "__main__":
+    import sys
+    from pathlib import Path
+
+    # the repository root, so that `python examples/<this file>.py` finds the `examples` package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     main()

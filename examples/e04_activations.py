@@ -48,8 +48,10 @@ def main():
 
     from examples._common import show
 
-    x = np.array([-2.0, -0.5, 0.0, 0.5, 2.0])
-    t, j = torch_side(x), jax_side(x)
+    x = np.array([-2.0, -0.5, 0.0, 0.5, 2.0])  # float64: both sides' elementwise results agree to ~1e-16
+    t = torch_side(x)
+    with jax.enable_x64(True):  # float64 JAX here only; importing this file switches nothing on
+        j = {name: (np.asarray(v), np.asarray(g)) for name, (v, g) in jax_side(x).items()}
     for name in t:
         show(f"{name}'(x) at x = {x.tolist()}", t[name][1], j[name][1])
         assert np.allclose(t[name][0], j[name][0], rtol=1e-12, atol=1e-15)  # float64 elementwise
@@ -59,4 +61,9 @@ def main():
 
 
 if __name__ == "__main__":
+    import sys
+    from pathlib import Path
+
+    # the repository root, so that `python examples/<this file>.py` finds the `examples` package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     main()

@@ -54,17 +54,26 @@ def main():
 
     rng = np.random.default_rng(0)
     logits, labels, targets = rng.normal(size=(4, 10)), np.array([3, 0, 9, 1]), rng.normal(size=(4, 10))
-    t, j = torch_side(logits, labels, targets), jax_side(logits, labels, targets)
+    t = torch_side(logits, labels, targets)
+    with jax.enable_x64(True):  # float64 JAX here only; importing this file switches nothing on
+        j = {k: np.asarray(v) for k, v in jax_side(logits, labels, targets).items()}
     for name in t:
         show(name, t[name].numpy(), j[name])
         assert np.allclose(t[name].numpy(), j[name], rtol=1e-13, atol=0)  # float64, 10-term sums
     extreme = logits.copy()
     extreme[0, 0] = 1000.0  # label 3's probability underflows to 0 in float64
-    t, j = torch_side(extreme, labels, targets), jax_side(extreme, labels, targets)
+    t = torch_side(extreme, labels, targets)
+    with jax.enable_x64(True):
+        j = {k: np.asarray(v) for k, v in jax_side(extreme, labels, targets).items()}
     show("extreme logit: log_softmax + NLL", t["log_softmax + NLL"].numpy(), j["log_softmax + NLL"])
     show("extreme logit: naive log(softmax)", t["naive log(softmax)"].numpy(), j["naive log(softmax)"])
     assert np.isfinite(j["log_softmax + NLL"]) and np.isinf(j["naive log(softmax)"])
 
 
 if __name__ == "__main__":
+    import sys
+    from pathlib import Path
+
+    # the repository root, so that `python examples/<this file>.py` finds the `examples` package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     main()

@@ -39,7 +39,7 @@ def jax_side(x, y, weights, activation):
             h = act(h) if i < len(params) - 1 else h
         return optax.softmax_cross_entropy_with_integer_labels(h, y).mean()
 
-    grads = jax.grad(loss_fn)(params)
+    grads = jax.jit(jax.grad(loss_fn))(params)
     return [float(jnp.linalg.norm(k)) for k, _ in grads]
 
 
@@ -57,7 +57,9 @@ def main(plot_path=None):
     weights = [(rng.uniform(-1, 1, (o, i)) / np.sqrt(i), np.zeros(o)) for i, o in itertools.pairwise(sizes)]
     norms = {}
     for activation in ("sigmoid", "relu"):
-        t, j = torch_side(x, y, weights, activation), jax_side(x, y, weights, activation)
+        t = torch_side(x, y, weights, activation)
+        with jax.enable_x64(True):  # float64 JAX here only; importing this file switches nothing on
+            j = jax_side(x, y, weights, activation)
         norms[activation] = t
         print(f"{activation:8s} |dL/dW| layer 1 .. 12 (torch): " + " ".join(f"{v:.1e}" for v in t))
         print(f"{activation:8s} |dL/dW| layer 1 .. 12 (jax):   " + " ".join(f"{v:.1e}" for v in j))
@@ -81,4 +83,9 @@ def main(plot_path=None):
 
 
 if __name__ == "__main__":
+    import sys
+    from pathlib import Path
+
+    # the repository root, so that `python examples/<this file>.py` finds the `examples` package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     main()

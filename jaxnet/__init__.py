@@ -5,7 +5,8 @@ The public API, imported on first use (so ``import jaxnet`` stays cheap and neve
     import jaxnet
     ds = jaxnet.load_data()                                   # real Fashion-MNIST, verified
     model = jaxnet.get_backend("jax", jaxnet.ModelConfig())   # or "torch"
-    ckpt = jaxnet.load_checkpoint("model.pth")                # tutorial .pth or safetensors
+    ckpt = jaxnet.load_checkpoint("runs/checkpoint")          # or a tutorial .pth, a .safetensors
+    model = jaxnet.load_model("runs/checkpoint")              # the Flax NNX model, weights loaded
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "NeuralNetwork": ("jaxnet.model", "NeuralNetwork"),
+    "load_model": ("jaxnet.model", "load_model"),
     "ModelConfig": ("jaxnet.config", "ModelConfig"),
     "OptimConfig": ("jaxnet.config", "OptimConfig"),
     "TrainConfig": ("jaxnet.config", "TrainConfig"),

@@ -1,34 +1,38 @@
-"""The checkpoint both backends read and write: one safetensors file, torch names and layout.
+"""Checkpoints both backends read and write, in the layout people already use.
 
-Layout of a file::
+A training run writes a directory::
 
-    linear_relu_stack.0.weight                 [512, 784]   model tensors, torch names
-    ...
-    optimizer.linear_relu_stack.0.weight.exp_avg            optimizer state, torch's words
-    ...
-    metadata: format, format_version, model_config (JSON), train_config (JSON),
-              progress (JSON: epoch, step), backend
+    runs/checkpoint/
+      model.safetensors       the weights, torch's keys and [out, in] layout: the tutorial's own
+                              NeuralNetwork().load_state_dict(safetensors.torch.load_file(...))
+                              loads it strictly; jaxnet.load_model(...) gives the Flax model
+      optimizer.safetensors   optimizer state in torch's words (``<param>.exp_avg``, ...)
+      state.json              format version, model and training config, epoch and step, backend
 
-A tutorial user's ``torch.save(model.state_dict(), "model.pth")`` loads too (needs torch).
-Writes are atomic (temp file, fsync, rename), so a crash never leaves half a checkpoint.
+written as a whole (a temporary directory renamed into place, :func:`files.atomic_directory`),
+so a crash leaves the previous checkpoint or the new one, never a mix. Files follow the umask.
+
+Also read: the single-file checkpoints of format 1 (weights, ``optimizer.``-prefixed state
+and metadata in one safetensors file), plain safetensors state dicts, and a tutorial user's
+``torch.save(model.state_dict(), "model.pth")`` (needs torch).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from jaxnet import files
 from jaxnet.config import ModelConfig, TrainConfig
 from jaxnet.errors import CheckpointError, JaxnetError
 
 FORMAT = "jaxnet-checkpoint"
-FORMAT_VERSION = "1"
-OPT_PREFIX = "optimizer."
+FORMAT_VERSION = 2
+MODEL, OPTIMIZER, STATE = "model.safetensors", "optimizer.safetensors", "state.json"
+OPT_PREFIX = "optimizer."  # format 1 kept optimizer tensors in the model file under this prefix
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -109,71 +113,33 @@ def init_state_dict(config: ModelConfig, seed: int, dtype: str = "float32") -> d
 # ---------------------------------------------------------------------------- writing
 
 
-def atomic_write(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new, never a mix."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-_ST_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float64): "F64"}
-
-
-def safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
-    """Serialise to the safetensors format with a canonical header (sorted keys).
-
-    The ``safetensors`` library writes ``__metadata__`` from a hash map in an order that varies
-    from call to call; this writer makes equal checkpoints byte-identical files. Format: an
-    8-byte little-endian header length, a JSON header padded with spaces to a multiple of 8,
-    then the little-endian tensor bytes in header order. Read back by ``safetensors`` itself.
-    """
-    header: dict[str, dict] = {}
-    blobs, offset = [], 0
-    for name in sorted(tensors):
-        array = np.ascontiguousarray(tensors[name])
-        blob = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-        header[name] = {
-            "dtype": _ST_DTYPES[array.dtype],
-            "shape": list(array.shape),
-            "data_offsets": [offset, offset + len(blob)],
-        }
-        blobs.append(blob)
-        offset += len(blob)
-    header["__metadata__"] = dict(sorted(metadata.items()))
-    text = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
-    text += b" " * (-len(text) % 8)
-    return len(text).to_bytes(8, "little") + text + b"".join(blobs)
-
-
 def save(path: str | Path, ckpt: Checkpoint) -> None:
-    """Validate and write ``ckpt`` atomically as safetensors."""
-    validate_state_dict(ckpt.model, ckpt.config)
-    tensors = {k: np.ascontiguousarray(v) for k, v in ckpt.model.items()}
-    tensors |= {OPT_PREFIX + k: np.ascontiguousarray(v) for k, v in ckpt.optimizer.items()}
-    metadata = {
+    """Validate ``ckpt`` and write it as a checkpoint directory at ``path``, atomically."""
+    path = Path(path)
+    if path.suffix in (".safetensors", ".pth", ".pt") or path.is_file():
+        raise CheckpointError(f"{path}: a checkpoint is a directory (e.g. runs/checkpoint), not a file")
+    dtype = validate_state_dict(ckpt.model, ckpt.config)
+    if ckpt.train_config is not None:
+        validate_optimizer_state(ckpt.optimizer, ckpt.config, ckpt.train_config, dtype)
+    state = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "model_config": ckpt.config.to_json(),
-        "progress": json.dumps({"epoch": ckpt.epoch, "step": ckpt.step}),
+        "model_config": json.loads(ckpt.config.to_json()),
+        "train_config": json.loads(ckpt.train_config.to_json()) if ckpt.train_config else None,
+        "epoch": ckpt.epoch,
+        "step": ckpt.step,
         "backend": ckpt.backend,
     }
-    if ckpt.train_config is not None:
-        metadata["train_config"] = ckpt.train_config.to_json()
-    atomic_write(path, safetensors_bytes(tensors, metadata))
+    with files.atomic_directory(path) as tmp:
+        files.atomic_write(tmp / MODEL, files.safetensors_bytes(ckpt.model, {"format": "pt"}))
+        if ckpt.optimizer:
+            files.atomic_write(tmp / OPTIMIZER, files.safetensors_bytes(ckpt.optimizer, {}))
+        files.atomic_write(tmp / STATE, (json.dumps(state, indent=1, sort_keys=True) + "\n").encode())
+
+
+def save_weights(path: str | Path, model: dict[str, np.ndarray]) -> None:
+    """A plain safetensors state dict (what ``safetensors.torch.save_file`` writes), atomically."""
+    files.atomic_write(path, files.safetensors_bytes(model, {"format": "pt"}))
 
 
 # ---------------------------------------------------------------------------- reading
@@ -196,42 +162,70 @@ def _read_pth(path: Path) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in state.items()}
 
 
+def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    try:
+        return files.read_safetensors(path)
+    except ValueError as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+
+
 def load(path: str | Path) -> Checkpoint:
-    """Read and validate a ``.safetensors`` checkpoint or a tutorial ``.pth`` state dict.
+    """Read and validate a checkpoint directory, a format-1 file, a safetensors state dict or a
+    tutorial ``.pth``.
 
     Raises:
         CheckpointError: the message starts with the path, then names the key and the fault.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+    path = files.current(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
     try:
-        return _load(path)
+        return _load_directory(path) if path.is_dir() else _load_file(path)
     except CheckpointError as err:
         message = str(err)
         raise CheckpointError(message if message.startswith(str(path)) else f"{path}: {message}") from None
 
 
-def _load(path: Path) -> Checkpoint:
+def _load_directory(path: Path) -> Checkpoint:
+    if not (path / MODEL).is_file():
+        raise CheckpointError(f"{path}: no {MODEL} in this directory (is it a checkpoint?)")
+    model, _ = _read_safetensors(path / MODEL)
+    if not (path / STATE).is_file():  # weights alone
+        return Checkpoint(model=model, config=infer_config(model))
+    try:
+        state = json.loads((path / STATE).read_text())
+        if state.get("format") != FORMAT or state.get("format_version") != FORMAT_VERSION:
+            raise CheckpointError(
+                f"{path / STATE}: format {state.get('format')!r} version {state.get('format_version')!r}, "
+                f"expected {FORMAT!r} version {FORMAT_VERSION}"
+            )
+        config = ModelConfig(**state["model_config"])
+        train = state.get("train_config")
+        train_config = TrainConfig.from_json(json.dumps(train)) if train else None
+        epoch, step, backend = int(state["epoch"]), int(state["step"]), str(state.get("backend", ""))
+    except (KeyError, TypeError, ValueError, JaxnetError) as err:
+        if isinstance(err, CheckpointError):
+            raise
+        raise CheckpointError(f"{path / STATE}: bad training state ({err})") from None
+    optimizer = _read_safetensors(path / OPTIMIZER)[0] if (path / OPTIMIZER).is_file() else {}
+    dtype = validate_state_dict(model, config)
+    if train_config is not None:
+        validate_optimizer_state(optimizer, config, train_config, dtype)
+    return Checkpoint(model, config, optimizer, train_config, epoch, step, backend)
+
+
+def _load_file(path: Path) -> Checkpoint:
     if path.suffix in (".pth", ".pt"):
         model = _read_pth(path)
         return Checkpoint(model=model, config=infer_config(model))
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+    tensors, metadata = _read_safetensors(path)
     model = {k: v for k, v in tensors.items() if not k.startswith(OPT_PREFIX)}
     optimizer = {k.removeprefix(OPT_PREFIX): v for k, v in tensors.items() if k.startswith(OPT_PREFIX)}
-    if metadata.get("format") != FORMAT:
-        # A plain safetensors state dict (e.g. saved by safetensors.torch): weights only.
+    if metadata.get("format") != FORMAT:  # a plain safetensors state dict: weights only
         return Checkpoint(model=model, config=infer_config(model))
-    if metadata.get("format_version") != FORMAT_VERSION:
+    if metadata.get("format_version") != "1":
         raise CheckpointError(
-            f"{path}: format version {metadata.get('format_version')!r}, expected {FORMAT_VERSION!r}"
+            f"{path}: format version {metadata.get('format_version')!r}, expected '1' for a file"
         )
     try:
         config = ModelConfig.from_json(metadata["model_config"])
@@ -243,14 +237,9 @@ def _load(path: Path) -> Checkpoint:
     if train_config is not None:
         validate_optimizer_state(optimizer, config, train_config, dtype)
     return Checkpoint(
-        model=model,
-        config=config,
-        optimizer=optimizer,
-        train_config=train_config,
-        epoch=int(progress.get("epoch", 0)),
-        step=int(progress.get("step", 0)),
-        backend=metadata.get("backend", ""),
-    )
+        model, config, optimizer, train_config, int(progress.get("epoch", 0)), int(progress.get("step", 0)),
+        metadata.get("backend", ""),
+    )  # fmt: skip
 
 
 def validate_optimizer_state(
@@ -264,13 +253,12 @@ def validate_optimizer_state(
         for name in names:
             full = f"{key}.{name}"
             if full not in optimizer:
-                raise CheckpointError(f"missing optimizer key {OPT_PREFIX + full!r}")
+                raise CheckpointError(f"missing optimizer key {full!r}")
             value = optimizer[full]
             if tuple(value.shape) != shape or value.dtype != dtype:
                 raise CheckpointError(
-                    f"optimizer key {OPT_PREFIX + full!r}: expected {dtype}{list(shape)}, "
-                    f"found {value.dtype}{list(value.shape)}"
+                    f"optimizer key {full!r}: expected {dtype}{list(shape)}, found {value.dtype}{list(value.shape)}"
                 )
     extra = set(optimizer) - {f"{k}.{n}" for k in config.param_shapes() for n in names}
     if extra:
-        raise CheckpointError(f"unexpected optimizer key {OPT_PREFIX + sorted(extra)[0]!r}")
+        raise CheckpointError(f"unexpected optimizer key {sorted(extra)[0]!r}")

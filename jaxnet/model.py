@@ -94,6 +94,25 @@ def build(config: ModelConfig, *, seed: int = 0, dtype: str = "float32") -> Neur
     )
 
 
+def load_model(path) -> NeuralNetwork:
+    """The Flax model of a checkpoint, with its weights, in one call.
+
+    Reads what ``jaxnet.checkpoint.load`` reads (a checkpoint directory, a safetensors state
+    dict, a tutorial ``.pth``); the model is built abstractly and filled, nothing computed.
+    A float64 checkpoint needs ``jax.enable_x64(True)`` around the call and its use.
+
+    Example:
+        >>> model = load_model("runs/checkpoint")          # doctest: +SKIP
+        >>> model(images).argmax(axis=1)                    # doctest: +SKIP
+    """
+    from jaxnet import checkpoint
+
+    ckpt = checkpoint.load(path)
+    abstract = nnx.eval_shape(lambda: build(ckpt.config, dtype=str(ckpt.dtype)))
+    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+    return nnx.merge(graphdef, from_torch_layout(params, ckpt.model), rest)
+
+
 def activations(model: NeuralNetwork, x: jax.Array) -> dict[str, jax.Array]:
     """Every intermediate output keyed like ``torchref.activations``, then the softmax."""
     out = {"flatten": model.flatten(x)}

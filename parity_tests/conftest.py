@@ -30,6 +30,13 @@ def tutorial_state() -> dict[str, dict[str, np.ndarray]]:
     return {dt: checkpoint.init_state_dict(config, 1, dt) for dt in ("float32", "float64")}
 
 
+def tree_bytes(path) -> dict[str, bytes]:
+    """Every file of a checkpoint directory, by name: equal dicts are byte-identical checkpoints."""
+    from pathlib import Path
+
+    return {f.name: f.read_bytes() for f in sorted(Path(path).iterdir())}
+
+
 def batch(ds: data.FashionMNIST, dtype: str, start: int = 0, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """A real training batch ``[size, 1, 28, 28]`` and its labels."""
     split = ds.train

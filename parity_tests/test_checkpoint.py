@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -9,11 +10,12 @@ import pytest
 import torch
 
 import torchref
-from jaxnet import checkpoint
+from jaxnet import checkpoint, files
 from jaxnet.backends import get_backend
 from jaxnet.backends.jax import JaxBackend
 from jaxnet.config import ModelConfig
 from jaxnet.errors import CheckpointError
+from parity_tests.conftest import tree_bytes
 
 SMALL = ModelConfig(in_features=784, hidden=(32, 16), num_classes=10)
 
@@ -31,7 +33,7 @@ def test_round_trip_is_bit_identical_through_both_backends_and_a_file(tmp_path, 
     assert original["linear_relu_stack.0.weight"].shape == (32, 784)  # torch's [out, in]
     torch_side = get_backend("torch", SMALL, dtype=dtype, state=original)
     assert _bits_equal(torch_side.state_dict(), original)
-    path = tmp_path / "w.safetensors"
+    path = tmp_path / "w"
     checkpoint.save(path, checkpoint.Checkpoint(model=torch_side.state_dict(), config=SMALL))
     loaded = checkpoint.load(path)
     assert loaded.config == SMALL and _bits_equal(loaded.model, original)
@@ -124,19 +126,101 @@ def test_unreadable_files_are_errors_not_tracebacks(tmp_path):
     pth.write_bytes(b"not a pickle")
     with pytest.raises(CheckpointError, match="not a loadable state dict"):
         checkpoint.load(pth)
-    with pytest.raises(CheckpointError, match="no such checkpoint file"):
-        checkpoint.load(tmp_path / "absent.safetensors")
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        checkpoint.load(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match=r"no model\.safetensors in this directory"):
+        checkpoint.load(tmp_path / "empty")
+    with pytest.raises(CheckpointError, match="a checkpoint is a directory"):
+        checkpoint.save(
+            tmp_path / "model.safetensors", checkpoint.Checkpoint(checkpoint.init_state_dict(SMALL, 0), SMALL)
+        )
 
 
-def test_writes_are_atomic(tmp_path):
-    path = tmp_path / "ckpt.safetensors"
-    good = checkpoint.Checkpoint(model=checkpoint.init_state_dict(SMALL, 0), config=SMALL)
-    checkpoint.save(path, good)
-    before = path.read_bytes()
+def _trained(tmp_path, name="ckpt", seed=0):
+    """A checkpoint with optimizer state, from a short real run."""
+    from jaxnet import data, run
+    from jaxnet.config import OptimConfig, TrainConfig
+
+    cfg = TrainConfig(optimizer=OptimConfig(name="adam"), epochs=1, seed=seed, train_limit=128)
+    backend = get_backend("torch", SMALL, state=checkpoint.init_state_dict(SMALL, seed))
+    run.train(backend, data.load(), cfg, save=tmp_path / name, log=lambda _: None, progress=False)
+    return tmp_path / name
+
+
+def test_the_weights_file_is_the_tutorial_classs_state_dict(tmp_path):
+    """torch users load model.safetensors strictly; Flax users get the model in one call."""
+    import jax.numpy as jnp
+    import safetensors.torch
+
+    import jaxnet
+
+    path = _trained(tmp_path)
+    assert sorted(p.name for p in path.iterdir()) == [
+        "model.safetensors",
+        "optimizer.safetensors",
+        "state.json",
+    ]
+    model = torchref.NeuralNetwork(784, (32, 16), 10)
+    model.load_state_dict(safetensors.torch.load_file(path / "model.safetensors"), strict=True)
+    x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
+    flax_model = jaxnet.load_model(path)
+    assert np.array_equal(
+        np.asarray(flax_model(jnp.asarray(x))).argmax(1), model(torch.from_numpy(x)).argmax(1).numpy()
+    )
+    ckpt = checkpoint.load(path)
+    assert ckpt.step == 2 and set(ckpt.optimizer) == {
+        f"{k}.{s}" for k in SMALL.param_shapes() for s in ("exp_avg", "exp_avg_sq")
+    }
+
+
+def test_files_follow_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        path = _trained(tmp_path)
+    finally:
+        os.umask(old)
+    assert {oct(f.stat().st_mode & 0o777) for f in path.iterdir()} == {oct(0o640)}
+    assert oct(path.stat().st_mode & 0o777) == oct(0o750)
+
+
+def test_format_1_single_files_still_load(tmp_path):
+    """Before checkpoint directories: weights, ``optimizer.`` tensors and metadata in one file."""
+    new = checkpoint.load(_trained(tmp_path))
+    tensors = new.model | {f"optimizer.{k}": v for k, v in new.optimizer.items()}
+    metadata = {"format": "jaxnet-checkpoint", "format_version": "1", "model_config": new.config.to_json(),
+                "train_config": new.train_config.to_json(), "progress": json.dumps({"epoch": 1, "step": 2})}  # fmt: skip
+    (tmp_path / "old.safetensors").write_bytes(files.safetensors_bytes(tensors, metadata))
+    old = checkpoint.load(tmp_path / "old.safetensors")
+    assert (old.step, old.epoch, old.train_config, old.config) == (
+        new.step,
+        new.epoch,
+        new.train_config,
+        new.config,
+    )
+    assert _bits_equal(old.model, new.model) and _bits_equal(old.optimizer, new.optimizer)
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path):
+    path = _trained(tmp_path)
+    before = tree_bytes(path)
+    good = checkpoint.load(path)
     bad = checkpoint.Checkpoint(
         model={**good.model, "linear_relu_stack.0.bias": np.zeros(3, np.float32)}, config=SMALL
     )
     with pytest.raises(CheckpointError):
         checkpoint.save(path, bad)
-    assert path.read_bytes() == before
-    assert os.listdir(tmp_path) == ["ckpt.safetensors"]  # no temp file left behind
+    assert tree_bytes(path) == before
+    assert os.listdir(tmp_path) == ["ckpt"]  # no temporary directory left behind
+
+
+def test_a_save_stopped_between_its_renames_loses_nothing(tmp_path):
+    """The old directory is renamed aside before the new one moves in: a crash between the
+    two leaves ``.<name>.old``, which load reads and the next save puts back first."""
+    path = _trained(tmp_path)
+    before = tree_bytes(path)
+    os.replace(path, tmp_path / ".ckpt.old")  # the state such a crash leaves
+    assert not path.exists() and checkpoint.load(path).step == 2
+    ckpt = checkpoint.load(path)
+    checkpoint.save(path, ckpt)
+    assert tree_bytes(path) == before and os.listdir(tmp_path) == ["ckpt"]

@@ -19,9 +19,10 @@ import pytest
 import torch
 
 import torchref
-from jaxnet import checkpoint, data
+from jaxnet import checkpoint, data, files
 from jaxnet.backends import get_backend
 from jaxnet.cli import build_parser, main
+from parity_tests.conftest import tree_bytes
 
 JAXNET = [sys.executable, "-m", "jaxnet"]
 
@@ -137,12 +138,12 @@ def test_bad_files_get_one_line_errors(tmp_path, capsys):
         assert "Traceback" not in err
         return err.strip().splitlines()[-1]
 
-    missing = tmp_path / "nope.safetensors"
-    assert error("eval", "--checkpoint", missing) == f"jaxnet: error: {missing}: no such checkpoint file"
+    missing = tmp_path / "nope"
+    assert error("eval", "--checkpoint", missing) == f"jaxnet: error: {missing}: no such checkpoint"
     wrong = tmp_path / "wrong.safetensors"
     state = checkpoint.init_state_dict(checkpoint.ModelConfig(), 0)
     state["linear_relu_stack.2.weight"] = state["linear_relu_stack.2.weight"][:, :100]
-    wrong.write_bytes(checkpoint.safetensors_bytes(state, {}))
+    wrong.write_bytes(files.safetensors_bytes(state, {}))
     line = error("eval", "--checkpoint", wrong)
     assert "key 'linear_relu_stack.2.weight': expected float32[512, 512], found float32[512, 100]" in line
     empty = tmp_path / "empty-data"
@@ -151,9 +152,7 @@ def test_bad_files_get_one_line_errors(tmp_path, capsys):
         "eval", "--checkpoint", wrong, "--data-dir", empty
     )  # checkpoint first
     good = tmp_path / "good.safetensors"
-    good.write_bytes(
-        checkpoint.safetensors_bytes(checkpoint.init_state_dict(checkpoint.ModelConfig(), 0), {})
-    )
+    good.write_bytes(files.safetensors_bytes(checkpoint.init_state_dict(checkpoint.ModelConfig(), 0), {}))
     line = error("eval", "--checkpoint", good, "--data-dir", empty)
     assert line.startswith(f"jaxnet: error: {empty}: missing train-images-idx3-ubyte.gz")
     bad = tmp_path / "bad.jsonl"
@@ -162,7 +161,7 @@ def test_bad_files_get_one_line_errors(tmp_path, capsys):
 
 
 def test_resume_refuses_conflicting_flags(tmp_path, capsys):
-    ckpt = tmp_path / "c.safetensors"
+    ckpt = tmp_path / "c"
     jaxnet(capsys, "train", "--epochs", "1", "--train-limit", "640", "--save", ckpt)
     for flags, message in (
         (["--lr", "0.5"], "--lr 0.5 differs from the checkpoint's 0.001"),
@@ -206,9 +205,9 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_killed_run_resumes_bit_identical(tmp_path, backend, capsys):
-    reference = tmp_path / "reference.safetensors"
+    reference = tmp_path / "reference"
     jaxnet(capsys, *_train_args(reference, backend))
-    killed = tmp_path / "killed.safetensors"
+    killed = tmp_path / "killed"
     proc = subprocess.Popen(
         [*JAXNET, *_train_args(killed, backend)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -217,7 +216,7 @@ def test_killed_run_resumes_bit_identical(tmp_path, backend, capsys):
     proc.wait()
     assert checkpoint.load(killed).epoch < 3  # it really was stopped before the end
     jaxnet(capsys, "train", "--backend", backend, "--resume", killed, "--save", killed)
-    assert killed.read_bytes() == reference.read_bytes()
+    assert tree_bytes(killed) == tree_bytes(reference)
 
 
 def test_ctrl_c_saves_mid_epoch_and_resume_is_bit_identical(tmp_path, capsys):
@@ -232,9 +231,9 @@ def test_ctrl_c_saves_mid_epoch_and_resume_is_bit_identical(tmp_path, capsys):
         "--seed",
         "9",
     ]  # 300 steps/epoch
-    reference = tmp_path / "reference.safetensors"
+    reference = tmp_path / "reference"
     jaxnet(capsys, *args, "--save", reference)
-    stopped = tmp_path / "stopped.safetensors"
+    stopped = tmp_path / "stopped"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([*JAXNET, *args, "--save", str(stopped)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
@@ -251,4 +250,4 @@ def test_ctrl_c_saves_mid_epoch_and_resume_is_bit_identical(tmp_path, capsys):
     assert "interrupted at step" in err and "Traceback" not in err
     assert checkpoint.load(stopped).step in (400, 500)
     jaxnet(capsys, "train", "--resume", stopped, "--save", stopped)
-    assert stopped.read_bytes() == reference.read_bytes()
+    assert tree_bytes(stopped) == tree_bytes(reference)

@@ -177,3 +177,17 @@ def test_batch_slices_cover_everything_like_dataloader():
     assert len(slices) == 938  # 937 full batches and a tail of 32
     assert slices[-1] == slice(59968, 60000)
     assert sum(s.stop - s.start for s in slices) == 60000
+
+
+def test_verified_content_is_cached_and_a_corrupt_cache_is_never_trusted(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAXNET_CACHE", str(tmp_path / "cache"))
+    source = data.find_data_dir() / "t10k-labels-idx1-ubyte.gz"
+    first = data.read_idx_gz(source, 1)
+    [entry] = data.verified_cache().glob("*.idx")  # named by the SHA-256 of the .gz it came from
+    assert entry.name == hashlib.sha256(source.read_bytes()).hexdigest() + ".idx"
+    tampered = bytearray(entry.read_bytes())
+    tampered[-1] = (tampered[-1] + 1) % 10  # one label changed, still a well-formed file
+    entry.write_bytes(bytes(tampered))
+    again = data.read_idx_gz(source, 1)
+    assert np.array_equal(first, again)  # read from the .gz again, not from the bad cache
+    assert hashlib.sha256(entry.read_bytes()).hexdigest() == data.SHA256["t10k-labels-idx1-ubyte"]  # rebuilt

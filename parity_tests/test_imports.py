@@ -51,12 +51,12 @@ def test_torchref_imports_neither_jax_nor_jaxnet():
 
 def test_a_torch_run_never_starts_jax_and_a_jax_run_never_loads_torch(tmp_path):
     train = "from jaxnet.cli import main\nassert main(['train', '--backend', '{b}', '--epochs', '1', '--train-limit', '128', '--save', r'{p}']) == 0"
-    assert _loaded(train.format(b="torch", p=tmp_path / "t.safetensors")) == {"torch"}
-    assert _loaded(train.format(b="jax", p=tmp_path / "j.safetensors")) == {"jax", "jaxlib", "flax", "optax"}
+    assert _loaded(train.format(b="torch", p=tmp_path / "t")) == {"torch"}
+    assert _loaded(train.format(b="jax", p=tmp_path / "j")) == {"jax", "jaxlib", "flax", "optax"}
     evaluate = (
         "from jaxnet.cli import main\nassert main(['eval', '--backend', '{b}', '--checkpoint', r'{p}']) == 0"
     )
-    assert _loaded(evaluate.format(b="torch", p=tmp_path / "j.safetensors")) == {"torch"}  # across backends
+    assert _loaded(evaluate.format(b="torch", p=tmp_path / "j")) == {"torch"}  # across backends
 
 
 def test_jaxnet_trains_and_evaluates_without_torch(tmp_path):
@@ -65,8 +65,8 @@ def test_jaxnet_trains_and_evaluates_without_torch(tmp_path):
         + f"""
 import jaxnet, jaxnet.backends, jaxnet.run, jaxnet.parity, jaxnet.bench, jaxnet.cli
 from jaxnet.cli import main
-assert main(["train", "--epochs", "1", "--train-limit", "640", "--save", r"{tmp_path / "c.safetensors"}"]) == 0
-assert main(["eval", "--checkpoint", r"{tmp_path / "c.safetensors"}", "--json"]) == 0
+assert main(["train", "--epochs", "1", "--train-limit", "640", "--save", r"{tmp_path / "c"}"]) == 0
+assert main(["eval", "--checkpoint", r"{tmp_path / "c"}", "--json"]) == 0
 assert "torch" not in sys.modules
 """
     )

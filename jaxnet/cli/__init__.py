@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``jaxnet ARGV``; return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    process.prepare(shared=args.command in ("parity",))
+    process.prepare(shared=args.command == "parity", cache=True)
     try:
         return args.run(args, parser)
     except JaxnetError as err:

@@ -14,12 +14,12 @@ from jaxnet.errors import JaxnetError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", type=Path, help="a jaxnet checkpoint, .safetensors or tutorial .pth")
+    p.add_argument("source", type=Path, help="a checkpoint directory, a .safetensors file or a tutorial .pth")
     p.add_argument("target", type=Path, help="the file to write: .pth/.pt or .safetensors")
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from jaxnet import checkpoint
+    from jaxnet import checkpoint, files
 
     ckpt = checkpoint.load(args.source)
     if args.target.suffix in (".pth", ".pt"):
@@ -31,8 +31,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
         buffer = io.BytesIO()
         torch.save({k: torch.from_numpy(v.copy()) for k, v in ckpt.model.items()}, buffer)
-        checkpoint.atomic_write(args.target, buffer.getvalue())
+        files.atomic_write(args.target, buffer.getvalue())
     else:
-        checkpoint.save(args.target, checkpoint.Checkpoint(model=ckpt.model, config=ckpt.config))
+        checkpoint.save_weights(args.target, ckpt.model)
     print(f"wrote {args.target} ({len(ckpt.model)} tensors, {ckpt.dtype})")
     return 0

@@ -16,7 +16,10 @@ from jaxnet.cli._common import add_backend, add_data_dir, load_backend
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--checkpoint", type=Path, required=True, help="a jaxnet checkpoint, .safetensors or tutorial .pth"
+        "--checkpoint",
+        type=Path,
+        required=True,
+        help="a checkpoint directory, a .safetensors state dict or a tutorial .pth",
     )
     add_backend(p)
     add_data_dir(p)

@@ -53,7 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help="shared: numpy weights from --seed, the same in both backends; "
                        "native: each framework's own RNG (default: %(default)s)")  # fmt: skip
     out = p.add_argument_group("files")
-    out.add_argument("--save", type=Path, help="checkpoint written after every epoch and on Ctrl-C")
+    out.add_argument("--save", type=Path,
+                     help="checkpoint directory, written after every epoch and on Ctrl-C: model.safetensors "
+                     "(the weights, torch's layout), optimizer.safetensors, state.json")  # fmt: skip
     out.add_argument("--resume", type=Path, help="continue from a checkpoint (from either backend)")
     out.add_argument("--metrics", type=Path, help="append one JSON line per epoch")
     out.add_argument("--plot", type=Path, help="PNG of loss and accuracy per epoch")
