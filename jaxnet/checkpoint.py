@@ -115,9 +115,7 @@ def init_state_dict(config: ModelConfig, seed: int, dtype: str = "float32") -> d
 
 def save(path: str | Path, ckpt: Checkpoint) -> None:
     """Validate ``ckpt`` and write it as a checkpoint directory at ``path``, atomically."""
-    path = Path(path)
-    if path.suffix in (".safetensors", ".pth", ".pt") or path.is_file():
-        raise CheckpointError(f"{path}: a checkpoint is a directory (e.g. runs/checkpoint), not a file")
+    path = check_save_path(path)
     dtype = validate_state_dict(ckpt.model, ckpt.config)
     if ckpt.train_config is not None:
         validate_optimizer_state(ckpt.optimizer, ckpt.config, ckpt.train_config, dtype)
@@ -135,6 +133,27 @@ def save(path: str | Path, ckpt: Checkpoint) -> None:
         if ckpt.optimizer:
             files.atomic_write(tmp / OPTIMIZER, files.safetensors_bytes(ckpt.optimizer, {}))
         files.atomic_write(tmp / STATE, (json.dumps(state, indent=1, sort_keys=True) + "\n").encode())
+
+
+def check_save_path(path: str | Path) -> Path:
+    """``path`` if a checkpoint may be written there: a new directory, or an old checkpoint.
+
+    A save replaces the whole directory, so one holding anything else is refused.
+
+    Raises:
+        CheckpointError: a file, or a directory with other files in it.
+    """
+    path = Path(path)
+    if path.suffix in (".safetensors", ".pth", ".pt") or path.is_file():
+        raise CheckpointError(f"{path}: a checkpoint is a directory (e.g. runs/checkpoint), not a file")
+    if path.is_dir():
+        foreign = sorted(p.name for p in path.iterdir() if p.name not in (MODEL, OPTIMIZER, STATE))
+        if foreign:
+            raise CheckpointError(
+                f"{path}: holds {', '.join(foreign[:3])}, not only a checkpoint; a save replaces the whole "
+                "directory, so pass a new one (e.g. runs/checkpoint)"
+            )
+    return path
 
 
 def save_weights(path: str | Path, model: dict[str, np.ndarray]) -> None:

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import hashlib
@@ -163,14 +164,10 @@ def verified_cache() -> Path:
 
 def _keep(path: Path, raw: bytes) -> None:
     """Write ``raw`` to ``path`` atomically; a cache that cannot be written is skipped."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "wb") as out:
-            out.write(raw)
-        os.replace(tmp, path)
-    except OSError:
-        pass
+    from jaxnet.files import atomic_write
+
+    with contextlib.suppress(OSError):  # a full disk or a read-only home: no cache, no harm
+        atomic_write(path, raw)
 
 
 def read_split(directory: Path, prefix: str, *, verify: bool = True) -> Split:

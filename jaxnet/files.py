@@ -20,9 +20,23 @@ _ST_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float64): "F64"}
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process umask, read without changing it (``os.umask`` can only set it, and
+    setting it even briefly would race with other threads creating files)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no /proc: the classic dance
     os.umask(mask)
     return mask
+
+
+def file_mode() -> int:
+    """The mode ``open(path, "w")`` would give a new file: ``0666 & ~umask``."""
+    return 0o666 & ~_umask()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -46,7 +60,7 @@ def atomic_write(path: str | Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fchmod(f.fileno(), 0o666 & ~_umask())
+            os.fchmod(f.fileno(), file_mode())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
@@ -75,6 +89,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         _fsync_dir(tmp)
         old = _old(path)
         if path.exists():
+            shutil.rmtree(old, ignore_errors=True)  # left over by a save that stopped while removing it
             os.replace(path, old)
         os.replace(tmp, path)
         _fsync_dir(path.parent)

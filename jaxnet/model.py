@@ -108,6 +108,8 @@ def load_model(path) -> NeuralNetwork:
     from jaxnet import checkpoint
 
     ckpt = checkpoint.load(path)
+    if ckpt.dtype == np.float64 and not jax.config.jax_enable_x64:
+        raise CheckpointError(f"{path}: holds float64 weights; load it inside jax.enable_x64(True)")
     abstract = nnx.eval_shape(lambda: build(ckpt.config, dtype=str(ckpt.dtype)))
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
     return nnx.merge(graphdef, from_torch_layout(params, ckpt.model), rest)

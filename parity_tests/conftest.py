@@ -6,9 +6,14 @@ under ``jax.enable_x64``, so the float32 set-up users run (x64 off) is what the 
 
 from __future__ import annotations
 
+import os
+
 from jaxnet import process
 
 process.prepare(shared=True)  # before torch loads: MKL's reproducible mode, OpenMP waits passive
+# The command line keeps JAX's compiled programs in ~/.cache; the suite's commands (in-process
+# and in subprocesses) neither read nor write it (test_imports checks the cache on its own).
+os.environ["JAXNET_COMPILE_CACHE"] = "0"
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -201,17 +201,36 @@ def test_format_1_single_files_still_load(tmp_path):
     assert _bits_equal(old.model, new.model) and _bits_equal(old.optimizer, new.optimizer)
 
 
-def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path):
+def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
     path = _trained(tmp_path)
     before = tree_bytes(path)
     good = checkpoint.load(path)
     bad = checkpoint.Checkpoint(
         model={**good.model, "linear_relu_stack.0.bias": np.zeros(3, np.float32)}, config=SMALL
     )
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError):  # refused before anything is written
         checkpoint.save(path, bad)
+    written = files.atomic_write
+
+    def disk_full(target, data):  # the weights go in, then the disk fills up
+        if target.name == "optimizer.safetensors":
+            raise OSError(28, "No space left on device")
+        written(target, data)
+
+    monkeypatch.setattr(files, "atomic_write", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        checkpoint.save(path, good)
     assert tree_bytes(path) == before
-    assert os.listdir(tmp_path) == ["ckpt"]  # no temporary directory left behind
+    assert os.listdir(tmp_path) == ["ckpt"]  # the half-written directory is gone
+
+
+def test_save_refuses_a_directory_that_holds_other_files(tmp_path):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "notes.txt").write_text("mine")
+    ckpt = checkpoint.Checkpoint(checkpoint.init_state_dict(SMALL, 0), SMALL)
+    with pytest.raises(CheckpointError, match=r"holds notes\.txt, not only a checkpoint"):
+        checkpoint.save(tmp_path / "runs", ckpt)
+    assert (tmp_path / "runs" / "notes.txt").read_text() == "mine"
 
 
 def test_a_save_stopped_between_its_renames_loses_nothing(tmp_path):
@@ -222,5 +241,10 @@ def test_a_save_stopped_between_its_renames_loses_nothing(tmp_path):
     os.replace(path, tmp_path / ".ckpt.old")  # the state such a crash leaves
     assert not path.exists() and checkpoint.load(path).step == 2
     ckpt = checkpoint.load(path)
+    checkpoint.save(path, ckpt)
+    assert tree_bytes(path) == before and os.listdir(tmp_path) == ["ckpt"]
+    # A save that stopped while removing the old directory leaves both: the next one still works.
+    (tmp_path / ".ckpt.old").mkdir()
+    (tmp_path / ".ckpt.old" / "state.json").write_text("{}")
     checkpoint.save(path, ckpt)
     assert tree_bytes(path) == before and os.listdir(tmp_path) == ["ckpt"]

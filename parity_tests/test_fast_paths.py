@@ -12,6 +12,7 @@ import torchref
 from jaxnet import bench, checkpoint, data
 from jaxnet.backends import get_backend
 from jaxnet.backends.jax import JaxBackend
+from jaxnet.bench import workers
 from jaxnet.config import RECIPES, ModelConfig
 
 LIMIT = 3232  # 50 full batches and a tail of 32: both code paths of the scan
@@ -72,12 +73,12 @@ def test_jax_one_call_evaluation_matches_torch_batched_evaluation(fmnist):
 
 def test_every_bench_path_runs_and_the_table_shows_limits_and_plain_loops(capsys):
     """The workers in-process (the command runs each in its own process; that is plumbing)."""
-    results = [bench.run_worker(path, epochs=1, train_limit=320) for path in bench.PATHS]
+    results = [workers.run_worker(path, epochs=1, train_limit=128) for path in bench.PATHS]
     assert [r["path"] for r in results] == list(bench.PATHS)
     assert all(r["epoch_s"] > 0 and r["eval_s"] > 0 for r in results)
-    peaks = {fw: bench.limits(fw, trials=1) for fw in ("torch", "jax")}
+    peaks = {fw: workers.limits(fw, trials=1) for fw in ("torch", "jax")}
     assert all(p["square_2048"] > 0 and p["model_mix"] > 0 for p in peaks.values())
-    report = bench.summarise(peaks, results, epochs=1, n=320, startup={"jaxnet eval": 1.0})
+    report = bench.summarise(peaks, results, epochs=1, n=128, startup={"jaxnet eval": 1.0})
     bench.print_table(report)
     out = capsys.readouterr().out
     assert "this model's GEMM mix" in out and "x plain loop" in out and "jaxnet eval" in out
@@ -85,5 +86,5 @@ def test_every_bench_path_runs_and_the_table_shows_limits_and_plain_loops(capsys
     assert by_path["torch-plain"]["vs_plain"] == by_path["jax-plain"]["vs_plain"] == 1.0
     assert (
         report["epoch_gflop"]
-        == 2 * 320 * (2 * (784 * 512 + 512 * 512 + 512 * 10) + (512 * 512 + 512 * 10)) / 1e9
+        == 2 * 128 * (2 * (784 * 512 + 512 * 512 + 512 * 10) + (512 * 512 + 512 * 10)) / 1e9
     )

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,16 +28,17 @@ sys.meta_path.insert(0, Block())
 FRAMEWORKS = ("jax", "jaxlib", "flax", "optax", "torch")
 
 
-def _run(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+def _run(code: str, **env: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-c", code]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, **env})
 
 
-def _loaded(code: str) -> set[str]:
+def _loaded(code: str, **env: str) -> set[str]:
     """The frameworks a fresh process has imported after running ``code``."""
     probe = (
         code + f"\nimport sys; print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(FRAMEWORKS)!r}))"
     )
-    result = _run(probe)
+    result = _run(probe, **env)
     assert result.returncode == 0, result.stderr[-3000:]
     return set(ast.literal_eval(result.stdout.strip().splitlines()[-1]))
 
@@ -52,7 +54,13 @@ def test_torchref_imports_neither_jax_nor_jaxnet():
 def test_a_torch_run_never_starts_jax_and_a_jax_run_never_loads_torch(tmp_path):
     train = "from jaxnet.cli import main\nassert main(['train', '--backend', '{b}', '--epochs', '1', '--train-limit', '128', '--save', r'{p}']) == 0"
     assert _loaded(train.format(b="torch", p=tmp_path / "t")) == {"torch"}
-    assert _loaded(train.format(b="jax", p=tmp_path / "j")) == {"jax", "jaxlib", "flax", "optax"}
+    # The command line keeps JAX's compiled programs in the user cache (the suite turns it off).
+    cache = tmp_path / "xdg"
+    run_jax = _loaded(
+        train.format(b="jax", p=tmp_path / "j"), JAXNET_COMPILE_CACHE="1", XDG_CACHE_HOME=str(cache)
+    )
+    assert run_jax == {"jax", "jaxlib", "flax", "optax"}
+    assert any((cache / "jaxnet" / "xla").iterdir())
     evaluate = (
         "from jaxnet.cli import main\nassert main(['eval', '--backend', '{b}', '--checkpoint', r'{p}']) == 0"
     )

@@ -54,9 +54,11 @@ _COMPILED: dict[tuple, tuple] = {}
 
 
 def clear_caches() -> None:
-    """Forget compiled steps and traces (tests that swap a function for a faulty one call it)."""
+    """Forget this module's compiled programs and traces, so that a function swapped for
+    another (a planted fault) is traced afresh; JAX's other caches stay warm."""
     _COMPILED.clear()
-    jax.clear_caches()
+    for jitted in (_EVAL, _GRADS, _ACTS, _LOGITS):
+        jitted.clear_cache()
 
 
 def _optimizer(graphdef, cfg: OptimConfig, dtype: str) -> tuple:

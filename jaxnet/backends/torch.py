@@ -67,10 +67,11 @@ class TorchBackend:
     ) -> None:
         self.config, self.dtype = config, dtype
         self.device = torch_device(device)
-        torch.manual_seed(seed)
-        self.model = torchref.NeuralNetwork(
-            config.in_features, config.hidden, config.num_classes, dtype=_DTYPES[dtype]
-        ).to(self.device)
+        with torch.random.fork_rng(devices=[]):  # the caller's global RNG stays as it was
+            torch.manual_seed(seed)
+            self.model = torchref.NeuralNetwork(
+                config.in_features, config.hidden, config.num_classes, dtype=_DTYPES[dtype]
+            ).to(self.device)
         self.cfg: OptimConfig | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None

@@ -38,7 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``jaxnet ARGV``; return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    process.prepare(shared=args.command == "parity", cache=True)
+    late = process.prepare(shared=args.command == "parity", cache=True)
+    if late:  # torch came first (jaxnet.cli.main called from a program that imported it)
+        print(f"jaxnet: warning: torch was imported before {', '.join(late)} could be set; "
+              "its results may not be bit-reproducible", file=sys.stderr)  # fmt: skip
     try:
         return args.run(args, parser)
     except JaxnetError as err:

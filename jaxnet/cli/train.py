@@ -101,6 +101,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             f"--hidden {' '.join(map(str, hidden))} differs from the checkpoint's {resumed.config.hidden}"
         )
     config = resumed.config if resumed else ModelConfig(hidden=hidden or DEFAULT_HIDDEN)
+    if args.save is not None:
+        checkpoint.check_save_path(args.save)  # before an epoch of work, not after
 
     from jaxnet import data, run  # the heavy imports after the flags are checked
     from jaxnet.backends import get_backend

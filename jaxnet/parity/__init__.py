@@ -5,9 +5,12 @@
     parity.print_table(report)
     assert report.passed
 
-``run`` is the tutorial MLP's report (``jaxnet parity``). The verdict machinery
-(:mod:`~jaxnet.parity.verdict`: floors and bounds; :mod:`~jaxnet.parity.steps`: teacher-forced
-and free-running steps) works on any pair of :class:`~jaxnet.backends.Backend`.
+``run`` is the tutorial MLP's report (``jaxnet parity``); ``training`` compares any recipe's
+steps on any batches; ``forward`` one batch's outputs and gradients. The verdict machinery
+(:mod:`~jaxnet.parity.verdict`: floors and bounds; :mod:`~jaxnet.parity.forced` and
+:mod:`~jaxnet.parity.free`: teacher-forced and free-running steps) works on any pair of
+:class:`~jaxnet.backends.Backend`. Call ``jaxnet.process.prepare(shared=True)`` before torch
+is first imported, so that the two frameworks' threads do not spin against each other.
 """
 
 from jaxnet.parity.mlp import forward, run, training

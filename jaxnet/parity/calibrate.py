@@ -114,6 +114,9 @@ def markdown(orders: list[dict], faults_: dict, seeds: int, steps: int) -> str:
 
 
 def main() -> int:
+    from jaxnet import process
+
+    process.prepare(shared=True)  # before torch loads in the workers
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=12)
     parser.add_argument("--steps", type=int, default=20)

@@ -12,17 +12,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from jaxnet.numerics import unit_roundoff
+
 
 @dataclass(frozen=True)
 class Arithmetic:
-    """The float32 matmul arithmetic each side uses: ``"highest"`` (IEEE float32) or ``"tf32"``."""
+    """The float32 matmul arithmetic each side uses: ``"highest"`` (IEEE float32), ``"tf32"``
+    or ``"bfloat16"``."""
 
     jax: str
     torch: str
 
     @property
     def coarsest(self) -> str:
-        return "tf32" if "tf32" in (self.jax, self.torch) else "highest"
+        """The one with the larger unit roundoff: the floors scale to it."""
+        return max((self.jax, self.torch), key=lambda m: unit_roundoff("float32", m))
 
 
 @contextlib.contextmanager
@@ -41,18 +45,29 @@ def matmul_precision(precision: str, device: str) -> Iterator[Arithmetic]:
 
 
 def in_force(device: str) -> Arithmetic:
-    """What each framework's float32 matmuls use right now on ``device``."""
+    """What each framework's float32 matmuls use right now on ``device``.
+
+    JAX on a GPU: ``highest``/``float32`` is IEEE float32, ``bfloat16`` one bf16 pass, and
+    anything else (the default included) TF32 on recent NVIDIA parts. torch on CUDA:
+    ``set_float32_matmul_precision`` ``highest`` (unless ``allow_tf32``), ``high`` TF32,
+    ``medium`` bfloat16. CPUs compute float32 matmuls in float32.
+    """
     import jax
     import torch
 
     jax_gpu = jax.devices()[0].platform == "gpu" if device == "auto" else device == "cuda"
-    jax_setting = str(jax.config.jax_default_matmul_precision)
-    jax_reduced = jax_gpu and jax_setting in ("None", "default", "bfloat16", "tensorfloat32", "fastest")
-    torch_gpu = torch.cuda.is_available() and device != "cpu"
-    torch_reduced = torch_gpu and (
-        torch.get_float32_matmul_precision() != "highest" or torch.backends.cuda.matmul.allow_tf32
-    )
-    return Arithmetic("tf32" if jax_reduced else "highest", "tf32" if torch_reduced else "highest")
+    setting = str(jax.config.jax_default_matmul_precision).lower()
+    jax_mode = "highest"
+    if jax_gpu and setting not in ("highest", "float32"):
+        jax_mode = "bfloat16" if setting == "bfloat16" else "tf32"
+    torch_mode = "highest"
+    if torch.cuda.is_available() and device != "cpu":
+        precision = torch.get_float32_matmul_precision()
+        if precision == "medium":
+            torch_mode = "bfloat16"
+        elif precision == "high" or torch.backends.cuda.matmul.allow_tf32:
+            torch_mode = "tf32"
+    return Arithmetic(jax_mode, torch_mode)
 
 
 def describe(jax_side, torch_side, arithmetic: Arithmetic) -> dict[str, str]:

@@ -62,6 +62,7 @@ class TeacherForced:
     allowance: dict[str, list[float]]  # dtype -> normwise teacher-forced allowance of each step
     noise: dict[str, dict[str, float]] = field(default_factory=dict)  # dtype -> largest gradient floor
     tied_steps: list[int] = field(default_factory=list)
+    missing: dict[str, list[str]] = field(default_factory=dict)  # dtype -> tensors only one side has
 
 
 def teacher_forced(
@@ -106,8 +107,12 @@ def teacher_forced(
             side.train_steps([idx[keep]])
             got = state(side)
             expected = after32 if dtype == "float32" else after64
+            if got.keys() != expected.keys():  # a buffer one side lacks is a difference too
+                out.missing[dtype] = sorted(got.keys() ^ expected.keys())
             ratios = []
             for name, value in got.items():
+                if name not in expected:
+                    continue
                 before = start.get(name, np.zeros_like(value))
                 floor = verdict.step_floor(
                     before, after32[name], after64[name], [m[name] for m in moved], dtype, factors[dtype]
@@ -128,6 +133,11 @@ def teacher_forced(
     tied = f"; a tied example left out at step(s) {out.tied_steps}" if out.tied_steps else ""
     for (dtype, name), (_, t, args) in worst.items():
         out.rows[dtype, name] = verdict.elementwise(section, name, dtype, *args, f"at step {t}{tied}")
+    for dtype, names in out.missing.items():
+        note = "in one side's state only: " + ", ".join(names)
+        out.rows[dtype, "state"] = verdict.count(
+            section, "tensors in one side only", dtype, len(names), 0, 0, note
+        )
     return out
 
 
@@ -140,12 +150,9 @@ def _untied(sides: Sides, start: dict, step: int, x: np.ndarray, factors: dict[s
     for dtype, side in sides.jax.items():
         load(side, cast(start, dtype), step)
         acts_j, acts_t = side.activations(x.astype(dtype)), (acts32 if dtype == "float32" else acts64)
-        for name in sides.relu_inputs:
-            floor = verdict.ladder_floor(acts32[name], acts64[name], dtype, factors[dtype])
-            flips, at_tie = verdict.relu_ties(acts_j[name], acts_t[name], floor)
-            tied |= {int(b) for (b, _), tie in zip(flips, at_tie, strict=True) if tie}
-    for name in sides.relu_inputs:
-        tied |= {int(b) for b, _ in verdict.relu_ties(acts32[name], acts64[name], 0.0)[0]}
+        names = sides.relu_inputs
+        floors = {n: verdict.ladder_floor(acts32[n], acts64[n], dtype, factors[dtype]) for n in names}
+        tied |= verdict.tied_examples(acts_j, acts_t, acts32, acts64, names, floors)[0]
     return np.array([i for i in range(len(x)) if i not in tied], dtype=np.int64)
 
 

@@ -71,36 +71,40 @@ class FreePair:
         """Gap after step ``t``; ``allowance`` is this step's teacher-forced allowance
         (normwise), ``noise`` each gradient's measured floor (absolute, in this dtype)."""
         pj, pt = self.jax.state_dict(), self.torch.state_dict()
+        before = self.bounds[-1] if self.bounds else 0.0
         self.gaps.append(max(rel_error(pj[k], pt[k]) for k in pt))
-        self.bounds.append((self.bounds[-1] if self.bounds else 0.0) + allowance)
+        self.bounds.append(before + allowance)
         if len(self.events) < MAX_EVENTS:
-            self._find_ties(t)
-            self._find_near_zero(t, pj, pt, noise)
+            self._find_ties(t, max(before, allowance))
+            if self.eps > 0:
+                self._find_near_zero(t, pj, pt, noise)
 
-    def _find_ties(self, t: int) -> None:
+    def _find_ties(self, t: int, within: float) -> None:
+        """A flip where both runs' pre-activations lie within the accumulated bound of 0 (times
+        the layer's depth: each layer's input carries the earlier layers' differences too)."""
         acts_j, acts_t = self._acts
-        for name in self.relu_inputs:
-            pre_j, pre_t = acts_j[name], acts_t[name]
-            flips = np.argwhere((pre_j > 0) != (pre_t > 0))
-            if len(flips):
-                b, j = (int(i) for i in flips[0])
-                spread = float(np.abs(pre_j - pre_t).max())
+        for depth, name in enumerate(self.relu_inputs, start=1):
+            flips, at_tie = verdict.relu_ties(acts_j[name], acts_t[name], depth * within)
+            if at_tie.any():
+                b, j = (int(i) for i in flips[np.argmax(at_tie)])
+                pre_j, pre_t = acts_j[name], acts_t[name]
                 self.events.append(Event(t, "ReLU tie", (
                     f"ReLU tie at step {t}: {name} unit {j}, example {b} of the batch: pre-activation "
-                    f"torch {pre_t[b, j]:.2e}, jax {pre_j[b, j]:.2e}, within the runs' disagreement "
-                    f"{spread:.1e} of 0 ({len(flips)} such flip(s) in this layer)"
+                    f"torch {pre_t[b, j]:.2e}, jax {pre_j[b, j]:.2e}, both within {depth * within:.1e} "
+                    f"of 0 relative to the layer's largest ({int(at_tie.sum())} such flip(s))"
                 )))  # fmt: skip
                 return
 
     def _find_near_zero(self, t: int, pj: dict, pt: dict, noise: dict[str, float]) -> None:
+        """An element whose two updates differ beyond rounding while its gradient is within
+        noise (or the optimizer's eps) of 0: only normalised updates (eps > 0) do that."""
         before_j, before_t = self._params
         for name in pt:
             dj, dt = pj[name] - before_j[name], pt[name] - before_t[name]
-            resolution = ulp(np.maximum(np.abs(before_t[name]), np.abs(pt[name])), pt[name].dtype) + ulp(
-                dt, dt.dtype
-            )
+            size = np.maximum(np.abs(before_t[name]), np.abs(pt[name]))
+            resolution = ulp(size, pt[name].dtype) + ulp(dt, dt.dtype)
             g = self._grads[name]
-            near = np.abs(g) <= max(verdict.K * noise[name], self.eps)
+            near = (np.abs(g) <= max(verdict.K * noise[name], self.eps)) & (g != 0)
             hits = np.argwhere((np.abs(dj - dt) > verdict.K * resolution) & near)
             if len(hits):
                 i = tuple(int(v) for v in hits[np.argmax(np.abs(dj - dt)[tuple(hits.T)])])
@@ -112,9 +116,19 @@ class FreePair:
                 )))  # fmt: skip
                 return
 
-    def row(self, section: str, quantity: str, dtype: str) -> Row:
-        """The verdict: within the accumulated bound, or above it after an explained event."""
+    def row(self, section: str, quantity: str, dtype: str, forced: list[float] | None = None) -> Row:
+        """The verdict: within the accumulated bound, or above it after an explained event.
+
+        ``forced``: the teacher-forced ratio of each step, where the same steps were also
+        teacher-forced. An event explains a divergence only while every teacher-forced step
+        up to it passed: a step that fails on its own is an implementation difference, which
+        no tie or near-zero gradient excuses.
+        """
         gaps, bounds = np.array(self.gaps), np.array(self.bounds)
+        if not np.all(np.isfinite(gaps)):
+            t = int(np.argmin(np.isfinite(gaps))) + 1
+            return Row(section, quantity, dtype, np.inf, bounds[t - 1] / verdict.K, bounds[t - 1], False,
+                       None, f"the gap is not finite from step {t} on")  # fmt: skip
         over = np.flatnonzero(gaps > bounds)
         final = f"gap {gaps[-1]:.1e} after {len(gaps)} steps"
         if not len(over):
@@ -123,10 +137,16 @@ class FreePair:
             return Row(section, quantity, dtype, gaps[i], bounds[i] / verdict.K, bounds[i], True, None, note)
         t = int(over[0]) + 1
         gap, bound = gaps[t - 1], bounds[t - 1]
-        causes = [e for e in self.events if e.step <= t]
         head = f"gap {gap:.1e} rose above the accumulated bound {bound:.1e} at step {t}"
-        if not causes:
-            note = f"{head}: unexplained (no ReLU tie, no near-zero gradient up to there); {final}"
-            return Row(section, quantity, dtype, gap, bound / verdict.K, bound, False, None, note)
-        note = f"{head}, after a {causes[0].text}; chaotic from there (judged on outcomes); {final}"
-        return Row(section, quantity, dtype, gap, bound / verdict.K, np.inf, True, None, note)
+        failing = [s + 1 for s, r in enumerate((forced or [])[:t]) if r > 1]
+        causes = [e for e in self.events if e.step <= t]
+        if failing:
+            why = f"teacher-forced step(s) {failing[:5]} failed on their own: an implementation difference"
+        elif not causes:
+            why = "unexplained (no ReLU tie, no near-zero gradient up to there)"
+        else:
+            note = f"{head}, after a {causes[0].text}; chaotic from there (judged on outcomes); {final}"
+            return Row(section, quantity, dtype, gap, bound / verdict.K, np.inf, True, None, note)
+        return Row(
+            section, quantity, dtype, gap, bound / verdict.K, bound, False, None, f"{head}: {why}; {final}"
+        )

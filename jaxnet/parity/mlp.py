@@ -16,12 +16,14 @@ reference. Every row is judged against a noise floor measured in this run (see
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 
 import numpy as np
 
-from jaxnet import checkpoint, process
+from jaxnet import checkpoint
 from jaxnet.config import RECIPES, ModelConfig, OptimConfig
 from jaxnet.data import FashionMNIST, batch_slices, epoch_order
 from jaxnet.parity import environment, verdict
@@ -29,6 +31,33 @@ from jaxnet.parity.report import Report, Row
 from jaxnet.parity.sections import BATCH, Run, epoch_section, steps_section
 
 EXTREME_SCALE = 1e4  # last-layer scale for the log-softmax probe: logit gaps of ~1e3
+
+
+@contextlib.contextmanager
+def session(
+    state: dict[str, np.ndarray],
+    *,
+    config: ModelConfig | None = None,
+    dtypes: tuple[str, ...] = ("float32", "float64"),
+    device: str = "auto",
+    matmul_precision: str = "highest",
+    reverse_batches: bool = False,
+) -> Iterator[tuple[Run, dict[str, str]]]:
+    """The backends of one parity run (:class:`Run`) and its environment, inside the matmul
+    precision asked for (restored after).
+
+    For speed, call ``jaxnet.process.prepare(shared=True)`` before torch is first imported:
+    the two frameworks' threads then sleep instead of spinning while the other computes.
+    """
+    dtypes = tuple(d for d in ("float32", "float64") if d in dtypes)
+    with environment.matmul_precision(matmul_precision, device) as arithmetic:
+        factors = {d: verdict.ladder_factor(d, arithmetic.coarsest, arithmetic.torch) for d in dtypes}
+        setup = Run(config or ModelConfig(), dtypes, device, state, factors, reverse_batches)
+        env = environment.describe(
+            setup.backend("jax", dtypes[0]), setup.backend("torch", "float32"), arithmetic
+        )
+        env["verdict"] = f"err <= K x measured floor, K = {verdict.K:g}"
+        yield setup, env
 
 
 def run(
@@ -47,31 +76,25 @@ def run(
 ) -> Report:
     """Every comparison of the report, float32 rows before float64 rows in each section."""
     start = time.perf_counter()
-    process.prepare(shared=True)  # before torch loads, if it has not yet
     config = config or ModelConfig()
-    dtypes = tuple(d for d in ("float32", "float64") if d in dtypes)
-    with environment.matmul_precision(matmul_precision, device) as arithmetic:
-        factors = {d: verdict.ladder_factor(d, arithmetic.coarsest, arithmetic.torch) for d in dtypes}
-        setup = Run(
-            config, dtypes, device, checkpoint.init_state_dict(config, seed), factors, reverse_batches
-        )
-        ref, ref64 = setup.backend("torch", "float32"), setup.backend("torch", "float64")
-        sides = {d: setup.backend("jax", d) for d in dtypes}
-        report = Report(rows=[], environment=environment.describe(sides[dtypes[0]], ref, arithmetic))
-        report.environment["verdict"] = f"err <= K x measured floor, K = {verdict.K:g}"
+    state = checkpoint.init_state_dict(config, seed)
+    options = {"config": config, "dtypes": dtypes, "device": device, "matmul_precision": matmul_precision}
+    with session(state, reverse_batches=reverse_batches, **options) as (setup, env):
+        report = Report(rows=[], environment=env)
         x, y = data.train.float_images()[:BATCH], data.train.labels[:BATCH]
         if reverse_batches:  # the same examples, every batch reduction in the other order
             x, y = x[::-1].copy(), y[::-1].copy()
-        report.rows += forward_and_gradient(setup, ref, ref64, sides, x, y)
-        report.rows += probes(setup, ref, ref64, sides, x, y)
+        report.rows += forward_and_gradient(setup, x, y)
+        report.rows += probes(setup, x, y)
         images = data.train.float_images()
         n = min(train_limit or len(images), len(images))
         order = epoch_order(n, seed=seed, epoch=0)
         forced = {}  # recipe -> its teacher-forced run
         for name in recipes:
             opt = replace(RECIPES[name], total_steps=min(steps, len(batch_slices(n, BATCH))))
+            batches = setup.batches(order, n)[:steps]
             rows, forced[name], histories = steps_section(
-                setup, name, opt, setup.batches(order, n)[:steps], images, data.train.labels
+                setup, name, opt, batches, images, data.train.labels
             )
             report.rows += rows
             report.histories |= histories
@@ -109,16 +132,10 @@ def training(
         True
     """
     start = time.perf_counter()
-    process.prepare(shared=True)
     config = config or ModelConfig()
-    dtypes = tuple(d for d in ("float32", "float64") if d in dtypes)
-    with environment.matmul_precision("highest", device) as arithmetic:
-        factors = {d: verdict.ladder_factor(d, arithmetic.coarsest, arithmetic.torch) for d in dtypes}
-        setup = Run(config, dtypes, device, state or checkpoint.init_state_dict(config, 0), factors, False)
+    state = state or checkpoint.init_state_dict(config, 0)
+    with session(state, config=config, dtypes=dtypes, device=device) as (setup, env):
         rows, _, histories = steps_section(setup, label, opt, batches, images, labels)
-        env = environment.describe(
-            setup.backend("jax", dtypes[0]), setup.backend("torch", "float32"), arithmetic
-        )
     return Report(rows, env, histories, time.perf_counter() - start)
 
 
@@ -132,17 +149,16 @@ def forward(
     device: str = "auto",
 ) -> list[Row]:
     """The forward and gradient rows for given float32 weights (torch layout) and batch."""
-    process.prepare(shared=True)
     config = config or ModelConfig()
-    dtypes = tuple(d for d in ("float32", "float64") if d in dtypes)
-    with environment.matmul_precision("highest", device) as arithmetic:
-        factors = {d: verdict.ladder_factor(d, arithmetic.coarsest, arithmetic.torch) for d in dtypes}
-        setup = Run(config, dtypes, device, state or checkpoint.init_state_dict(config, 0), factors, False)
-        ref, ref64 = setup.backend("torch", "float32"), setup.backend("torch", "float64")
-        return forward_and_gradient(setup, ref, ref64, {d: setup.backend("jax", d) for d in dtypes}, x, y)
+    state = state or checkpoint.init_state_dict(config, 0)
+    with session(state, config=config, dtypes=dtypes, device=device) as (setup, _):
+        return forward_and_gradient(setup, x, y)
 
 
-def forward_and_gradient(setup: Run, ref, ref64, sides, x, y) -> list[Row]:
+def forward_and_gradient(setup: Run, x: np.ndarray, y: np.ndarray) -> list[Row]:
+    """Every layer's output, the ReLU masks, the loss and every gradient on one batch."""
+    ref, ref64 = setup.backend("torch", "float32"), setup.backend("torch", "float64")
+    sides = {d: setup.backend("jax", d) for d in setup.dtypes}
     rows: dict[str, list[Row]] = {"forward": [], "gradient": []}
     x64 = x.astype(np.float64)
     acts32, acts64 = ref.activations(x), ref64.activations(x64)
@@ -154,16 +170,12 @@ def forward_and_gradient(setup: Run, ref, ref64, sides, x, y) -> list[Row]:
             rows["forward"].append(
                 verdict.normwise("forward", name, dtype, acts_j[name], acts_t[name], floors[name])
             )
-        tied: set[int] = set()  # examples whose gradient legitimately differs: left out below
-        for name in setup.config.relu_inputs:
-            flips, at_tie = verdict.relu_ties(acts_j[name], acts_t[name], floors[name])
-            reference_flips, _ = verdict.relu_ties(acts32[name], acts64[name], floors[name])
-            tied |= {int(b) for (b, _), tie in zip(flips, at_tie, strict=True) if tie}
-            tied |= {int(b) for b, _ in reference_flips}
-            ties = int(np.sum(at_tie))
-            quantity = f"ReLU mask after {name}: {len(flips)} flip(s), {ties} at ties"
+        names = setup.config.relu_inputs
+        tied, counts = verdict.tied_examples(acts_j, acts_t, acts32, acts64, names, floors)  # left out below
+        for name, (flips, ties) in counts.items():
+            quantity = f"ReLU mask after {name}: {flips} flip(s), {ties} at ties"
             rows["forward"].append(
-                verdict.count("forward", quantity, dtype, len(flips) - ties, 0, 0, "flips away from a tie")
+                verdict.count("forward", quantity, dtype, flips - ties, 0, 0, "flips away from a tie")
             )
         keep = np.array([i for i in range(len(y)) if i not in tied], dtype=np.int64)
         note = f"{len(tied)} example(s) with a ReLU tie left out" if tied else ""
@@ -183,8 +195,10 @@ def forward_and_gradient(setup: Run, ref, ref64, sides, x, y) -> list[Row]:
     return rows["forward"] + rows["gradient"]
 
 
-def probes(setup: Run, ref, ref64, sides, x, y) -> list[Row]:
+def probes(setup: Run, x: np.ndarray, y: np.ndarray) -> list[Row]:
     """Inputs at the edges: ReLU exactly at 0, and logits far beyond exp's range."""
+    ref, ref64 = setup.backend("torch", "float32"), setup.backend("torch", "float64")
+    sides = {d: setup.backend("jax", d) for d in setup.dtypes}
     rows = []
     everyone = [ref, ref64, *sides.values()]
     zero_bias = {k: (np.zeros_like(v) if k.endswith("bias") else v) for k, v in setup.state.items()}

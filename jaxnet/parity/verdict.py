@@ -104,17 +104,39 @@ def count(section: str, quantity: str, dtype: str, found: int, floor: int, bound
     return Row(section, quantity, dtype, float(found), float(floor), float(bound), found <= bound, None, note)
 
 
-def relu_ties(pre_a: np.ndarray, pre_b: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
+def relu_ties(pre_a: np.ndarray, pre_b: np.ndarray, within: float) -> tuple[np.ndarray, np.ndarray]:
     """Where two pre-activation arrays disagree on ``x > 0`` (``[n, 2]`` indices), and which
     of those flips are ties.
 
-    A tie is a flip at a pre-activation within ``K * floor`` (relative to the layer's largest
+    A tie is a flip where both values lie within ``within`` (relative to ``pre_b``'s largest
     value) of 0: ReLU's derivative jumps there, so two correct executions may put it on
-    either side, and that example's gradient then legitimately differs by O(1).
+    either side, and that example's gradient then legitimately differs by O(1). ``within``
+    comes from the reference alone (its measured floor, or the accumulated bound of two
+    free-running runs), never from how far the other side happens to be.
     """
-    flips = np.argwhere((np.asarray(pre_a) > 0) != (np.asarray(pre_b) > 0))
-    threshold = K * floor * float(np.abs(pre_b).max())
-    return flips, np.array([abs(pre_b[b, j]) <= threshold for b, j in flips], dtype=bool)
+    a, b = np.asarray(pre_a), np.asarray(pre_b)
+    flips = np.argwhere((a > 0) != (b > 0))
+    threshold = within * float(np.abs(b).max())
+    return flips, np.array([max(abs(a[i, j]), abs(b[i, j])) <= threshold for i, j in flips], dtype=bool)
+
+
+def tied_examples(
+    acts_a: dict, acts_b: dict, acts32: dict, acts64: dict, names: list[str], floors: dict[str, float]
+) -> tuple[set[int], dict[str, tuple[int, int]]]:
+    """Examples whose gradient may legitimately differ between sides ``a`` and ``b``.
+
+    Those with a ReLU flip at a tie (within ``K`` times the layer's measured floor) between
+    the two sides, or with any flip between the reference's float32 and float64 runs. Also,
+    per layer, ``(flips, ties)`` between the two sides.
+    """
+    tied: set[int] = set()
+    counts = {}
+    for name in names:
+        flips, at_tie = relu_ties(acts_a[name], acts_b[name], K * floors[name])
+        tied |= {int(b) for (b, _), tie in zip(flips, at_tie, strict=True) if tie}
+        tied |= {int(b) for b, _ in relu_ties(acts32[name], acts64[name], 0.0)[0]}
+        counts[name] = (len(flips), int(np.sum(at_tie)))
+    return tied, counts
 
 
 def step_floor(

@@ -22,16 +22,13 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-import numpy as np
-
-from jaxnet.config import ModelConfig, OptimConfig
+from jaxnet.config import ModelConfig
 
 PATHS = ("torch-tutorial", "torch-plain", "torch-jaxnet", "jax-plain", "jax-jaxnet-step", "jax-jaxnet-scan")
 BATCH = 64
@@ -55,174 +52,11 @@ def step_gemms(config: ModelConfig, batch: int) -> list[tuple[int, int, int]]:
     return shapes
 
 
-# ---------------------------------------------------------------------------- workers (one framework each)
-
-
-def limits(framework: str, trials: int = TRIALS) -> dict[str, float]:
-    """float32 GFLOP/s, best of ``trials``: a 2048^3 GEMM, and 50 training steps' worth of this
-    model's GEMM shapes."""
-    shapes = step_gemms(ModelConfig(), BATCH)
-    rng = np.random.default_rng(0)
-    pairs = [(rng.random((m, k), np.float32), rng.random((k, n), np.float32)) for m, k, n in shapes]
-    square = rng.random((2048, 2048), np.float32)
-    if framework == "torch":
-        import torch
-
-        pairs_t = [(torch.from_numpy(a), torch.from_numpy(b)) for a, b in pairs]
-        square_t = torch.from_numpy(square)
-
-        def run_square():
-            torch.mm(square_t, square_t)
-
-        def run_mix():
-            for _ in range(50):
-                for a, b in pairs_t:
-                    torch.mm(a, b)
-    else:
-        import jax
-        import jax.numpy as jnp
-
-        mm = jax.jit(jnp.dot)
-        pairs_j = [(jnp.asarray(a), jnp.asarray(b)) for a, b in pairs]
-        square_j = jnp.asarray(square)
-        mix = jax.jit(lambda ps: [jnp.dot(a, b) for a, b in ps])
-        mix(pairs_j)[0].block_until_ready()
-        mm(square_j, square_j).block_until_ready()
-
-        def run_square():
-            mm(square_j, square_j).block_until_ready()
-
-        def run_mix():
-            for _ in range(50):
-                jax.block_until_ready(mix(pairs_j))
-
-    def best(fn) -> float:
-        fn()
-        times = []
-        for _ in range(trials):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    mix_flop = 50 * sum(2 * m * k * n for m, k, n in shapes)
-    return {"square_2048": 2 * 2048**3 / best(run_square) / 1e9, "model_mix": mix_flop / best(run_mix) / 1e9}
-
-
-def _epoch_fn(path: str, train_limit: int):
-    """Build ``path``'s model and data; return (run one epoch, evaluate the test set)."""
-    from jaxnet import checkpoint, data
-
-    ds = data.load()
-    images, labels = ds.train.images, ds.train.labels
-    if train_limit:
-        images, labels = images[:train_limit], labels[:train_limit]
-    n, config = len(labels), ModelConfig()
-    state = checkpoint.init_state_dict(config, 0)
-    batches = [data.epoch_order(n, seed=0, epoch=0)[s] for s in data.batch_slices(n, BATCH)]
-    x, test_x, test_y = data.to_float(images)[:, None], ds.test.float_images(), ds.test.labels
-    if path.startswith("torch-") and path != "torch-jaxnet":
-        return _torch_loop(path, state, images, labels, x, batches, test_x, test_y)
-    if path == "jax-plain":
-        return _jax_loop(state, x, labels, batches, test_x, test_y)
-    from jaxnet.backends import get_backend
-    from jaxnet.backends.jax import JaxBackend
-
-    if path == "jax-jaxnet-step":
-        backend = JaxBackend(config, scan=False, state=state)
-    else:
-        backend = get_backend(path.split("-")[0], config, state=state)
-    backend.set_optimizer(OptimConfig())
-    backend.set_train_data(x, labels)
-    return (lambda: backend.train_steps(batches)), (lambda: backend.evaluate(test_x, test_y))
-
-
-def _torch_loop(path, state, images, labels, x, batches, test_x, test_y):
-    import torch
-
-    import torchref
-
-    model = torchref.NeuralNetwork()
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-    tx, ty = torch.from_numpy(test_x), torch.from_numpy(test_y)
-    evaluate = lambda: torchref.evaluate(model, tx, ty)  # noqa: E731
-    if path == "torch-tutorial":
-        loader = torchref.tutorial_loader(images, labels)
-        return (lambda: torchref.train_loop(loader, len(labels), model, optimizer, log=None)), evaluate
-    loss_fn, X, Y = torch.nn.CrossEntropyLoss(), torch.tensor(x), torch.tensor(labels)
-    index = [torch.from_numpy(b) for b in batches]
-
-    def epoch():  # what a torch user writes over pre-made tensors
-        for i in index:
-            loss = loss_fn(model(X[i]), Y[i])
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-
-    return epoch, evaluate
-
-
-def _jax_loop(state, x, labels, batches, test_x, test_y):
-    import jax
-    import optax
-    from flax import nnx
-
-    from jaxnet import model as jmodel
-    from jaxnet import train as jtrain
-
-    graphdef, params = nnx.split(jmodel.build(ModelConfig()), nnx.Param)
-    params = jmodel.from_torch_layout(params, state)
-    tx = optax.sgd(1e-3)
-    opt_state = [tx.init(params)]
-    holder = [params]
-
-    @jax.jit
-    def step(params, opt_state, xb, yb):
-        loss, grads = jax.value_and_grad(jtrain.loss_fn)(params, graphdef, xb, yb)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    def epoch():  # host batches, one jitted step each
-        for b in batches:
-            holder[0], opt_state[0], _ = step(holder[0], opt_state[0], x[b], labels[b])
-        jax.block_until_ready(holder[0])
-
-    evaluate = jax.jit(jtrain.evaluate, static_argnums=0)
-    return epoch, (lambda: jax.block_until_ready(evaluate(graphdef, holder[0], test_x, test_y)))
-
-
-def run_worker(path: str, epochs: int, train_limit: int) -> dict:
-    t0 = time.perf_counter()
-    run_epoch, evaluate = _epoch_fn(path, train_limit)
-    setup = time.perf_counter() - t0
-    times = []
-    for _ in range(epochs + 1):
-        start = time.perf_counter()
-        run_epoch()
-        times.append(time.perf_counter() - start)
-    eval_times = []
-    for _ in range(4):
-        start = time.perf_counter()
-        evaluate()
-        eval_times.append(time.perf_counter() - start)
-    median = statistics.median(times[1:])
-    return {
-        "path": path,
-        "setup_s": setup,
-        "epoch_s": median,
-        "epoch_times": times[1:],
-        "compile_s": max(0.0, times[0] - median),
-        "eval_s": statistics.median(eval_times[1:]),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
-
-
 # ---------------------------------------------------------------------------- the run and its table
 
 
 def _spawn(*args: str) -> dict:
-    cmd = [sys.executable, "-m", "jaxnet.bench", *args]
+    cmd = [sys.executable, "-m", "jaxnet.bench.workers", *args]
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     if out.returncode != 0:
         raise RuntimeError(f"bench worker {args} failed:\n{out.stderr[-2000:]}")
@@ -321,19 +155,3 @@ def print_table(report: dict) -> None:
         for name, seconds in report["startup_s"].items():
             start.add_row(name, f"{seconds:.2f}")
         console.print(start)
-
-
-if __name__ == "__main__":  # the workers: python -m jaxnet.bench --worker PATH ... | --limits FRAMEWORK
-    import argparse
-
-    worker = argparse.ArgumentParser()
-    worker.add_argument("--worker", choices=PATHS)
-    worker.add_argument("--limits", choices=("torch", "jax"))
-    worker.add_argument("--epochs", type=int, default=3)
-    worker.add_argument("--train-limit", type=int, default=0)
-    w = worker.parse_args()
-    from jaxnet import process
-
-    process.prepare()
-    result = limits(w.limits) if w.limits else run_worker(w.worker, w.epochs, w.train_limit)
-    print(json.dumps(result))
