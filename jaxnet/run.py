@@ -107,8 +107,12 @@ def train(
     if cfg.train_limit:
         train_split = Split(data.train.images[: cfg.train_limit], data.train.labels[: cfg.train_limit])
     n = len(train_split)
+    check_shards(n, cfg.batch_size, backend.shards)
     cfg = with_total_steps(cfg, n)
     per_epoch = steps_per_epoch(n, cfg.batch_size)
+    writer = backend.rank.writer  # of several processes, one prints, saves and writes metrics
+    if not writer:
+        save, metrics, log = None, None, _quiet
     step = 0
     if resume is not None:
         backend.load_state_dict(resume.model)
@@ -119,7 +123,7 @@ def train(
     if metrics is not None and resume is None:
         metrics.parent.mkdir(parents=True, exist_ok=True)
         metrics.write_text("")
-    show_bar = sys.stdout.isatty() if progress is None else progress
+    show_bar = (sys.stdout.isatty() if progress is None else progress) and writer
     slices = batch_slices(n, cfg.batch_size)
 
     def checkpoint_now(step: int) -> None:
@@ -163,7 +167,7 @@ def train(
                     current = slices[lo].stop
                     bar.print(log, f"loss: {chunk_losses[0]:>7f}  [{current:>5d}/{n:>5d}]")
                 bar.advance(len(chunk), seen / (time.perf_counter() - start))
-                if ctrl_c.pressed:
+                if backend.agree(ctrl_c.pressed):  # every process stops after the same chunk
                     checkpoint_now(step)
                     raise Interrupted(step, save)
             seconds = time.perf_counter() - start
@@ -187,6 +191,28 @@ def train(
                     f.write(json.dumps(asdict(row)) + "\n")
     log("Done!")
     return history
+
+
+def _quiet(line: str) -> None:
+    pass
+
+
+def check_shards(n: int, batch_size: int, shards: int) -> None:
+    """Every batch, the last short one too, must split evenly over ``shards`` devices or
+    processes: then each computes the mean over an equal share, and their mean is the batch's.
+
+    Raises:
+        TrainingError: naming the batch that does not divide.
+    """
+    if shards <= 1:
+        return
+    last = n % batch_size or batch_size
+    for size, which in ((batch_size, "--batch-size"), (last, f"the last batch of an epoch of {n}")):
+        if size % shards:
+            raise TrainingError(
+                f"{which} has {size} examples, which do not divide among {shards} devices "
+                "(pick a batch size and --train-limit that do)"
+            )
 
 
 class _Bar:

@@ -192,16 +192,20 @@ def train_step(graphdef, tx, params, opt_state, x, y):
     return params, opt_state, loss
 
 
-def train_steps(graphdef, tx, params, opt_state, images, labels, batch_idx):
+def train_steps(graphdef, tx, params, opt_state, images, labels, batch_idx, shard=None):
     """``len(batch_idx)`` steps as one ``lax.scan``; ``batch_idx`` is int ``[steps, batch]``.
 
     ``images`` and ``labels`` stay on the device; each step gathers its batch by index.
-    Returns ``(params, opt_state, losses[steps])``.
+    ``shard``, if given, places each gathered batch (``jax.lax.with_sharding_constraint`` over
+    a device mesh): XLA then splits the step across the devices and sums the gradient over
+    them, the same mean over the whole batch. Returns ``(params, opt_state, losses[steps])``.
     """
+    shard = shard or (lambda x: x)
 
     def body(carry, idx):
         params, opt_state = carry
-        params, opt_state, loss = train_step(graphdef, tx, params, opt_state, images[idx], labels[idx])
+        x, y = shard(images[idx]), shard(labels[idx])
+        params, opt_state, loss = train_step(graphdef, tx, params, opt_state, x, y)
         return (params, opt_state), loss
 
     (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), batch_idx)
@@ -229,13 +233,14 @@ def apply_gradients(tx, params, opt_state, grads):
     return optax.apply_updates(params, updates), opt_state
 
 
-def compiled(graphdef, tx):
+def compiled(graphdef, tx, shard=None):
     """jitted ``train_step``, ``train_steps`` and ``apply_gradients`` for one model and optimizer.
 
     ``params`` and ``opt_state`` are donated: XLA updates them in place instead of copying.
+    ``shard``: see :func:`train_steps`.
     """
     return (
         jax.jit(functools.partial(train_step, graphdef, tx), donate_argnums=(0, 1)),
-        jax.jit(functools.partial(train_steps, graphdef, tx), donate_argnums=(0, 1)),
+        jax.jit(functools.partial(train_steps, graphdef, tx, shard=shard), donate_argnums=(0, 1)),
         jax.jit(functools.partial(apply_gradients, tx), donate_argnums=(0, 1)),
     )

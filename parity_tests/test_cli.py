@@ -204,7 +204,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize("backend", ["jax", "torch"])
+@pytest.mark.parametrize("backend", ["torch"])  # jax: the Ctrl-C test below resumes bit-identically too
 def test_killed_run_resumes_bit_identical(tmp_path, backend, capsys):
     reference = tmp_path / "reference"
     jaxnet(capsys, *_train_args(reference, backend))

@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from jaxnet.config import BACKENDS, DEVICES, ModelConfig, OptimConfig
+from jaxnet.distributed import Rank
 from jaxnet.errors import JaxnetError
 
 
@@ -27,12 +28,17 @@ class Backend(Protocol):
         config: the model's layer sizes.
         dtype: ``"float32"`` or ``"float64"``, of the parameters and the arithmetic.
         step: optimizer steps taken so far (Adam's bias-correction count, the schedule position).
+        rank: this process's place in a data-parallel run; ``rank.writer`` prints and saves.
+        shards: how many parts each batch is split into (devices or processes); every batch
+            size must divide by it.
     """
 
     name: str
     config: ModelConfig
     dtype: str
     step: int
+    rank: Rank  # this process's place in a multi-process run (0 of 1 alone)
+    shards: int  # the number of parts each batch is split into (devices or processes)
 
     def describe(self) -> str:
         """Framework version and device, for logs and reports."""
@@ -40,6 +46,10 @@ class Backend(Protocol):
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """The parameters: ``{torch key: array}`` in torch layout (copies)."""
+        ...
+
+    def agree(self, flag: bool) -> bool:
+        """Whether ``flag`` is set in any process of the run (itself alone: ``flag``)."""
         ...
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
@@ -101,8 +111,13 @@ def get_backend(
     device: str = "auto",
     seed: int = 0,
     state: dict[str, np.ndarray] | None = None,
+    devices: int = 1,
 ) -> Backend:
     """Build a backend; ``state`` (torch layout) replaces the framework's own initialisation.
+
+    ``devices > 1`` trains data-parallel with the framework's own engine: a JAX device mesh in
+    this process (every process of a ``jax.distributed`` run), or torch's
+    DistributedDataParallel, whose processes ``jaxnet.distributed`` or ``torchrun`` start.
 
     Raises:
         JaxnetError: an unknown backend or device, or a framework that is not installed.
@@ -119,4 +134,4 @@ def get_backend(
             raise JaxnetError(f"the {name} backend needs {err.name.split('.')[0]}{extra}") from None
         raise
     cls = getattr(module, f"{name.capitalize()}Backend")  # JaxBackend, TorchBackend
-    return cls(config, dtype=dtype, device=device, seed=seed, state=state)
+    return cls(config, dtype=dtype, device=device, seed=seed, state=state, devices=devices)

@@ -13,16 +13,19 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Callable
+from dataclasses import replace
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxnet import checkpoint
 from jaxnet import model as jmodel
 from jaxnet import train as jtrain
 from jaxnet.config import ModelConfig, OptimConfig
+from jaxnet.distributed import Rank
 from jaxnet.errors import JaxnetError
 
 
@@ -53,21 +56,54 @@ def jax_device(device: str) -> jax.Device:
 _COMPILED: dict[tuple, tuple] = {}
 
 
-def clear_caches() -> None:
-    """Forget this module's compiled programs and traces, so that a function swapped for
-    another (a planted fault) is traced afresh; JAX's other caches stay warm."""
+def clear_caches(model: bool = True) -> None:
+    """Forget this module's compiled steps (and with ``model`` its forward and gradient
+    programs), so that a function swapped for another (a planted fault) is traced afresh;
+    JAX's other caches stay warm."""
     _COMPILED.clear()
-    for jitted in (_EVAL, _GRADS, _ACTS, _LOGITS):
-        jitted.clear_cache()
+    if model:
+        for jitted in (_EVAL, _GRADS, _ACTS, _LOGITS):
+            jitted.clear_cache()
 
 
-def _optimizer(graphdef, cfg: OptimConfig, dtype: str) -> tuple:
-    """``(tx, step, scan, apply)`` for ``cfg``, built and jitted once per model and dtype."""
-    key = (graphdef, cfg, dtype)
+def _optimizer(graphdef, cfg: OptimConfig, dtype: str, mesh: Mesh | None) -> tuple:
+    """``(tx, step, scan, apply)`` for ``cfg``, built and jitted once per model, dtype and mesh."""
+    if cfg.schedule == "constant":  # the run's length does not enter the program
+        cfg = replace(cfg, total_steps=0)
+    key = (graphdef, cfg, dtype, mesh)
     if key not in _COMPILED:
         tx = jtrain.make_optimizer(cfg, dtype)
-        _COMPILED[key] = (tx, *jtrain.compiled(graphdef, tx))
+        shard = None
+        if mesh is not None:  # each gathered batch split over the mesh's "batch" axis
+            shard = functools.partial(
+                jax.lax.with_sharding_constraint, shardings=NamedSharding(mesh, P("batch"))
+            )
+        _COMPILED[key] = (tx, *jtrain.compiled(graphdef, tx, shard))
     return _COMPILED[key]
+
+
+def data_parallel_mesh(devices: int) -> Mesh | None:
+    """A one-axis mesh over the first ``devices`` devices (of every process); None for one.
+
+    Raises:
+        JaxnetError: fewer devices than asked for.
+    """
+    if devices <= 1 and jax.process_count() == 1:
+        return None
+    found = jax.devices()
+    if devices > len(found):
+        hint = (
+            " (on a CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N)"
+            if found[0].platform == "cpu"
+            else ""
+        )
+        raise JaxnetError(f"--devices {devices}: JAX sees {len(found)} {found[0].platform} device(s){hint}")
+    return Mesh(np.array(found[: max(devices, 1)]), ("batch",))
+
+
+def _host(tree):
+    """numpy copies of replicated arrays, also where other processes hold some of the devices."""
+    return jax.tree.map(lambda a: np.asarray(a if a.is_fully_addressable else a.addressable_data(0)), tree)
 
 
 _EVAL = jax.jit(jtrain.evaluate, static_argnums=(0,), static_argnames="batch_size")
@@ -97,9 +133,13 @@ class JaxBackend:
         seed: int = 0,
         state: dict[str, np.ndarray] | None = None,
         scan: bool = True,
+        devices: int = 1,
     ) -> None:
         self.config, self.dtype, self.scan = config, dtype, scan
         self.device = jax_device(device)
+        self.mesh = data_parallel_mesh(devices)
+        self.shards = 1 if self.mesh is None else self.mesh.size  # ways each batch is split
+        self.rank = Rank(jax.process_index(), jax.process_count())
         self.step = 0
         self.tx = None
         self._data: tuple[jax.Array, jax.Array] | None = None
@@ -113,14 +153,26 @@ class JaxBackend:
             self.load_state_dict(state)
 
     def describe(self) -> str:
-        return f"jax {jax.__version__} on {self.device.platform}:{self.device.id} ({self.device.device_kind})"
+        where = f"{self.device.platform}:{self.device.id} ({self.device.device_kind})"
+        if self.mesh is not None:
+            where = f"{self.mesh.size} {self.device.platform} devices in {jax.process_count()} process(es), data-parallel"
+        return f"jax {jax.__version__} on {where}"
 
     def _put(self, x) -> jax.Array:
-        return jax.device_put(x, self.device)
+        """On the device, or replicated on every device of the mesh."""
+        return jax.device_put(x, self.device if self.mesh is None else NamedSharding(self.mesh, P()))
+
+    def agree(self, flag: bool) -> bool:
+        """Whether ``flag`` is set in any process (a Ctrl-C seen by one stops all at one step)."""
+        if jax.process_count() == 1:
+            return flag
+        from jax.experimental import multihost_utils
+
+        return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
 
     @_in_mode
     def state_dict(self) -> dict[str, np.ndarray]:
-        return jmodel.to_torch_layout(self.params)
+        return jmodel.to_torch_layout(_host(self.params))
 
     @_in_mode
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
@@ -129,19 +181,19 @@ class JaxBackend:
 
     @_in_mode
     def activations(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        acts = _ACTS(self.graphdef, self.params, self._put(x))
+        acts = _host(_ACTS(self.graphdef, self.params, self._put(x)))
         return {k: np.asarray(v) for k, v in acts.items()}
 
     @_in_mode
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
-        loss, grads = _GRADS(self.params, self.graphdef, self._put(x), self._put(y))
+        loss, grads = _host(_GRADS(self.params, self.graphdef, self._put(x), self._put(y)))
         return float(loss), jmodel.to_torch_layout(grads)
 
     @_in_mode
     def set_optimizer(
         self, cfg: OptimConfig, state: dict[str, np.ndarray] | None = None, step: int = 0
     ) -> None:
-        self.tx, self._step, self._scan, self._apply = _optimizer(self.graphdef, cfg, self.dtype)
+        self.tx, self._step, self._scan, self._apply = _optimizer(self.graphdef, cfg, self.dtype, self.mesh)
         self.load_optimizer_state(state, step)
 
     @_in_mode
@@ -153,7 +205,7 @@ class JaxBackend:
 
     @_in_mode
     def optimizer_state(self) -> dict[str, np.ndarray]:
-        return jtrain.export_opt_state(self.opt_state, self.step)
+        return jtrain.export_opt_state(_host(self.opt_state), self.step)
 
     @_in_mode
     def apply_gradients(self, grads: dict[str, np.ndarray]) -> None:
@@ -191,7 +243,7 @@ class JaxBackend:
                 )
                 losses.append(loss[None])
         self.step += len(batches)
-        return np.asarray(jnp.concatenate(losses)) if losses else np.zeros(0)
+        return np.concatenate([_host(chunk) for chunk in losses]) if losses else np.zeros(0)
 
     @_in_mode
     def evaluate(self, images: np.ndarray, labels: np.ndarray, batch_size: int = 64) -> tuple[int, float]:
@@ -202,4 +254,4 @@ class JaxBackend:
 
     @_in_mode
     def predict(self, images: np.ndarray) -> np.ndarray:
-        return np.asarray(_LOGITS(self.graphdef, self.params, self._put(images)))
+        return _host(_LOGITS(self.graphdef, self.params, self._put(images)))

@@ -6,14 +6,16 @@ commands work without torch installed and a torch run never starts JAX.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import os
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
 import torchref
-from jaxnet import checkpoint
+from jaxnet import checkpoint, distributed
 from jaxnet.config import ModelConfig, OptimConfig
 from jaxnet.errors import JaxnetError
 
@@ -51,6 +53,21 @@ def tensor(x: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.tensor(np.ascontiguousarray(x), device=device)
 
 
+def _data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``DistributedDataParallel`` over the process group the environment describes (gloo on
+    CPUs, NCCL on GPUs), joined here if nobody has yet: it averages the gradients of the
+    processes' shares of each batch, so every process takes the same step."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    if not dist.is_initialized():  # a lost peer ends a collective within the timeout, not never
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=60))
+        atexit.register(dist.destroy_process_group)  # its threads must end before the interpreter does
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 class TorchBackend:
     """``torchref.NeuralNetwork`` with ``torch.optim``; batches sliced from pre-made tensors."""
 
@@ -64,14 +81,33 @@ class TorchBackend:
         device: str = "auto",
         seed: int = 0,
         state: dict[str, np.ndarray] | None = None,
+        devices: int = 1,
     ) -> None:
         self.config, self.dtype = config, dtype
+        self.rank = distributed.torch_rank()
+        if devices != self.rank.world:
+            raise JaxnetError(
+                f"--devices {devices} with torch runs {devices} processes: start it with jaxnet train "
+                f"(it launches them) or torchrun --nproc-per-node {devices}; this process is "
+                f"rank {self.rank.rank} of {self.rank.world}"
+            )
+        self.shards = self.rank.world  # ways each batch is split: one share per process
         self.device = torch_device(device)
+        if self.device.type == "cuda" and self.rank.world > 1:
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            if local >= torch.cuda.device_count():
+                raise JaxnetError(
+                    f"--devices {devices}: torch sees {torch.cuda.device_count()} CUDA device(s)"
+                )
+            self.device = torch.device("cuda", local)
         with torch.random.fork_rng(devices=[]):  # the caller's global RNG stays as it was
             torch.manual_seed(seed)
             self.model = torchref.NeuralNetwork(
                 config.in_features, config.hidden, config.num_classes, dtype=_DTYPES[dtype]
             ).to(self.device)
+        self.net: torch.nn.Module = self.model  # what the steps call: the model, or its DDP wrapper
+        if self.rank.world > 1:
+            self.net = _data_parallel(self.model, self.device)
         self.cfg: OptimConfig | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
@@ -82,7 +118,20 @@ class TorchBackend:
 
     def describe(self) -> str:
         where = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
-        return f"torch {torch.__version__} on {self.device} ({where}, {torch.get_num_threads()} threads)"
+        ddp = (
+            f", DistributedDataParallel rank {self.rank.rank} of {self.rank.world}"
+            if self.rank.world > 1
+            else ""
+        )
+        return f"torch {torch.__version__} on {self.device} ({where}, {torch.get_num_threads()} threads{ddp})"
+
+    def agree(self, flag: bool) -> bool:
+        """Whether ``flag`` is set in any process (a Ctrl-C seen by one stops all at one step)."""
+        if self.rank.world == 1:
+            return flag
+        seen = torch.tensor([int(flag)])
+        torch.distributed.all_reduce(seen, op=torch.distributed.ReduceOp.MAX)
+        return bool(seen.item())
 
     def _put(self, x: np.ndarray) -> torch.Tensor:
         return tensor(x, self.device)
@@ -152,11 +201,25 @@ class TorchBackend:
         images, labels = self._data
         self.model.train()
         losses = []
-        for idx in batches:
-            i = torch.from_numpy(idx).to(self.device)
-            losses.append(torchref.train_step(self.model, self.optimizer, images[i], labels[i]))
-            self._after_step(1)
-        return torch.stack(losses).cpu().numpy() if losses else np.zeros(0)
+        r, world = self.rank.rank, self.rank.world
+        try:
+            for idx in batches:
+                share = idx[r * len(idx) // world : (r + 1) * len(idx) // world]  # this process's slice
+                i = torch.from_numpy(share).to(self.device)
+                losses.append(torchref.train_step(self.net, self.optimizer, images[i], labels[i]))
+                self._after_step(1)
+        except RuntimeError as err:  # gloo's "Connection closed by peer": the launcher names which
+            if world == 1:
+                raise
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise JaxnetError(f"rank {r}: a collective failed ({first[:200]})") from None
+        if not losses:
+            return np.zeros(0)
+        loss = torch.stack(losses)
+        if world > 1:  # each share's mean; their mean is the whole batch's (equal shares)
+            torch.distributed.all_reduce(loss)
+            loss /= world
+        return loss.cpu().numpy()
 
     def evaluate(self, images: np.ndarray, labels: np.ndarray, batch_size: int = 64) -> tuple[int, float]:
         return torchref.evaluate(self.model, self._put(images), self._put(labels), batch_size)

@@ -93,18 +93,49 @@ def startup() -> dict[str, float]:
         }
 
 
-def run_bench(paths: tuple[str, ...], epochs: int, train_limit: int, with_startup: bool = True) -> dict:
+def run_bench(
+    paths: tuple[str, ...], epochs: int, train_limit: int, with_startup: bool = True, devices: int = 1
+) -> dict:
     peaks = {fw: _spawn("--limits", fw) for fw in ("torch", "jax")}
     results = [
         _spawn("--worker", p, "--epochs", str(epochs), "--train-limit", str(train_limit)) for p in paths
     ]
+    if devices > 1:
+        results += [
+            data_parallel(backend, n, epochs, train_limit)
+            for backend in ("torch", "jax")
+            for n in (1, devices)
+        ]
     return summarise(peaks, results, epochs, train_limit or 60000, startup() if with_startup else {})
+
+
+def data_parallel(backend: str, devices: int, epochs: int, train_limit: int) -> dict:
+    """A whole ``jaxnet train --devices N`` run; epoch time from its metrics (after the first).
+
+    torch runs N processes (gloo on CPUs), JAX one process with N devices (virtual on a CPU):
+    on one CPU they show what the communication costs, not a speed-up.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics = os.path.join(tmp, "m.jsonl")
+        cmd = [sys.executable, "-m", "jaxnet", "train", "--backend", backend, "--devices", str(devices),
+               "--epochs", str(epochs + 1), "--metrics", metrics]  # fmt: skip
+        cmd += ["--train-limit", str(train_limit)] if train_limit else []
+        subprocess.run(cmd, capture_output=True, check=True)
+        with open(metrics) as lines:
+            seconds = [json.loads(line)["seconds"] for line in lines]
+    name = f"{backend}-{'ddp' if backend == 'torch' else 'mesh'}-{devices}"
+    return {"path": name, "epoch_s": statistics.median(seconds[1:]), "epoch_times": seconds[1:],
+            "compile_s": max(0.0, seconds[0] - statistics.median(seconds[1:])), "eval_s": float("nan"),
+            "peak_rss_mb": float("nan"), "setup_s": float("nan")}  # fmt: skip
 
 
 def summarise(peaks: dict, results: list[dict], epochs: int, n: int, startup: dict[str, float]) -> dict:
     """Derived columns: throughput, GFLOP/s, share of each framework's peaks, x its plain loop."""
     gflop = epoch_gflop(ModelConfig(), n)
     plain = {r["path"].split("-")[0]: r["epoch_s"] for r in results if r["path"].endswith("-plain")}
+    one = {
+        r["path"].split("-")[0]: r["epoch_s"] for r in results if r["path"].endswith(("-ddp-1", "-mesh-1"))
+    }
     for r in results:
         framework = r["path"].split("-")[0]
         r["samples_per_s"] = n / r["epoch_s"]
@@ -112,6 +143,10 @@ def summarise(peaks: dict, results: list[dict], epochs: int, n: int, startup: di
         r["pct_square_peak"] = 100 * r["gflops"] / peaks[framework]["square_2048"]
         r["pct_model_peak"] = 100 * r["gflops"] / peaks[framework]["model_mix"]
         r["vs_plain"] = plain[framework] / r["epoch_s"] if framework in plain else None
+        if r["path"].endswith(("-ddp-1", "-mesh-1")) or not r["path"][-1].isdigit():
+            r["vs_one_device"] = None
+        else:
+            r["vs_one_device"] = one[framework] / r["epoch_s"]
     return {
         "peak_gflops": peaks,
         "epoch_gflop": gflop,
@@ -139,14 +174,18 @@ def print_table(report: dict) -> None:
     title = f"{report['samples']} samples/epoch, {report['epoch_gflop']:.1f} GFLOP/epoch, median of {report['epochs']} epochs"
     table = Table(title=title)
     cols = ("path", "epoch s", "samples/s", "GFLOP/s", "% GEMM peak", "% model-mix peak", "x plain loop",
-            "compile s", "eval 10k s", "peak RSS MB")  # fmt: skip
+            "x one device", "compile s", "eval 10k s", "peak RSS MB")  # fmt: skip
     for col in cols:
         table.add_column(col, justify="left" if col == "path" else "right")
+
+    def num(x, fmt: str) -> str:
+        return "-" if x is None or x != x else format(x, fmt)  # None or NaN: not measured on this path
+
     for r in report["results"]:
-        vs = f"{r['vs_plain']:.2f}" if r["vs_plain"] else "-"
         table.add_row(r["path"], f"{r['epoch_s']:.3f}", f"{r['samples_per_s']:,.0f}", f"{r['gflops']:.1f}",
-                      f"{r['pct_square_peak']:.0f}%", f"{r['pct_model_peak']:.0f}%", vs, f"{r['compile_s']:.2f}",
-                      f"{r['eval_s']:.4f}", f"{r['peak_rss_mb']:.0f}")  # fmt: skip
+                      f"{r['pct_square_peak']:.0f}%", f"{r['pct_model_peak']:.0f}%", num(r["vs_plain"], ".2f"),
+                      num(r.get("vs_one_device"), ".2f"), f"{r['compile_s']:.2f}", num(r["eval_s"], ".4f"),
+                      num(r["peak_rss_mb"], ".0f"))  # fmt: skip
     console.print(table)
     if report["startup_s"]:
         start = Table(title="start-up: command to exit, median of 3 (s)")

@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run ``jaxnet ARGV``; return the exit status."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parser.parse_args(argv)
+    args.argv = argv  # what a launcher hands on to the processes it starts
     late = process.prepare(shared=args.command == "parity", cache=True)
     if late:  # torch came first (jaxnet.cli.main called from a program that imported it)
         print(f"jaxnet: warning: torch was imported before {', '.join(late)} could be set; "

@@ -29,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--train-limit", type=nonneg_int, default=0, help="first N training images (default: 0, all)"
     )
+    p.add_argument("--devices", type=positive_int, default=1,
+                   help="also time whole data-parallel runs on N devices in each framework, beside one (default: %(default)s)")  # fmt: skip
     p.add_argument("--no-startup", action="store_true", help="skip timing the start-up of whole commands")
     p.add_argument("--json", type=Path, help="also write the results as JSON")
 
@@ -36,7 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from jaxnet import bench
 
-    report = bench.run_bench(tuple(args.paths), args.epochs, args.train_limit, not args.no_startup)
+    report = bench.run_bench(
+        tuple(args.paths), args.epochs, args.train_limit, not args.no_startup, args.devices
+    )
     bench.print_table(report)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

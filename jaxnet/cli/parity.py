@@ -38,6 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plant", metavar="FAULT",
                    help="run with a realistic porting bug planted in the JAX side, to see which row "
                    "catches it (names: jaxnet/parity/faults.py, e.g. adam-eps-1e-7)")  # fmt: skip
+    p.add_argument("--devices", type=positive_int, default=1,
+                   help="also run the same training data-parallel on N devices in each framework (JAX's "
+                   "device mesh, torch's DistributedDataParallel) and compare with one device (default: %(default)s)")  # fmt: skip
     add_data_dir(p)
     p.add_argument("--json", type=Path, help="also write the report as JSON")
     p.add_argument("--markdown", type=Path, help="also write the report as a markdown table")
@@ -54,6 +57,11 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"--plant: unknown fault {args.plant!r} (one of {', '.join(faults.FAULTS)})")
     with faults.planted(args.plant) if args.plant else contextlib.nullcontext():
         report = _report(args, data, parity)
+    if args.devices > 1:
+        from jaxnet.parity import data_parallel
+
+        dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
+        report.rows += data_parallel.section(args.devices, dtypes, steps=min(args.steps, 20), seed=args.seed)
     parity.print_table(report)
     if args.json:
         parity.write_json(report, args.json)

@@ -9,6 +9,7 @@ and keeps the last good checkpoint.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -52,6 +53,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument("--init", choices=("shared", "native"), default="shared",
                        help="shared: numpy weights from --seed, the same in both backends; "
                        "native: each framework's own RNG (default: %(default)s)")  # fmt: skip
+    par = p.add_argument_group("data-parallel (the same run on several devices; see the README)")
+    par.add_argument("--devices", type=positive_int, default=1,
+                     help="split every batch over N devices: JAX shards it over a device mesh (on a CPU, "
+                     "N virtual devices); torch runs N DistributedDataParallel processes, launched here "
+                     "or by torchrun (default: %(default)s)")  # fmt: skip
+    par.add_argument("--processes", type=positive_int, default=1,
+                     help="JAX only: spread the devices over N local processes joined by "
+                     "jax.distributed (CPU collectives over gloo) (default: %(default)s)")  # fmt: skip
     out = p.add_argument_group("files")
     out.add_argument("--save", type=Path,
                      help="checkpoint directory, written after every epoch and on Ctrl-C: model.safetensors "
@@ -85,6 +94,31 @@ def recipe(args: argparse.Namespace, resumed: TrainConfig | None) -> TrainConfig
     return TrainConfig.from_flat(current | given)
 
 
+def launch_or_join(args: argparse.Namespace, parser: argparse.ArgumentParser, cfg: TrainConfig) -> int | None:
+    """Start the worker processes a data-parallel run needs (and return the run's status), or
+    set this process up as one of them (and return None)."""
+    from jaxnet import distributed, run
+
+    run.check_shards(cfg.train_limit or 60000, cfg.batch_size, args.devices)  # before any process starts
+    if args.backend == "torch" and args.devices > (os.cpu_count() or 1) and args.device == "cpu":
+        raise JaxnetError(
+            f"--devices {args.devices}: more torch processes than this machine's {os.cpu_count()} cores"
+        )
+
+    if args.processes > 1 and args.backend != "jax":
+        parser.error("--processes is for --backend jax; torch runs one process per device (--devices)")
+    worker = distributed.WORKER in os.environ or "RANK" in os.environ or "JAXNET_COORDINATOR" in os.environ
+    if not worker and args.backend == "torch" and args.devices > 1:
+        return distributed.launch(args.argv, distributed.torch_envs(args.devices))
+    if not worker and args.backend == "jax" and args.processes > 1:
+        return distributed.launch(args.argv, distributed.jax_envs(args.processes, args.devices))
+    if args.backend == "jax" and args.devices > 1 and "JAXNET_COORDINATOR" not in os.environ:
+        # N virtual CPU devices, set before JAX starts (on a GPU machine the GPUs are used)
+        flag = f"--xla_force_host_platform_device_count={args.devices}"
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+    return None
+
+
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from jaxnet import checkpoint
 
@@ -104,8 +138,14 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.save is not None:
         checkpoint.check_save_path(args.save)  # before an epoch of work, not after
 
-    from jaxnet import data, run  # the heavy imports after the flags are checked
+    launched = launch_or_join(args, parser, cfg)
+    if launched is not None:
+        return launched
+    from jaxnet import data, distributed, run  # the heavy imports after the flags are checked
     from jaxnet.backends import get_backend
+
+    if args.backend == "jax":
+        distributed.join_jax()  # in a multi-process JAX run: before any JAX computation
 
     if resumed is not None:
         run.check_resume(resumed, config, cfg)
@@ -114,9 +154,16 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if resumed is not None:
         state = resumed.model
     backend = get_backend(
-        args.backend, config, dtype=cfg.dtype, device=args.device, seed=cfg.seed, state=state
+        args.backend,
+        config,
+        dtype=cfg.dtype,
+        device=args.device,
+        seed=cfg.seed,
+        state=state,
+        devices=args.devices,
     )
-    print(f"backend: {backend.describe()}", file=sys.stderr)
+    if backend.rank.writer:
+        print(f"backend: {backend.describe()}", file=sys.stderr)
     try:
         history = run.train(
             backend, ds, cfg, save=args.save, resume=resumed, metrics=args.metrics, progress=args.progress
@@ -127,9 +174,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             if stop.checkpoint
             else ""
         )
-        print(f"jaxnet: interrupted at step {stop.step}{where}", file=sys.stderr)
+        if backend.rank.writer:
+            print(f"jaxnet: interrupted at step {stop.step}{where}", file=sys.stderr)
         return 130
-    if args.plot:
+    if args.plot and backend.rank.writer:
         from jaxnet import plot
 
         rows = plot.read_metrics(args.metrics) if args.metrics else [vars(h) for h in history]

@@ -169,10 +169,14 @@ def planted(name: str) -> Iterator[Fault]:
 
     fault = FAULTS[name]
     correct = getattr(fault.target, fault.attribute)
-    clear_caches()
+    traced = fault.attribute not in (
+        "make_optimizer",
+        "make_schedule",
+    )  # those build new step programs anyway
+    clear_caches(model=traced)
     setattr(fault.target, fault.attribute, fault.wrong(correct))
     try:
         yield fault
     finally:
         setattr(fault.target, fault.attribute, correct)
-        clear_caches()
+        clear_caches(model=traced)

@@ -28,8 +28,6 @@ from jaxnet.numerics import rel_error, ulp
 from jaxnet.parity import verdict
 from jaxnet.parity.report import Row
 
-MAX_EVENTS = 8  # the first few are what a reader needs
-
 
 @dataclass
 class Event:
@@ -54,7 +52,7 @@ class FreePair:
     own_torch: bool = True
     gaps: list[float] = field(default_factory=list)
     bounds: list[float] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)  # the latest of each kind, up to the first excess
 
     def before(self, x: np.ndarray, y: np.ndarray) -> None:
         """Record both sides' state, pre-activations and torch's gradient on the coming batch."""
@@ -74,10 +72,14 @@ class FreePair:
         before = self.bounds[-1] if self.bounds else 0.0
         self.gaps.append(max(rel_error(pj[k], pt[k]) for k in pt))
         self.bounds.append(before + allowance)
-        if len(self.events) < MAX_EVENTS:
+        if len(self.gaps) < 2 or self.gaps[-2] <= self.bounds[-2]:  # up to the first excess
             self._find_ties(t, max(before, allowance))
             if self.eps > 0:
                 self._find_near_zero(t, pj, pt, noise)
+
+    def _record(self, event: Event) -> None:
+        """Keep the latest event of each kind: the one nearest the excess explains it best."""
+        self.events = [e for e in self.events if e.kind != event.kind] + [event]
 
     def _find_ties(self, t: int, within: float) -> None:
         """A flip where both runs' pre-activations lie within the accumulated bound of 0 (times
@@ -88,7 +90,7 @@ class FreePair:
             if at_tie.any():
                 b, j = (int(i) for i in flips[np.argmax(at_tie)])
                 pre_j, pre_t = acts_j[name], acts_t[name]
-                self.events.append(Event(t, "ReLU tie", (
+                self._record(Event(t, "ReLU tie", (
                     f"ReLU tie at step {t}: {name} unit {j}, example {b} of the batch: pre-activation "
                     f"torch {pre_t[b, j]:.2e}, jax {pre_j[b, j]:.2e}, both within {depth * within:.1e} "
                     f"of 0 relative to the layer's largest ({int(at_tie.sum())} such flip(s))"
@@ -109,7 +111,7 @@ class FreePair:
             if len(hits):
                 i = tuple(int(v) for v in hits[np.argmax(np.abs(dj - dt)[tuple(hits.T)])])
                 how = "opposite signs" if np.sign(dj[i]) != np.sign(dt[i]) else "the same sign, amplified"
-                self.events.append(Event(t, "near-zero gradient", (
+                self._record(Event(t, "near-zero gradient", (
                     f"near-zero gradient at step {t}: {name}{list(i)} has gradient {g[i]:.1e} (noise "
                     f"{noise[name]:.1e}, eps {self.eps:g}); its normalised update moved {dt[i]:+.2e} in torch "
                     f"and {dj[i]:+.2e} in jax ({how}; {len(hits)} such element(s))"
@@ -139,13 +141,17 @@ class FreePair:
         gap, bound = gaps[t - 1], bounds[t - 1]
         head = f"gap {gap:.1e} rose above the accumulated bound {bound:.1e} at step {t}"
         failing = [s + 1 for s, r in enumerate((forced or [])[:t]) if r > 1]
-        causes = [e for e in self.events if e.step <= t]
+        # nearest first; a ReLU tie (a discontinuity) before a near-zero gradient at the same step
+        causes = sorted(
+            (e for e in self.events if e.step <= t), key=lambda e: (-e.step, e.kind != "ReLU tie")
+        )
         if failing:
             why = f"teacher-forced step(s) {failing[:5]} failed on their own: an implementation difference"
         elif not causes:
             why = "unexplained (no ReLU tie, no near-zero gradient up to there)"
         else:
-            note = f"{head}, after a {causes[0].text}; chaotic from there (judged on outcomes); {final}"
+            near = " and a ".join(e.text for e in causes if e.step >= causes[0].step - 1)
+            note = f"{head}, after a {near}; chaotic from there (judged on outcomes); {final}"
             return Row(section, quantity, dtype, gap, bound / verdict.K, np.inf, True, None, note)
         return Row(
             section, quantity, dtype, gap, bound / verdict.K, bound, False, None, f"{head}: {why}; {final}"
