@@ -31,7 +31,7 @@ train: $(STAMP) data
 test: $(STAMP) data
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest --durations=15 $(ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=15 $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix .

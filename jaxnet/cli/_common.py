@@ -29,6 +29,15 @@ def add_backend(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_checkpoint(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=True,
+        help="a checkpoint directory, a .safetensors state dict or a tutorial .pth",
+    )
+
+
 def load_backend(args: argparse.Namespace):
     """The checkpoint ``args.checkpoint`` in the backend ``args.backend``."""
     from jaxnet import checkpoint

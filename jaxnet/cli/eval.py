@@ -8,19 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from jaxnet.argtypes import positive_int
-from jaxnet.cli._common import add_backend, add_data_dir, load_backend
+from jaxnet.cli._common import add_backend, add_checkpoint, add_data_dir, load_backend
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--checkpoint",
-        type=Path,
-        required=True,
-        help="a checkpoint directory, a .safetensors state dict or a tutorial .pth",
-    )
+    add_checkpoint(p)
     add_backend(p)
     add_data_dir(p)
     p.add_argument("--batch-size", type=positive_int, default=64,

@@ -6,19 +6,13 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from jaxnet.argtypes import nonneg_int
-from jaxnet.cli._common import add_backend, add_data_dir, load_backend
+from jaxnet.cli._common import add_backend, add_checkpoint, add_data_dir, load_backend
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--checkpoint",
-        type=Path,
-        required=True,
-        help="a checkpoint directory, a .safetensors state dict or a tutorial .pth",
-    )
+    add_checkpoint(p)
     p.add_argument("--index", type=nonneg_int, nargs="+", default=[0],
                    help="test-set indices, 0..9999 (default: %(default)s)")  # fmt: skip
     add_backend(p)
