@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxnet import files
-from jaxnet.config import ModelConfig, TrainConfig
+from jaxnet.config import AnyModel, CNNConfig, ModelConfig, TrainConfig, model_from_json
 from jaxnet.errors import CheckpointError, JaxnetError
 
 FORMAT = "jaxnet-checkpoint"
@@ -41,7 +41,7 @@ class Checkpoint:
     """Model weights (torch layout), optional optimizer state and training progress."""
 
     model: dict[str, np.ndarray]
-    config: ModelConfig
+    config: AnyModel
     optimizer: dict[str, np.ndarray] = field(default_factory=dict)
     train_config: TrainConfig | None = None
     epoch: int = 0
@@ -54,7 +54,7 @@ class Checkpoint:
 
 
 def validate_state_dict(
-    state: dict[str, np.ndarray], config: ModelConfig, dtype: str | np.dtype | None = None
+    state: dict[str, np.ndarray], config: AnyModel, dtype: str | np.dtype | None = None
 ) -> np.dtype:
     """Check keys, shapes, dtypes and values against ``config``; return the (single) float dtype.
 
@@ -86,26 +86,34 @@ def validate_state_dict(
     return want
 
 
-def infer_config(state: dict[str, np.ndarray]) -> ModelConfig:
-    """The layer sizes of a torch-layout state dict, validated (e.g. a tutorial ``model.pth``)."""
+def infer_config(state: dict[str, np.ndarray]) -> AnyModel:
+    """The model and sizes of a torch-layout state dict, validated (e.g. a tutorial ``model.pth``)."""
     try:
-        config = ModelConfig.from_state_dict(state)
+        if "conv1.weight" in state and "fc2.weight" in state:  # PyTorch's examples/mnist CNN
+            conv1, conv2, fc1, fc2 = (
+                np.shape(state[f"{k}.weight"]) for k in ("conv1", "conv2", "fc1", "fc2")
+            )
+            config = CNNConfig(channels=(conv1[0], conv2[0]), hidden=fc1[0], num_classes=fc2[0])
+        else:
+            config = ModelConfig.from_state_dict(state)
     except JaxnetError as err:
         raise CheckpointError(str(err)) from None
     validate_state_dict(state, config)
     return config
 
 
-def init_state_dict(config: ModelConfig, seed: int, dtype: str = "float32") -> dict[str, np.ndarray]:
+def init_state_dict(config: AnyModel, seed: int, dtype: str = "float32") -> dict[str, np.ndarray]:
     """Fresh weights drawn with numpy, so that both backends can start from the same point.
 
-    The distribution is torch ``nn.Linear``'s default, ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``
-    for weight and bias; the stream is numpy's ``default_rng(seed)``, owned by neither framework.
+    The distribution is torch ``nn.Linear``'s and ``nn.Conv2d``'s default,
+    ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` for weight and bias (fan_in: a weight's size over its
+    first axis); the stream is numpy's ``default_rng(seed)``, owned by neither framework.
     """
     rng = np.random.default_rng(seed)
     state = {}
     for key, shape in config.param_shapes().items():
-        bound = 1.0 / np.sqrt(shape[-1] if key.endswith("weight") else state[key[:-4] + "weight"].shape[1])
+        weight = shape if key.endswith("weight") else state[key.removesuffix("bias") + "weight"].shape
+        bound = 1.0 / np.sqrt(np.prod(weight[1:]))
         state[key] = rng.uniform(-bound, bound, size=shape).astype(dtype)
     return state
 
@@ -218,7 +226,7 @@ def _load_directory(path: Path) -> Checkpoint:
                 f"{path / STATE}: format {state.get('format')!r} version {state.get('format_version')!r}, "
                 f"expected {FORMAT!r} version {FORMAT_VERSION}"
             )
-        config = ModelConfig(**state["model_config"])
+        config = model_from_json(json.dumps(state["model_config"]))
         train = state.get("train_config")
         train_config = TrainConfig.from_json(json.dumps(train)) if train else None
         epoch, step, backend = int(state["epoch"]), int(state["step"]), str(state.get("backend", ""))
@@ -247,7 +255,7 @@ def _load_file(path: Path) -> Checkpoint:
             f"{path}: format version {metadata.get('format_version')!r}, expected '1' for a file"
         )
     try:
-        config = ModelConfig.from_json(metadata["model_config"])
+        config = model_from_json(metadata["model_config"])
         train_config = TrainConfig.from_json(metadata["train_config"]) if "train_config" in metadata else None
         progress = json.loads(metadata.get("progress", "{}"))
     except (KeyError, TypeError, ValueError) as err:
@@ -262,7 +270,7 @@ def _load_file(path: Path) -> Checkpoint:
 
 
 def validate_optimizer_state(
-    optimizer: dict[str, np.ndarray], config: ModelConfig, train: TrainConfig, dtype: np.dtype
+    optimizer: dict[str, np.ndarray], config: AnyModel, train: TrainConfig, dtype: np.dtype
 ) -> None:
     """The canonical optimizer state must have one entry per (parameter, state name)."""
     names = train.optimizer.state_names

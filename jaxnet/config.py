@@ -13,8 +13,10 @@ import re
 from dataclasses import dataclass, field
 
 from jaxnet.errors import JaxnetError
+from jaxnet.layout import BUILT_IN, Layout
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "adadelta")
+MODELS = ("mlp", "cnn")
 SCHEDULES = ("constant", "cosine", "step")
 DTYPES = ("float32", "float64")
 BACKENDS = ("jax", "torch")
@@ -26,6 +28,7 @@ STACK = "linear_relu_stack"  # the tutorial's attribute name, hence every state-
 class ModelConfig:
     """``Flatten -> [Linear -> ReLU] * len(hidden) -> Linear`` (the tutorial: 784, 512, 512, 10)."""
 
+    kind = "mlp"
     in_features: int = 784
     hidden: tuple[int, ...] = (512, 512)
     num_classes: int = 10
@@ -58,6 +61,17 @@ class ModelConfig:
     @property
     def logits_name(self) -> str:
         return self.linear_names[-1]
+
+    @property
+    def pool_inputs(self) -> list[str]:
+        return []
+
+    loss = "cross_entropy"  # of the logits: nn.CrossEntropyLoss
+    layout = BUILT_IN
+
+    @property
+    def dropouts(self) -> dict[str, float]:
+        return {}
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Torch state-dict names and shapes (weights ``[out, in]``), in torch's order."""
@@ -95,14 +109,120 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class CNNConfig:
+    """The CNN of PyTorch's ``examples/mnist``: ``conv1 -> ReLU -> conv2 -> ReLU -> max-pool 2
+    -> dropout -> flatten -> fc1 -> ReLU -> dropout -> fc2 -> log_softmax``, on 28x28 images.
+
+    Its module paths (the state-dict keys) are the example's: ``conv1``, ``conv2``, ``fc1``,
+    ``fc2``; the dropout rates are ``dropout1`` and ``dropout2``.
+    """
+
+    kind = "cnn"
+    channels: tuple[int, int] = (32, 64)
+    hidden: int = 128
+    num_classes: int = 10
+    dropout1: float = 0.25
+    dropout2: float = 0.5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        if not (0 <= self.dropout1 < 1 and 0 <= self.dropout2 < 1):
+            raise JaxnetError(f"dropout rates must be in [0, 1), got {self.dropout1}, {self.dropout2}")
+
+    @property
+    def flat_features(self) -> int:
+        """conv2's output after the 2x2 max-pool, flattened: ``channels[1] * 12 * 12``."""
+        return self.channels[1] * 12 * 12
+
+    @property
+    def relu_inputs(self) -> list[str]:
+        """The outputs a ReLU follows."""
+        return ["conv1", "conv2", "fc1"]
+
+    @property
+    def pool_inputs(self) -> list[str]:
+        """What a 2x2 max-pool reads: conv2's output after its ReLU."""
+        return ["relu2"]
+
+    @property
+    def logits_name(self) -> str:
+        return "fc2"
+
+    loss = "nll"  # of the log-probabilities: F.nll_loss
+    layout = BUILT_IN
+
+    @property
+    def dropouts(self) -> dict[str, float]:
+        """``{name: p}`` of the dropouts, active in training, off (eval mode) in parity steps."""
+        return {"dropout1": self.dropout1, "dropout2": self.dropout2}
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        c1, c2 = self.channels
+        return {
+            "conv1.weight": (c1, 1, 3, 3),
+            "conv1.bias": (c1,),
+            "conv2.weight": (c2, c1, 3, 3),
+            "conv2.bias": (c2,),
+            "fc1.weight": (self.hidden, self.flat_features),
+            "fc1.bias": (self.hidden,),
+            "fc2.weight": (self.num_classes, self.hidden),
+            "fc2.bias": (self.num_classes,),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": "cnn", **dataclasses.asdict(self)})
+
+
+@dataclass(frozen=True)
+class PortConfig:
+    """A user's PyTorch module and its Flax NNX port, described for the parity engine (built by
+    :func:`jaxnet.parity.compare` from the torch module and its arguments).
+
+    Attributes:
+        shapes: the torch module's parameters, ``{state-dict key: shape}``.
+        loss: ``"cross_entropy"`` of logits or ``"nll"`` of log-probabilities.
+        relu_inputs: activations a ReLU reads (where ties between the sides are looked for).
+        pool_inputs: activations a 2x2 max-pool reads.
+        dropouts: ``{torch path: p}`` of the ``nn.Dropout`` modules.
+        layout: how the port's names and arrays map onto torch's (:mod:`jaxnet.layout`).
+    """
+
+    kind = "port"
+    shapes: dict[str, tuple[int, ...]]
+    loss: str = "cross_entropy"
+    relu_inputs: tuple[str, ...] = ()
+    pool_inputs: tuple[str, ...] = ()
+    dropouts: dict[str, float] = field(default_factory=dict)
+    layout: Layout = BUILT_IN
+    logits_name = "output"
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return dict(self.shapes)
+
+
+AnyModel = ModelConfig | CNNConfig | PortConfig  # what a model config may be; ``.kind`` says which
+
+
+def model_from_json(text: str) -> AnyModel:
+    """The model config a checkpoint names (format-1 files and older directories: the MLP)."""
+    raw = json.loads(text)
+    kind = raw.pop("kind", "mlp")
+    if kind not in MODELS:
+        raise JaxnetError(f"unknown model kind {kind!r}, expected one of {MODELS}")
+    return CNNConfig(**raw) if kind == "cnn" else ModelConfig(**raw)
+
+
+@dataclass(frozen=True)
 class OptimConfig:
     """One optimizer recipe, meaning the same update rule in torch.optim and optax.
 
-    ``weight_decay=None`` takes torch's default for the optimizer (0 for sgd and adam, 1e-2
-    for adamw; optax's adamw default of 1e-4 is never used implicitly). ``schedule`` is
-    applied per step: ``cosine`` decays to 0 over ``total_steps``; ``step`` multiplies by
-    ``gamma`` every ``total_steps // 3`` steps. ``total_steps`` is filled in by the training
-    run from the data size, batch size and epochs.
+    ``weight_decay=None`` takes torch's default for the optimizer (0 for sgd, adam and
+    adadelta, 1e-2 for adamw; optax's adamw default of 1e-4 is never used implicitly), and
+    ``eps=None`` too (1e-8 for adam and adamw, 1e-6 for adadelta).
+    ``schedule`` is applied per step: ``cosine`` decays to 0 over ``total_steps``; ``step``
+    multiplies by ``gamma`` every ``step_size`` steps (0: ``total_steps // 3``).
+    ``total_steps`` is filled in by the training run from the data size, batch size and
+    epochs. ``rho`` is Adadelta's decay of its running averages.
     """
 
     name: str = "sgd"
@@ -111,10 +231,12 @@ class OptimConfig:
     nesterov: bool = False
     weight_decay: float | None = None
     betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    eps: float | None = None
     schedule: str = "constant"
     total_steps: int = 0
     gamma: float = 0.1
+    step_size: int = 0
+    rho: float = 0.9
 
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:
@@ -131,6 +253,12 @@ class OptimConfig:
             raise JaxnetError("--momentum applies to sgd only (adam uses betas)")
         if self.weight_decay is None:
             object.__setattr__(self, "weight_decay", 1e-2 if self.name == "adamw" else 0.0)
+        if self.eps is None:  # torch's defaults: Adam's 1e-8, Adadelta's 1e-6
+            object.__setattr__(self, "eps", 1e-6 if self.name == "adadelta" else 1e-8)
+        if self.step_size < 0:
+            raise JaxnetError(f"step size must be >= 0, got {self.step_size}")
+        if not 0 < self.gamma <= 1:
+            raise JaxnetError(f"gamma must be in (0, 1], got {self.gamma}")
         if self.weight_decay < 0:
             raise JaxnetError(f"weight decay must be >= 0, got {self.weight_decay}")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
@@ -138,13 +266,15 @@ class OptimConfig:
     @property
     def step_every(self) -> int:
         """Steps between decays of the ``step`` schedule."""
-        return max(1, self.total_steps // 3)
+        return self.step_size or max(1, self.total_steps // 3)
 
     @property
     def state_names(self) -> tuple[str, ...]:
         """Per-parameter optimizer state, in torch's words."""
         if self.name == "sgd":
             return ("momentum_buffer",) if self.momentum else ()
+        if self.name == "adadelta":
+            return ("square_avg", "acc_delta")
         return ("exp_avg", "exp_avg_sq")
 
 
@@ -179,7 +309,7 @@ class TrainConfig:
     def flat(self) -> dict[str, object]:
         """The recipe as the flat ``{flag name: value}`` the command line speaks (see FLAGS)."""
         opt = self.optimizer
-        values = {f: getattr(opt, f) for f in ("lr", "momentum", "nesterov", "weight_decay", "schedule")}
+        values = {f: getattr(opt, f) for f in OPTIM_FLAGS}
         values["optimizer"] = opt.name
         values |= {
             f: getattr(self, f) for f in ("batch_size", "epochs", "seed", "shuffle", "dtype", "train_limit")
@@ -194,14 +324,7 @@ class TrainConfig:
             JaxnetError: a value is invalid (the message names it).
         """
         v = {**FLAGS, **values}
-        optim = OptimConfig(
-            name=v["optimizer"],
-            lr=v["lr"],
-            momentum=v["momentum"],
-            nesterov=v["nesterov"],
-            weight_decay=v["weight_decay"],
-            schedule=v["schedule"],
-        )
+        optim = OptimConfig(name=v["optimizer"], **{f: v[f] for f in OPTIM_FLAGS})
         rest = {f: v[f] for f in ("batch_size", "epochs", "seed", "shuffle", "dtype", "train_limit")}
         return cls(optimizer=optim, **rest)
 
@@ -216,12 +339,27 @@ FLAGS: dict[str, object] = {
     "nesterov": False,
     "weight_decay": None,
     "schedule": "constant",
+    "gamma": 0.1,
+    "step_size": 0,
     "batch_size": 64,
     "epochs": 10,
     "seed": 0,
     "shuffle": True,
     "dtype": "float32",
     "train_limit": 0,
+}
+
+OPTIM_FLAGS = ("lr", "momentum", "nesterov", "weight_decay", "schedule", "gamma", "step_size")
+
+# The CNN's defaults where they differ from the tutorial's: PyTorch's examples/mnist (Adadelta
+# lr 1.0, StepLR gamma 0.7 after every epoch, 14 epochs); ``jaxnet train --model cnn`` sets
+# ``step_size`` to one epoch's steps unless given.
+CNN_FLAGS: dict[str, object] = {
+    "optimizer": "adadelta",
+    "lr": 1.0,
+    "schedule": "step",
+    "gamma": 0.7,
+    "epochs": 14,
 }
 
 # Named optimizer recipes the parity report, the tests and the examples run (``total_steps``
@@ -235,3 +373,8 @@ RECIPES = {
     "adam-l2": OptimConfig(name="adam", lr=1e-3, weight_decay=1e-4),
     "adamw-cosine": OptimConfig(name="adamw", lr=1e-3, weight_decay=1e-2, schedule="cosine"),
 }
+
+# The CNN's recipe, PyTorch's examples/mnist: Adadelta (lr 1.0), StepLR gamma 0.7 every epoch
+# (``step_size`` is set to the steps per epoch by the run).
+CNN_RECIPE = OptimConfig(name="adadelta", lr=1.0, rho=0.9, eps=1e-6, schedule="step", gamma=0.7)
+CNN_RECIPES = {"adadelta-step": CNN_RECIPE}  # the parity report's recipes for the CNN

@@ -21,8 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxnet.config import ModelConfig
+from jaxnet.config import AnyModel
 from jaxnet.errors import CheckpointError
+from jaxnet.layout import BUILT_IN, Layout, kernel_to_torch, leaf_name
 
 
 def torch_linear_init(fan_in: int) -> nnx.Initializer:
@@ -83,8 +84,13 @@ class NeuralNetwork(nnx.Module):
         return logits
 
 
-def build(config: ModelConfig, *, seed: int = 0, dtype: str = "float32") -> NeuralNetwork:
-    """A freshly initialised model (torch's init distribution; JAX's RNG stream)."""
+def build(config: AnyModel, *, seed: int = 0, dtype: str = "float32") -> nnx.Module:
+    """A freshly initialised model of ``config``'s kind (torch's init distribution; JAX's RNG
+    stream): the tutorial MLP, or the CNN of ``jaxnet.cnn``."""
+    if config.kind == "cnn":
+        from jaxnet import cnn
+
+        return cnn.build(config, seed=seed, dtype=dtype)
     return NeuralNetwork(
         config.in_features,
         config.hidden,
@@ -115,7 +121,41 @@ def load_model(path) -> NeuralNetwork:
     return nnx.merge(graphdef, from_torch_layout(params, ckpt.model), rest)
 
 
-def activations(model: NeuralNetwork, x: jax.Array) -> dict[str, jax.Array]:
+Masks = dict[str, jax.Array]  # a dropout's 0/1 keep-mask, by the dropout's name
+
+
+def apply(model: nnx.Module, x: jax.Array, masks: Masks | None = None) -> jax.Array:
+    """``model(x)``, its dropouts given ``masks`` (the CNN's by name; a port's ``nnx.Dropout``
+    modules by path), or off."""
+    from jaxnet import capture, cnn
+
+    if not masks or isinstance(model, NeuralNetwork):
+        return model(x)
+    if isinstance(model, cnn.Net):
+        return model(x, masks=(masks["dropout1"], masks["dropout2"]))
+    return capture.forward(model, x, masks)
+
+
+def activations(model: nnx.Module, x: jax.Array, masks: Masks | None = None) -> dict[str, jax.Array]:
+    """Every intermediate output: the built-in models' keyed like torch's module paths (and
+    their functional steps: ReLUs, pool, softmax); any other module's by ``nnx.capture``,
+    keyed by its own paths, with its output as ``output``."""
+    from jaxnet import capture, cnn
+
+    if isinstance(model, NeuralNetwork):
+        return _mlp_activations(model, x)
+    if isinstance(model, cnn.Net):
+        return cnn.activations(model, x, None if not masks else (masks["dropout1"], masks["dropout2"]))
+    out, found = capture.activations(model, x, masks)
+    return found | {"output": out}
+
+
+def module_paths(model: nnx.Module) -> list[str]:
+    """Dotted paths of the model's submodules (``""``: the model)."""
+    return [".".join(map(str, p)) for p, _ in nnx.iter_modules(model)]
+
+
+def _mlp_activations(model: NeuralNetwork, x: jax.Array) -> dict[str, jax.Array]:
     """Every intermediate output keyed like ``torchref.activations``, then the softmax."""
     out = {"flatten": model.flatten(x)}
     h = out["flatten"]
@@ -129,26 +169,13 @@ def activations(model: NeuralNetwork, x: jax.Array) -> dict[str, jax.Array]:
 # ---------------------------------------------------------------------------- torch names
 
 
-def _torch_name(path: tuple) -> tuple[str, bool]:
-    """``(linear_relu_stack, layers, 0, kernel[, value])`` -> (``linear_relu_stack.0.weight``, True)."""
-    keys = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
-    keys = [k for k in keys if k not in ("layers", "value")]
-    is_kernel = keys[-1] == "kernel"
-    keys[-1] = "weight" if is_kernel else keys[-1]
-    return ".".join(keys), is_kernel
+def to_torch_layout(tree, layout: Layout = BUILT_IN) -> dict[str, np.ndarray]:
+    """Any params-shaped tree (params, grads, momentum) -> ``{torch key: array in torch layout}``
+    (the rules: :mod:`jaxnet.layout`)."""
+    return dict(layout.to_torch(path, leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0])
 
 
-def to_torch_layout(tree) -> dict[str, np.ndarray]:
-    """Any params-shaped tree (params, grads, momentum) -> ``{torch key: [out, in] array}``."""
-    out = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        name, is_kernel = _torch_name(path)
-        array = np.asarray(leaf)
-        out[name] = np.ascontiguousarray(array.T) if is_kernel else array
-    return out
-
-
-def from_torch_layout(template, state: dict[str, np.ndarray]):
+def from_torch_layout(template, state: dict[str, np.ndarray], layout: Layout = BUILT_IN):
     """Inverse of :func:`to_torch_layout`: fill ``template``'s structure from torch-layout arrays.
 
     Raises:
@@ -156,15 +183,18 @@ def from_torch_layout(template, state: dict[str, np.ndarray]):
     """
 
     def take(path, leaf):
-        name, is_kernel = _torch_name(path)
+        name = layout.torch_name(path)
         if name not in state:
             raise CheckpointError(f"missing key {name!r}")
         value = np.asarray(state[name])
-        expected = leaf.shape[::-1] if is_kernel else leaf.shape
+        is_kernel = leaf_name(path) == "kernel"
+        expected = tuple(leaf.shape)
+        if is_kernel:  # torch's weight shape for this kernel
+            expected = kernel_to_torch(np.empty(leaf.shape, np.int8)).shape
         if value.shape != expected or value.dtype != leaf.dtype:
             raise CheckpointError(
                 f"key {name!r}: expected {leaf.dtype}{list(expected)}, found {value.dtype}{list(value.shape)}"
             )
-        return jnp.asarray(value.T if is_kernel else value)
+        return jnp.asarray(layout.from_torch(name, value, is_kernel))
 
     return jax.tree_util.tree_map_with_path(take, template)

@@ -9,7 +9,8 @@ parameters in place), JAX returns new values::
 
 Optimizers are built from optax pieces in the order torch applies them (see
 :func:`make_optimizer`), and their state converts to torch's words (``momentum_buffer``,
-``exp_avg``, ``exp_avg_sq``) for checkpoints either backend can resume.
+``exp_avg``, ``exp_avg_sq``, ``square_avg``, ``acc_delta``) for checkpoints either
+backend can resume.
 """
 
 from __future__ import annotations
@@ -24,18 +25,41 @@ import optax
 from flax import nnx
 
 from jaxnet.config import OptimConfig
+from jaxnet.layout import BUILT_IN, Layout
 from jaxnet.model import from_torch_layout, to_torch_layout
 
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """``nn.CrossEntropyLoss()``: mean over the batch of ``logsumexp(z) - z[label]``."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+LOSSES = ("cross_entropy", "nll")
 
 
-def loss_fn(params: nnx.State, graphdef: nnx.GraphDef, x: jax.Array, y: jax.Array) -> jax.Array:
-    """The loss as a pure function of ``params`` (the thing ``jax.grad`` differentiates)."""
+def per_example_loss(outputs: jax.Array, labels: jax.Array, loss: str = "cross_entropy") -> jax.Array:
+    """Each example's loss: ``cross_entropy`` of logits (``nn.CrossEntropyLoss``:
+    ``logsumexp(z) - z[label]``), or ``nll`` of log-probabilities (``F.nll_loss``, for a model
+    ending in ``log_softmax``: ``-log_p[label]``)."""
+    if loss == "nll":
+        return -jnp.take_along_axis(outputs, labels[:, None], axis=1)[:, 0]
+    return optax.softmax_cross_entropy_with_integer_labels(outputs, labels)
+
+
+def mean_loss(outputs: jax.Array, labels: jax.Array, loss: str = "cross_entropy") -> jax.Array:
+    """The batch's loss as torch's criteria reduce it by default: the mean over the batch."""
+    return per_example_loss(outputs, labels, loss).mean()
+
+
+def loss_fn(
+    params: nnx.State,
+    graphdef: nnx.GraphDef,
+    x: jax.Array,
+    y: jax.Array,
+    loss: str = "cross_entropy",
+    key: jax.Array | None = None,
+) -> jax.Array:
+    """The mean loss as a pure function of ``params`` (the thing ``jax.grad`` differentiates).
+
+    ``key``: train mode for a model with dropout (``model(x, key=key)`` draws its masks).
+    """
     model = nnx.merge(graphdef, params)
-    return cross_entropy(model(x), y)
+    outputs = model(x) if key is None else model(x, key=key)
+    return mean_loss(outputs, y, loss)
 
 
 loss_and_grads = jax.value_and_grad(loss_fn)
@@ -85,13 +109,15 @@ def make_optimizer(cfg: OptimConfig, dtype: str = "float32") -> optax.GradientTr
       ``g + m * buf``; ``p -= lr * g``.
     - adam: coupled L2 decay ``g += wd * p``, then :func:`scale_by_adam` (eps outside the sqrt).
     - adamw: :func:`scale_by_adam` then decoupled ``+ wd * p``, both scaled by ``lr``, as in torch.
+    - adadelta: coupled decay ``g += wd * p``, then :func:`scale_by_adadelta` (``rho``, eps
+      inside both square roots); ``p -= lr * delta``.
 
     Example:
         >>> tx = make_optimizer(OptimConfig(name="sgd", lr=0.1, momentum=0.9))
     """
     b1, b2 = cfg.betas
     parts: list[optax.GradientTransformation] = []
-    if cfg.name in ("sgd", "adam") and cfg.weight_decay:
+    if cfg.name in ("sgd", "adam", "adadelta") and cfg.weight_decay:
         parts.append(optax.add_decayed_weights(cfg.weight_decay))
     if cfg.name == "sgd" and cfg.momentum:
         parts.append(optax.trace(decay=cfg.momentum, nesterov=cfg.nesterov))
@@ -99,6 +125,8 @@ def make_optimizer(cfg: OptimConfig, dtype: str = "float32") -> optax.GradientTr
         parts.append(scale_by_adam(b1=b1, b2=b2, eps=cfg.eps))
     if cfg.name == "adamw" and cfg.weight_decay:
         parts.append(optax.add_decayed_weights(cfg.weight_decay))
+    if cfg.name == "adadelta":
+        parts.append(scale_by_adadelta(rho=cfg.rho, eps=cfg.eps))
     parts.append(optax.scale_by_learning_rate(make_schedule(cfg, dtype)))
     return optax.chain(*parts)
 
@@ -141,7 +169,59 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> opta
     return optax.GradientTransformation(init, update)
 
 
-def export_opt_state(opt_state: tuple, step: int) -> dict[str, np.ndarray]:
+def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> optax.GradientTransformation:
+    """``optax.scale_by_adadelta`` with ``torch.optim.Adadelta``'s order of operations.
+
+    Both compute, per element, ``E[g^2] = rho E[g^2] + (1 - rho) g^2``,
+    ``delta = sqrt(E[dx^2] + eps) / sqrt(E[g^2] + eps) * g`` (eps inside both square roots,
+    the quotient before the product) and ``E[dx^2] = rho E[dx^2] + (1 - rho) delta^2``; the
+    update is ``delta`` (``p -= lr * delta`` follows in the chain). The mathematics is the
+    same; the rounding is not:
+
+    - torch's ``avg.mul_(rho).addcmul_(g, g, value=1 - rho)`` multiplies ``((1 - rho) * g) * g``;
+      optax's ``update_moment`` ``(1 - rho) * (g * g)``, which rounds differently in about one
+      float64 element in ten, fed back every step. Here the sum is written
+      ``((1 - rho) * g) * g + avg * rho``: torch's vectorised CPU kernel contracts it into
+      ``fma((1 - rho) * g, g, avg * rho)`` and XLA's CPU backend, which fuses the left product
+      of a sum, does the same (``square_avg`` measured bit-identical to torch's, float64).
+    - XLA rewrites ``a / sqrt(b)`` into ``a * rsqrt(b)``, an extra rounding that moves about a
+      third of float64 quotients by an ulp; an optimisation barrier on ``sqrt(b)`` keeps
+      torch's square root then division.
+
+    What remains is torch's: its CPU float64 ``sqrt`` (MKL's vector sqrt) is not correctly
+    rounded in ~1.4% of elements, so ``delta`` can differ by an ulp or two. torch's ``step``
+    count is not kept (the update never reads it; a checkpoint carries the step). The state
+    is optax's ``ScaleByAdaDeltaState``: ``e_g`` is torch's ``square_avg``, ``e_x`` its
+    ``acc_delta``.
+
+    Example:
+        >>> tx = optax.chain(scale_by_adadelta(0.9, 1e-6), optax.scale_by_learning_rate(1.0))
+    """
+
+    def init(params):
+        zeros = optax.tree.zeros_like
+        return optax.ScaleByAdaDeltaState(e_g=zeros(params), e_x=zeros(params))
+
+    def update(updates, state, params=None):
+        del params
+
+        def average(avg, x):  # avg.mul_(rho).addcmul_(x, x, value=1 - rho)
+            return ((1 - rho) * x) * x + avg * rho
+
+        e_g = jax.tree.map(average, state.e_g, updates)
+
+        def step(g, sq, acc):  # std = sqrt(sq + eps); delta = sqrt(acc + eps); delta.div_(std).mul_(g)
+            std = jax.lax.optimization_barrier(jnp.sqrt(sq + eps))  # keeps XLA from a * rsqrt(b)
+            return jnp.sqrt(acc + eps) / std * g
+
+        delta = jax.tree.map(step, updates, e_g, state.e_x)
+        e_x = jax.tree.map(average, state.e_x, delta)
+        return delta, optax.ScaleByAdaDeltaState(e_g=e_g, e_x=e_x)
+
+    return optax.GradientTransformation(init, update)
+
+
+def export_opt_state(opt_state: tuple, step: int, layout: Layout = BUILT_IN) -> dict[str, np.ndarray]:
     """optax chain state -> ``{"<torch param key>.<torch state name>": array}``.
 
     Empty before the first step, as torch's optimizer state is.
@@ -155,17 +235,21 @@ def export_opt_state(opt_state: tuple, step: int) -> dict[str, np.ndarray]:
             named = {"momentum_buffer": part.trace}
         elif isinstance(part, optax.ScaleByAdamState):
             named = {"exp_avg": part.mu, "exp_avg_sq": part.nu}
+        elif isinstance(part, optax.ScaleByAdaDeltaState):
+            named = {"square_avg": part.e_g, "acc_delta": part.e_x}
         for state_name, tree in named.items():
-            out |= {f"{k}.{state_name}": v for k, v in to_torch_layout(tree).items()}
+            out |= {f"{k}.{state_name}": v for k, v in to_torch_layout(tree, layout).items()}
     return out
 
 
-def import_opt_state(opt_state: tuple, state: dict[str, np.ndarray], step: int) -> tuple:
+def import_opt_state(
+    opt_state: tuple, state: dict[str, np.ndarray], step: int, layout: Layout = BUILT_IN
+) -> tuple:
     """Inverse of :func:`export_opt_state`: fill a fresh ``tx.init`` state, set counts to ``step``."""
 
     def pick(tree, state_name: str):
         sub = {k.removesuffix("." + state_name): v for k, v in state.items() if k.endswith("." + state_name)}
-        return from_torch_layout(tree, sub) if sub else tree
+        return from_torch_layout(tree, sub, layout) if sub else tree
 
     def count():  # a fresh buffer per counter: donation rejects one buffer passed twice
         return jnp.asarray(step, dtype=jnp.int32)
@@ -176,6 +260,8 @@ def import_opt_state(opt_state: tuple, state: dict[str, np.ndarray], step: int) 
             part = part._replace(trace=pick(part.trace, "momentum_buffer"))
         elif isinstance(part, optax.ScaleByAdamState):
             part = part._replace(count=count(), mu=pick(part.mu, "exp_avg"), nu=pick(part.nu, "exp_avg_sq"))
+        elif isinstance(part, optax.ScaleByAdaDeltaState):
+            part = part._replace(e_g=pick(part.e_g, "square_avg"), e_x=pick(part.e_x, "acc_delta"))
         elif isinstance(part, optax.ScaleByScheduleState):
             part = part._replace(count=count())
         parts.append(part)
@@ -185,40 +271,44 @@ def import_opt_state(opt_state: tuple, state: dict[str, np.ndarray], step: int) 
 # ---------------------------------------------------------------------------- steps and epochs
 
 
-def train_step(graphdef, tx, params, opt_state, x, y):
-    """One SGD/Adam step: ``(params, opt_state, x, y) -> (params, opt_state, loss)``."""
-    loss, grads = loss_and_grads(params, graphdef, x, y)
+def train_step(graphdef, tx, params, opt_state, x, y, key=None, loss="cross_entropy"):
+    """One step: ``(params, opt_state, x, y) -> (params, opt_state, loss)``; ``key`` for dropout."""
+    value, grads = loss_and_grads(params, graphdef, x, y, loss, key)
     params, opt_state = apply_gradients(tx, params, opt_state, grads)
-    return params, opt_state, loss
+    return params, opt_state, value
 
 
-def train_steps(graphdef, tx, params, opt_state, images, labels, batch_idx, shard=None):
+def train_steps(
+    graphdef, tx, params, opt_state, images, labels, batch_idx, keys=None, shard=None, loss="cross_entropy"
+):
     """``len(batch_idx)`` steps as one ``lax.scan``; ``batch_idx`` is int ``[steps, batch]``.
 
     ``images`` and ``labels`` stay on the device; each step gathers its batch by index.
-    ``shard``, if given, places each gathered batch (``jax.lax.with_sharding_constraint`` over
-    a device mesh): XLA then splits the step across the devices and sums the gradient over
-    them, the same mean over the whole batch. Returns ``(params, opt_state, losses[steps])``.
+    ``keys``, one per step, put a model with dropout in train mode. ``shard``, if given, places
+    each gathered batch (``jax.lax.with_sharding_constraint`` over a device mesh): XLA then
+    splits the step across the devices and sums the gradient over them, the same mean over
+    the whole batch. Returns ``(params, opt_state, losses[steps])``.
     """
     shard = shard or (lambda x: x)
 
-    def body(carry, idx):
+    def body(carry, step):
         params, opt_state = carry
+        idx, key = step
         x, y = shard(images[idx]), shard(labels[idx])
-        params, opt_state, loss = train_step(graphdef, tx, params, opt_state, x, y)
-        return (params, opt_state), loss
+        params, opt_state, value = train_step(graphdef, tx, params, opt_state, x, y, key, loss)
+        return (params, opt_state), value
 
-    (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), batch_idx)
+    (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), (batch_idx, keys))
     return params, opt_state, losses
 
 
-def evaluate(graphdef, params, images, labels, batch_size: int = 64):
+def evaluate(graphdef, params, images, labels, batch_size: int = 64, loss: str = "cross_entropy"):
     """``(correct, avg_loss)`` in one forward pass over the whole split.
 
     ``avg_loss`` is the tutorial's: the mean over batches of each batch's mean loss.
     """
     logits = nnx.merge(graphdef, params)(images)
-    per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    per_example = per_example_loss(logits, labels, loss)
     batch_of = jnp.arange(labels.shape[0]) // batch_size
     num_batches = -(-labels.shape[0] // batch_size)
     sums = jax.ops.segment_sum(per_example, batch_of, num_segments=num_batches)
@@ -233,14 +323,14 @@ def apply_gradients(tx, params, opt_state, grads):
     return optax.apply_updates(params, updates), opt_state
 
 
-def compiled(graphdef, tx, shard=None):
+def compiled(graphdef, tx, shard=None, loss="cross_entropy"):
     """jitted ``train_step``, ``train_steps`` and ``apply_gradients`` for one model and optimizer.
 
     ``params`` and ``opt_state`` are donated: XLA updates them in place instead of copying.
     ``shard``: see :func:`train_steps`.
     """
     return (
-        jax.jit(functools.partial(train_step, graphdef, tx), donate_argnums=(0, 1)),
-        jax.jit(functools.partial(train_steps, graphdef, tx, shard=shard), donate_argnums=(0, 1)),
+        jax.jit(functools.partial(train_step, graphdef, tx, loss=loss), donate_argnums=(0, 1)),
+        jax.jit(functools.partial(train_steps, graphdef, tx, shard=shard, loss=loss), donate_argnums=(0, 1)),
         jax.jit(functools.partial(apply_gradients, tx), donate_argnums=(0, 1)),
     )

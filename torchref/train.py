@@ -16,13 +16,17 @@ from torch import nn
 loss_fn = nn.CrossEntropyLoss()  # mean over the batch of -log_softmax(logits)[label]
 
 
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def loss_and_grads(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Loss = loss_fn
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The loss and ``d loss / d param`` for every named parameter, via ``loss.backward()``.
 
     ``backward()`` *accumulates* into ``.grad``, so the gradients are cleared before and after:
-    a later ``optimizer.step()`` must not see these.
+    a later ``optimizer.step()`` must not see these. ``loss_fn``: the tutorial's cross-entropy
+    unless given (``torchref.cnn.loss_fn`` for the CNN).
     """
     model.zero_grad(set_to_none=True)
     loss = loss_fn(model(x), y)
@@ -41,8 +45,13 @@ def make_optimizer(
     weight_decay: float = 0.0,
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
+    rho: float = 0.9,
 ) -> torch.optim.Optimizer:
-    """``torch.optim.SGD`` / ``Adam`` / ``AdamW`` with every hyperparameter explicit."""
+    """``torch.optim.SGD`` / ``Adam`` / ``AdamW`` / ``Adadelta`` with every hyperparameter explicit.
+
+    ``rho`` is Adadelta's only (its running-average decay); ``eps`` is passed as given, so an
+    Adadelta caller wants torch's 1e-6, not the Adam default here.
+    """
     params = model.parameters()
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
@@ -50,6 +59,8 @@ def make_optimizer(
         return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    if name == "adadelta":
+        return torch.optim.Adadelta(params, lr=lr, rho=rho, eps=eps, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}")
 
 
@@ -59,11 +70,12 @@ def make_scheduler(
     total_steps: int = 0,
     gamma: float = 0.1,
     step: int = 0,
+    step_size: int = 0,
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
     """A per-step scheduler (call ``.step()`` after every optimizer step), fast-forwarded to ``step``.
 
     ``cosine``: ``CosineAnnealingLR(T_max=total_steps)``, to 0. ``step``: ``StepLR`` with
-    ``step_size = total_steps // 3``. Fast-forwarding replays the scheduler's own recursion, so
+    ``step_size`` (0: ``total_steps // 3``). Fast-forwarding replays the scheduler's own recursion, so
     a resumed run gets the same learning rates as an uninterrupted one.
     """
     if schedule == "constant":
@@ -71,7 +83,9 @@ def make_scheduler(
     if schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     elif schedule == "step":
-        sched = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, total_steps // 3), gamma=gamma)
+        sched = torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=step_size or max(1, total_steps // 3), gamma=gamma
+        )
     else:
         raise ValueError(f"unknown schedule {schedule!r}")
     for _ in range(step):
@@ -81,7 +95,11 @@ def make_scheduler(
 
 
 def train_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: Loss = loss_fn,
 ) -> torch.Tensor:
     """One step of the tutorial: forward, loss, ``backward()``, ``step()``, ``zero_grad()``."""
     pred = model(x)
@@ -113,7 +131,11 @@ def train_loop(
 
 
 def evaluate(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 64
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int = 64,
+    loss_fn: Loss = loss_fn,
 ) -> tuple[int, float]:
     """``(correct, avg_loss)`` over a split; avg_loss is the mean of per-batch mean losses."""
     model.eval()
@@ -139,7 +161,7 @@ def test_loop(
 
 # ---------------------------------------------------------------------------- optimizer state
 
-_STATE_NAMES = ("momentum_buffer", "exp_avg", "exp_avg_sq")
+_STATE_NAMES = ("momentum_buffer", "exp_avg", "exp_avg_sq", "square_avg", "acc_delta")
 
 
 def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, np.ndarray]:
@@ -155,8 +177,9 @@ def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[
 def load_optimizer_state(
     model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, np.ndarray], step: int
 ) -> None:
-    """Inverse of :func:`optimizer_state`; ``step`` restores Adam's bias-correction count."""
-    is_adam = isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW)
+    """Inverse of :func:`optimizer_state`; ``step`` restores the optimizer's own count (Adam's
+    bias correction reads it; Adadelta only keeps it)."""
+    counts_steps = isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW | torch.optim.Adadelta)
     for name, param in model.named_parameters():
         entries = {k: state[f"{name}.{k}"] for k in _STATE_NAMES if f"{name}.{k}" in state}
         if not entries:
@@ -164,6 +187,6 @@ def load_optimizer_state(
         restored = {
             k: torch.tensor(v, device=param.device) for k, v in entries.items()
         }  # torch-owned, aligned
-        if is_adam:
+        if counts_steps:
             restored["step"] = torch.tensor(float(step), dtype=torch.float32)
         optimizer.state[param] = restored

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from jaxnet.config import BACKENDS, DEVICES, ModelConfig, OptimConfig
+from jaxnet.config import BACKENDS, DEVICES, AnyModel, OptimConfig
 from jaxnet.distributed import Rank
 from jaxnet.errors import JaxnetError
 
@@ -25,7 +25,7 @@ class Backend(Protocol):
 
     Attributes:
         name: ``"jax"`` or ``"torch"``.
-        config: the model's layer sizes.
+        config: the model: its kind (the tutorial MLP, the CNN, a user's port), sizes and loss.
         dtype: ``"float32"`` or ``"float64"``, of the parameters and the arithmetic.
         step: optimizer steps taken so far (Adam's bias-correction count, the schedule position).
         rank: this process's place in a data-parallel run; ``rank.writer`` prints and saves.
@@ -34,7 +34,7 @@ class Backend(Protocol):
     """
 
     name: str
-    config: ModelConfig
+    config: AnyModel
     dtype: str
     step: int
     rank: Rank  # this process's place in a multi-process run (0 of 1 alone)
@@ -60,12 +60,19 @@ class Backend(Protocol):
         """
         ...
 
-    def activations(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Every submodule's output on ``x``, keyed by torch module path, then ``softmax``."""
+    def activations(self, x: np.ndarray, masks: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Every intermediate output on ``x`` (torch layout), keyed by torch module path.
+
+        In eval mode: dropouts are off, or, given ``masks`` (``{dropout name: 0/1 array}``,
+        torch layout), apply those masks as their own draw.
+        """
         ...
 
-    def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
-        """The mean cross-entropy on ``(x, y)`` and its gradient for every parameter."""
+    def loss_and_grads(
+        self, x: np.ndarray, y: np.ndarray, masks: dict[str, np.ndarray] | None = None
+    ) -> tuple[float, dict[str, np.ndarray]]:
+        """The mean loss on ``(x, y)`` and its gradient for every parameter (eval mode, or the
+        dropouts given ``masks``)."""
         ...
 
     def set_optimizer(
@@ -105,15 +112,20 @@ class Backend(Protocol):
 
 def get_backend(
     name: str,
-    config: ModelConfig,
+    config: AnyModel,
     *,
     dtype: str = "float32",
     device: str = "auto",
     seed: int = 0,
     state: dict[str, np.ndarray] | None = None,
     devices: int = 1,
+    module: object | None = None,
 ) -> Backend:
     """Build a backend; ``state`` (torch layout) replaces the framework's own initialisation.
+
+    ``module``: a user's model of this framework (``nn.Module`` or ``nnx.Module``) to wrap
+    instead of the config's, described by a :class:`~jaxnet.config.PortConfig` (a copy is
+    taken, cast to ``dtype``, in eval mode).
 
     ``devices > 1`` trains data-parallel with the framework's own engine: a JAX device mesh in
     this process (every process of a ``jax.distributed`` run), or torch's
@@ -127,11 +139,12 @@ def get_backend(
     if device not in DEVICES:
         raise JaxnetError(f"device must be one of {DEVICES}, got {device!r}")
     try:
-        module = importlib.import_module(f"jaxnet.backends.{name}")
+        framework = importlib.import_module(f"jaxnet.backends.{name}")
     except ImportError as err:
         if err.name is not None and err.name.split(".")[0] in ("torch", "jax", "jaxlib", "flax", "optax"):
             extra = " (pip install 'jaxnet[torch]')" if name == "torch" else ""
             raise JaxnetError(f"the {name} backend needs {err.name.split('.')[0]}{extra}") from None
         raise
-    cls = getattr(module, f"{name.capitalize()}Backend")  # JaxBackend, TorchBackend
-    return cls(config, dtype=dtype, device=device, seed=seed, state=state, devices=devices)
+    cls = getattr(framework, f"{name.capitalize()}Backend")  # JaxBackend, TorchBackend
+    extra = {} if module is None else {"module": module}
+    return cls(config, dtype=dtype, device=device, seed=seed, state=state, devices=devices, **extra)

@@ -2,6 +2,8 @@
 
 The model is split once into ``(graphdef, params)``; every hot path is a module-level
 ``jax.jit`` of a pure function (``jaxnet.train``), so all instances share compiled code.
+The model is the config's (the tutorial MLP, the CNN) or, for ``jaxnet.parity.compare``, a
+user's NNX port, whose names and layouts follow the config's :class:`~jaxnet.layout.Layout`.
 
 Numeric mode is the instance's own, not the process's: a float64 backend runs each call
 under ``jax.enable_x64(True)``, a float32 one under ``jax.enable_x64(False)``, so creating one
@@ -24,9 +26,10 @@ from jax.sharding import PartitionSpec as P
 from jaxnet import checkpoint
 from jaxnet import model as jmodel
 from jaxnet import train as jtrain
-from jaxnet.config import ModelConfig, OptimConfig
+from jaxnet.config import AnyModel, OptimConfig
 from jaxnet.distributed import Rank
 from jaxnet.errors import JaxnetError
+from jaxnet.layout import keys
 
 
 def _in_mode(method: Callable) -> Callable:
@@ -66,11 +69,11 @@ def clear_caches(model: bool = True) -> None:
             jitted.clear_cache()
 
 
-def _optimizer(graphdef, cfg: OptimConfig, dtype: str, mesh: Mesh | None) -> tuple:
+def _optimizer(graphdef, cfg: OptimConfig, dtype: str, mesh: Mesh | None, loss: str) -> tuple:
     """``(tx, step, scan, apply)`` for ``cfg``, built and jitted once per model, dtype and mesh."""
     if cfg.schedule == "constant":  # the run's length does not enter the program
         cfg = replace(cfg, total_steps=0)
-    key = (graphdef, cfg, dtype, mesh)
+    key = (graphdef, cfg, dtype, mesh, loss)
     if key not in _COMPILED:
         tx = jtrain.make_optimizer(cfg, dtype)
         shard = None
@@ -78,7 +81,7 @@ def _optimizer(graphdef, cfg: OptimConfig, dtype: str, mesh: Mesh | None) -> tup
             shard = functools.partial(
                 jax.lax.with_sharding_constraint, shardings=NamedSharding(mesh, P("batch"))
             )
-        _COMPILED[key] = (tx, *jtrain.compiled(graphdef, tx, shard))
+        _COMPILED[key] = (tx, *jtrain.compiled(graphdef, tx, shard, loss))
     return _COMPILED[key]
 
 
@@ -106,19 +109,55 @@ def _host(tree):
     return jax.tree.map(lambda a: np.asarray(a if a.is_fully_addressable else a.addressable_data(0)), tree)
 
 
-_EVAL = jax.jit(jtrain.evaluate, static_argnums=(0,), static_argnames="batch_size")
-_GRADS = jax.jit(jtrain.loss_and_grads, static_argnums=(1,))
+def _loss(params, graphdef, x, y, masks, loss):
+    """The mean loss, the dropouts given ``masks`` (or off): parity's forward, not training's."""
+    outputs = jmodel.apply(nnx.merge(graphdef, params), x, masks)
+    return jtrain.mean_loss(outputs, y, loss)
+
+
+_EVAL = jax.jit(jtrain.evaluate, static_argnums=(0,), static_argnames=("batch_size", "loss"))
+_GRADS = jax.jit(jax.value_and_grad(_loss), static_argnums=(1, 5))
 _ACTS = jax.jit(
-    lambda graphdef, params, x: jmodel.activations(nnx.merge(graphdef, params), x), static_argnums=0
+    lambda graphdef, params, x, masks: jmodel.activations(nnx.merge(graphdef, params), x, masks),
+    static_argnums=0,
 )
 _LOGITS = jax.jit(lambda graphdef, params, x: nnx.merge(graphdef, params)(x), static_argnums=0)
+_KEYS = jax.jit(lambda key, steps: jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, steps))
+
+
+def port_module(module: nnx.Module, dtype: str) -> tuple[nnx.Module, frozenset[str]]:
+    """A copy of a user's NNX module for comparison: parameters cast to ``dtype``, dropouts in
+    eval mode without RNG streams (masks are handed to them instead), and the paths of its
+    ``nnx.Sequential`` modules (whose ``layers`` level torch names lack).
+
+    Raises:
+        JaxnetError: state other than parameters (BatchNorm statistics), not compared yet.
+    """
+    model = nnx.clone(module)
+    model.eval()
+    sequential = set()
+    for path, sub in nnx.iter_modules(model):
+        if isinstance(sub, nnx.Dropout):
+            sub.rngs = None
+        if isinstance(sub, nnx.Sequential):
+            sequential.add(".".join(map(str, path)))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    others = [".".join(keys(p)) for p, _ in jax.tree_util.tree_flatten_with_path(rest)[0]]
+    if others:
+        raise JaxnetError(
+            f"the NNX module holds state other than parameters, not compared yet: {', '.join(others[:5])}"
+        )
+    params = jax.tree.map(lambda a: a.astype(dtype), params)
+    return nnx.merge(graphdef, params), frozenset(sequential)
 
 
 class JaxBackend:
     """Flax NNX model as ``(graphdef, params)``; training runs as compiled ``lax.scan``.
 
     ``scan=False`` runs one jitted step per batch instead (the readable reference loop); the
-    two give bit-identical results on CPU. With ``state`` the model is built abstractly
+    two give bit-identical results on CPU. The default scans the MLP's steps but not the
+    CNN's: XLA's CPU convolutions inside a ``while`` loop ran 7x slower than the same step
+    jitted alone (1.1 s against 0.15 s per step of 64, measured on this project's CPU). With ``state`` the model is built abstractly
     (shapes only, nothing computed or compiled) and the weights are those of ``state``.
     """
 
@@ -126,25 +165,35 @@ class JaxBackend:
 
     def __init__(
         self,
-        config: ModelConfig,
+        config: AnyModel,
         *,
         dtype: str = "float32",
         device: str = "auto",
         seed: int = 0,
         state: dict[str, np.ndarray] | None = None,
-        scan: bool = True,
+        scan: bool | None = None,
         devices: int = 1,
+        module: nnx.Module | None = None,
     ) -> None:
-        self.config, self.dtype, self.scan = config, dtype, scan
+        self.config, self.dtype, self.seed = config, dtype, seed
+        self.scan = config.kind == "mlp" if scan is None else scan
+        self.layout = config.layout
         self.device = jax_device(device)
         self.mesh = data_parallel_mesh(devices)
         self.shards = 1 if self.mesh is None else self.mesh.size  # ways each batch is split
         self.rank = Rank(jax.process_index(), jax.process_count())
         self.step = 0
         self.tx = None
+        self.train_dropout = bool(config.dropouts) and module is None  # the CNN trains with dropout
         self._data: tuple[jax.Array, jax.Array] | None = None
         with jax.enable_x64(dtype == "float64"), jax.default_device(self.device):
-            if state is None:
+            if module is not None:
+                model, sequential = port_module(module, dtype)
+                self.layout = replace(self.layout, sequential=sequential)
+                self._masks_to = {
+                    self.layout.torch_module(p.split(".")): p for p in jmodel.module_paths(model)
+                }
+            elif state is None:
                 model = jmodel.build(config, seed=seed, dtype=dtype)
             else:
                 model = nnx.eval_shape(lambda: jmodel.build(config, seed=seed, dtype=dtype))
@@ -170,52 +219,76 @@ class JaxBackend:
 
         return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
 
+    def _input(self, x: np.ndarray) -> jax.Array:
+        """Images in the model's layout (NHWC for a channels-last port), on the device."""
+        return self._put(self.layout.activation_from_torch(x))
+
+    def _masks(self, masks: dict[str, np.ndarray] | None) -> dict[str, jax.Array] | None:
+        """Torch-named, torch-layout dropout masks in the model's names and layout."""
+        if not masks:
+            return None
+        names = getattr(self, "_masks_to", {})
+        return {names.get(k, k): self._put(self.layout.activation_from_torch(m)) for k, m in masks.items()}
+
     @_in_mode
     def state_dict(self) -> dict[str, np.ndarray]:
-        return jmodel.to_torch_layout(_host(self.params))
+        return jmodel.to_torch_layout(_host(self.params), self.layout)
 
     @_in_mode
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         checkpoint.validate_state_dict(state, self.config, self.dtype)
-        self.params = self._put(jmodel.from_torch_layout(self.params, state))
+        self.params = self._put(jmodel.from_torch_layout(self.params, state, self.layout))
 
     @_in_mode
-    def activations(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        acts = _host(_ACTS(self.graphdef, self.params, self._put(x)))
-        return {k: np.asarray(v) for k, v in acts.items()}
+    def activations(self, x: np.ndarray, masks: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        acts = _host(_ACTS(self.graphdef, self.params, self._input(x), self._masks(masks)))
+        torch_name = self.layout.torch_module
+        return {torch_name(k.split(".")): self.layout.activation_to_torch(v) for k, v in acts.items()}
 
     @_in_mode
-    def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
-        loss, grads = _host(_GRADS(self.params, self.graphdef, self._put(x), self._put(y)))
-        return float(loss), jmodel.to_torch_layout(grads)
+    def loss_and_grads(
+        self, x: np.ndarray, y: np.ndarray, masks: dict[str, np.ndarray] | None = None
+    ) -> tuple[float, dict[str, np.ndarray]]:
+        args = (self._input(x), self._put(y), self._masks(masks), self.config.loss)
+        loss, grads = _host(_GRADS(self.params, self.graphdef, *args))
+        return float(loss), jmodel.to_torch_layout(grads, self.layout)
 
     @_in_mode
     def set_optimizer(
         self, cfg: OptimConfig, state: dict[str, np.ndarray] | None = None, step: int = 0
     ) -> None:
-        self.tx, self._step, self._scan, self._apply = _optimizer(self.graphdef, cfg, self.dtype, self.mesh)
+        self.tx, self._step, self._scan, self._apply = _optimizer(
+            self.graphdef, cfg, self.dtype, self.mesh, self.config.loss
+        )
         self.load_optimizer_state(state, step)
 
     @_in_mode
     def load_optimizer_state(self, state: dict[str, np.ndarray] | None, step: int) -> None:
         assert self.tx is not None, "set_optimizer first"
         fresh = self.tx.init(self.params)
-        self.opt_state = self._put(jtrain.import_opt_state(fresh, state or {}, step))
+        self.opt_state = self._put(jtrain.import_opt_state(fresh, state or {}, step, self.layout))
         self.step = step
 
     @_in_mode
     def optimizer_state(self) -> dict[str, np.ndarray]:
-        return jtrain.export_opt_state(_host(self.opt_state), self.step)
+        return jtrain.export_opt_state(_host(self.opt_state), self.step, self.layout)
 
     @_in_mode
     def apply_gradients(self, grads: dict[str, np.ndarray]) -> None:
-        tree = self._put(jmodel.from_torch_layout(self.params, grads))
+        tree = self._put(jmodel.from_torch_layout(self.params, grads, self.layout))
         self.params, self.opt_state = self._apply(self.params, self.opt_state, tree)
         self.step += 1
 
     @_in_mode
     def set_train_data(self, images: np.ndarray, labels: np.ndarray) -> None:
-        self._data = (self._put(images), self._put(labels))
+        self._data = (self._input(images), self._put(labels))
+
+    def _keys(self, first: int, n: int) -> jax.Array | None:
+        """Dropout keys of steps ``first .. first + n - 1``: a function of the seed and the
+        global step only, so a resumed run draws the masks the uninterrupted one did."""
+        if not self.train_dropout:
+            return None
+        return self._put(_KEYS(jax.random.key(self.seed), np.arange(first, first + n, dtype=np.int32)))
 
     @_in_mode
     def train_steps(self, batches: list[np.ndarray]) -> np.ndarray:
@@ -226,32 +299,43 @@ class JaxBackend:
         """
         assert self.tx is not None and self._data is not None, "set_optimizer and set_train_data first"
         images, labels = self._data
-        losses = []
+        losses, step = [], self.step
         for _, group in itertools.groupby(batches, key=len):
             run = list(group)
+            keys = self._keys(step, len(run))
             if self.scan:
                 idx = self._put(np.stack(run))
                 self.params, self.opt_state, chunk = self._scan(
-                    self.params, self.opt_state, images, labels, idx
+                    self.params, self.opt_state, images, labels, idx, keys
                 )
                 losses.append(chunk)
-                continue
-            for batch in run:
-                idx = self._put(batch)
-                self.params, self.opt_state, loss = self._step(
-                    self.params, self.opt_state, images[idx], labels[idx]
-                )
-                losses.append(loss[None])
-        self.step += len(batches)
+            else:
+                for i, batch in enumerate(run):
+                    idx = self._put(batch)
+                    self.params, self.opt_state, loss = self._step(
+                        self.params,
+                        self.opt_state,
+                        images[idx],
+                        labels[idx],
+                        None if keys is None else keys[i],
+                    )
+                    losses.append(loss[None])
+            step += len(run)
+        self.step = step
         return np.concatenate([_host(chunk) for chunk in losses]) if losses else np.zeros(0)
 
     @_in_mode
     def evaluate(self, images: np.ndarray, labels: np.ndarray, batch_size: int = 64) -> tuple[int, float]:
         correct, avg = _EVAL(
-            self.graphdef, self.params, self._put(images), self._put(labels), batch_size=batch_size
+            self.graphdef,
+            self.params,
+            self._input(images),
+            self._put(labels),
+            batch_size=batch_size,
+            loss=self.config.loss,
         )
         return int(correct), float(avg)
 
     @_in_mode
     def predict(self, images: np.ndarray) -> np.ndarray:
-        return _host(_LOGITS(self.graphdef, self.params, self._put(images)))
+        return _host(_LOGITS(self.graphdef, self.params, self._input(images)))

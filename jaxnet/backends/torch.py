@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import copy
 import os
 from collections.abc import Iterator
 
@@ -16,8 +17,10 @@ import torch
 
 import torchref
 from jaxnet import checkpoint, distributed
-from jaxnet.config import ModelConfig, OptimConfig
+from jaxnet.config import AnyModel, OptimConfig
 from jaxnet.errors import JaxnetError
+from torchref import capture
+from torchref import cnn as tcnn
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -68,22 +71,43 @@ def _data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Mod
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
+_LOSSES = {"cross_entropy": torchref.loss_fn, "nll": tcnn.loss_fn}
+
+
+def build(config: AnyModel, dtype: str) -> torch.nn.Module:
+    """The config's model, initialised from torch's global RNG (fork and seed it first)."""
+    if config.kind == "cnn":
+        c = config
+        return tcnn.Net(c.channels, c.hidden, c.num_classes, c.dropout1, c.dropout2, dtype=_DTYPES[dtype])
+    return torchref.NeuralNetwork(config.in_features, config.hidden, config.num_classes, dtype=_DTYPES[dtype])
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    """The dropout seed of one optimizer step: a function of the run's seed, the global step
+    and the process only, so a resumed run draws the masks the uninterrupted one did."""
+    return (seed * 1_000_003 + step) * 1_009 + rank
+
+
 class TorchBackend:
-    """``torchref.NeuralNetwork`` with ``torch.optim``; batches sliced from pre-made tensors."""
+    """A ``torchref`` model (or a user's module) with ``torch.optim``; batches sliced from
+    pre-made tensors."""
 
     name = "torch"
 
     def __init__(
         self,
-        config: ModelConfig,
+        config: AnyModel,
         *,
         dtype: str = "float32",
         device: str = "auto",
         seed: int = 0,
         state: dict[str, np.ndarray] | None = None,
         devices: int = 1,
+        module: torch.nn.Module | None = None,
     ) -> None:
-        self.config, self.dtype = config, dtype
+        self.config, self.dtype, self.seed = config, dtype, seed
+        self.loss_fn = _LOSSES[config.loss]
+        self.train_dropout = bool(config.dropouts) and module is None  # the CNN trains with dropout
         self.rank = distributed.torch_rank()
         if devices != self.rank.world:
             raise JaxnetError(
@@ -100,11 +124,12 @@ class TorchBackend:
                     f"--devices {devices}: torch sees {torch.cuda.device_count()} CUDA device(s)"
                 )
             self.device = torch.device("cuda", local)
-        with torch.random.fork_rng(devices=[]):  # the caller's global RNG stays as it was
-            torch.manual_seed(seed)
-            self.model = torchref.NeuralNetwork(
-                config.in_features, config.hidden, config.num_classes, dtype=_DTYPES[dtype]
-            ).to(self.device)
+        if module is not None:  # a user's module, compared: a copy, in eval mode
+            self.model = copy.deepcopy(module).to(device=self.device, dtype=_DTYPES[dtype]).eval()
+        else:
+            with torch.random.fork_rng(devices=[]):  # the caller's global RNG stays as it was
+                torch.manual_seed(seed)
+                self.model = build(config, dtype).to(self.device)
         self.net: torch.nn.Module = self.model  # what the steps call: the model, or its DDP wrapper
         if self.rank.world > 1:
             self.net = _data_parallel(self.model, self.device)
@@ -145,13 +170,29 @@ class TorchBackend:
             for key, value in self.model.state_dict().items():
                 value.copy_(self._put(state[key]))
 
-    def activations(self, x: np.ndarray) -> dict[str, np.ndarray]:
+    def _masks(self, masks: dict[str, np.ndarray] | None) -> dict[str, torch.Tensor] | None:
+        return {k: self._put(m) for k, m in masks.items()} if masks else None
+
+    def activations(self, x: np.ndarray, masks: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """In eval mode; ``masks`` replace the dropouts' own draws (by forward hooks)."""
+        self.model.eval()
+        x_, masks_ = self._put(x), self._masks(masks)
         with torch.no_grad():
-            acts = torchref.activations(self.model, self._put(x))
+            if self.config.kind == "port":
+                acts = capture.activations(self.model, x_, masks_)
+            elif self.config.kind == "cnn":
+                acts = tcnn.activations(self.model, x_, masks_ and (masks_["dropout1"], masks_["dropout2"]))
+            else:
+                acts = torchref.activations(self.model, x_)
         return {k: v.cpu().numpy() for k, v in acts.items()}
 
-    def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
-        loss, grads = torchref.loss_and_grads(self.model, self._put(x), self._put(y))
+    def loss_and_grads(
+        self, x: np.ndarray, y: np.ndarray, masks: dict[str, np.ndarray] | None = None
+    ) -> tuple[float, dict[str, np.ndarray]]:
+        """In eval mode; ``masks`` replace the dropouts' own draws (by forward hooks)."""
+        self.model.eval()
+        with capture.capture(self.model, self._masks(masks)):
+            loss, grads = torchref.loss_and_grads(self.model, self._put(x), self._put(y), self.loss_fn)
         return float(loss), {k: g.cpu().numpy() for k, g in grads.items()}
 
     def set_optimizer(
@@ -159,7 +200,15 @@ class TorchBackend:
     ) -> None:
         self.cfg = cfg
         self.optimizer = torchref.make_optimizer(
-            self.model, cfg.name, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay, cfg.betas, cfg.eps
+            self.model,
+            cfg.name,
+            cfg.lr,
+            cfg.momentum,
+            cfg.nesterov,
+            cfg.weight_decay,
+            cfg.betas,
+            cfg.eps,
+            cfg.rho,
         )
         self.load_optimizer_state(state, step)
 
@@ -171,7 +220,7 @@ class TorchBackend:
         if state:
             torchref.load_optimizer_state(self.model, self.optimizer, state, step)
         self.scheduler = torchref.make_scheduler(
-            self.optimizer, self.cfg.schedule, self.cfg.total_steps, self.cfg.gamma, step
+            self.optimizer, self.cfg.schedule, self.cfg.total_steps, self.cfg.gamma, step, self.cfg.step_size
         )
         self.step = step
 
@@ -199,14 +248,17 @@ class TorchBackend:
     def train_steps(self, batches: list[np.ndarray]) -> np.ndarray:
         assert self.optimizer is not None and self._data is not None, "set_optimizer and set_train_data first"
         images, labels = self._data
-        self.model.train()
+        self.model.train(self.train_dropout)  # dropout in training only where the model trains with it
         losses = []
         r, world = self.rank.rank, self.rank.world
         try:
             for idx in batches:
                 share = idx[r * len(idx) // world : (r + 1) * len(idx) // world]  # this process's slice
                 i = torch.from_numpy(share).to(self.device)
-                losses.append(torchref.train_step(self.net, self.optimizer, images[i], labels[i]))
+                with self._dropout_rng():
+                    losses.append(
+                        torchref.train_step(self.net, self.optimizer, images[i], labels[i], self.loss_fn)
+                    )
                 self._after_step(1)
         except RuntimeError as err:  # gloo's "Connection closed by peer": the launcher names which
             if world == 1:
@@ -221,8 +273,19 @@ class TorchBackend:
             loss /= world
         return loss.cpu().numpy()
 
+    @contextlib.contextmanager
+    def _dropout_rng(self) -> Iterator[None]:
+        """nn.Dropout draws from torch's global RNG: seeded per step here (and put back after),
+        so that a run and its resumption draw the same masks."""
+        if not self.train_dropout:
+            yield
+            return
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(_step_seed(self.seed, self.step, self.rank.rank))
+            yield
+
     def evaluate(self, images: np.ndarray, labels: np.ndarray, batch_size: int = 64) -> tuple[int, float]:
-        return torchref.evaluate(self.model, self._put(images), self._put(labels), batch_size)
+        return torchref.evaluate(self.model, self._put(images), self._put(labels), batch_size, self.loss_fn)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         self.model.eval()

@@ -1,4 +1,5 @@
-"""Train the tutorial model (defaults: the tutorial's recipe) with either backend.
+"""Train the tutorial model (defaults: the tutorial's recipe), or with ``--model cnn`` the CNN of
+PyTorch's ``examples/mnist`` (defaults: that example's recipe), with either backend.
 
 Prints the tutorial's lines (a loss every 100 batches, the Test Error block after each
 epoch). With --save, a checkpoint is written after every epoch and on Ctrl-C; --resume
@@ -15,7 +16,18 @@ from pathlib import Path
 
 from jaxnet.argtypes import finite_float, nonneg_int, positive_int
 from jaxnet.cli._common import add_backend, add_data_dir
-from jaxnet.config import DTYPES, FLAGS, OPTIMIZERS, SCHEDULES, ModelConfig, TrainConfig
+from jaxnet.config import (
+    CNN_FLAGS,
+    DTYPES,
+    FLAGS,
+    MODELS,
+    OPTIMIZERS,
+    SCHEDULES,
+    AnyModel,
+    CNNConfig,
+    ModelConfig,
+    TrainConfig,
+)
 from jaxnet.errors import JaxnetError
 
 DEFAULT_HIDDEN = ModelConfig().hidden
@@ -26,7 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data_dir(p)
     # Recipe flags default to None so that a resumed run can tell "given" from "not given";
     # the defaults shown are FLAGS', applied in TrainConfig.from_flat.
-    recipe = p.add_argument_group("recipe (defaults: the tutorial's; a resumed run takes the checkpoint's)")
+    recipe = p.add_argument_group(
+        "recipe (defaults: the tutorial's, or with --model cnn examples/mnist's: adadelta, lr 1.0, step "
+        "schedule, gamma 0.7 every epoch, 14 epochs; a resumed run takes the checkpoint's)"
+    )
     recipe.add_argument("--optimizer", choices=OPTIMIZERS, help=f"(default: {FLAGS['optimizer']})")
     recipe.add_argument("--lr", type=finite_float, help=f"learning rate (default: {FLAGS['lr']})")
     recipe.add_argument("--momentum", type=finite_float, help=f"sgd only (default: {FLAGS['momentum']})")
@@ -37,6 +52,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         help="L2 for sgd and adam, decoupled for adamw (default: torch's: 0, or 1e-2 for adamw)")  # fmt: skip
     recipe.add_argument("--schedule", choices=SCHEDULES,
                         help=f"per-step learning-rate schedule over the run (default: {FLAGS['schedule']})")  # fmt: skip
+    recipe.add_argument("--gamma", type=finite_float,
+                        help=f"the step schedule's factor (default: {FLAGS['gamma']})")  # fmt: skip
+    recipe.add_argument("--step-size", type=nonneg_int,
+                        help="steps between the step schedule's decays (default: a third of the run; "
+                        "one epoch with --model cnn)")  # fmt: skip
     recipe.add_argument("--batch-size", type=positive_int, help=f"(default: {FLAGS['batch_size']})")
     recipe.add_argument("--epochs", type=positive_int,
                         help=f"total epochs, counting a resumed run's (default: {FLAGS['epochs']})")  # fmt: skip
@@ -48,8 +68,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     recipe.add_argument("--train-limit", type=nonneg_int,
                         help="train on the first N images only, for quick runs (default: 0, all 60,000)")  # fmt: skip
     model = p.add_argument_group("model")
+    model.add_argument("--model", choices=MODELS,
+                       help="mlp: the tutorial's; cnn: PyTorch examples/mnist's CNN (default: mlp, or the checkpoint's)")  # fmt: skip
     model.add_argument("--hidden", type=positive_int, nargs="+",
-                       help=f"hidden layer sizes (default: {' '.join(map(str, DEFAULT_HIDDEN))})")  # fmt: skip
+                       help=f"the MLP's hidden layer sizes (default: {' '.join(map(str, DEFAULT_HIDDEN))})")  # fmt: skip
     model.add_argument("--init", choices=("shared", "native"), default="shared",
                        help="shared: numpy weights from --seed, the same in both backends; "
                        "native: each framework's own RNG (default: %(default)s)")  # fmt: skip
@@ -72,7 +94,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="progress bar (default: when stdout is a terminal)")  # fmt: skip
 
 
-def recipe(args: argparse.Namespace, resumed: TrainConfig | None) -> TrainConfig:
+def recipe(args: argparse.Namespace, resumed: TrainConfig | None, model: str = "mlp") -> TrainConfig:
     """The training config from the flags; when resuming, the checkpoint's, which flags must match.
 
     Raises:
@@ -80,18 +102,47 @@ def recipe(args: argparse.Namespace, resumed: TrainConfig | None) -> TrainConfig
     """
     given = {k: getattr(args, k) for k in FLAGS if getattr(args, k) is not None}
     if resumed is None:
-        return TrainConfig.from_flat(given)
+        if model != "cnn":
+            return TrainConfig.from_flat(given)
+        values = CNN_FLAGS | given
+        if "step_size" not in given:  # examples/mnist's StepLR(step_size=1) steps once per epoch
+            from jaxnet.run import steps_per_epoch
+
+            n = min(values.get("train_limit") or 60000, 60000)
+            values["step_size"] = steps_per_epoch(n, values.get("batch_size", FLAGS["batch_size"]))
+        return TrainConfig.from_flat(values)
     current = resumed.flat()
     for key, value in given.items():
         if key != "epochs" and value != current[key]:
             raise JaxnetError(
                 f"--{key.replace('_', '-')} {value} differs from the checkpoint's {current[key]}"
             )
-    if given.get("epochs", resumed.epochs) != resumed.epochs and resumed.optimizer.schedule != "constant":
+    opt = resumed.optimizer
+    spans_run = opt.schedule == "cosine" or (opt.schedule == "step" and not opt.step_size)
+    if given.get("epochs", resumed.epochs) != resumed.epochs and spans_run:
         raise JaxnetError(
-            "--epochs cannot change with a learning-rate schedule (it decays over the whole run)"
+            f"--epochs cannot change with the {opt.schedule} schedule: it decays over the whole run"
         )
     return TrainConfig.from_flat(current | given)
+
+
+def model_config(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, resumed: AnyModel | None
+) -> AnyModel:
+    """The model of ``--model`` and ``--hidden``, or the checkpoint's (which they must match)."""
+    kind = args.model or (resumed.kind if resumed else "mlp")
+    hidden = tuple(args.hidden) if args.hidden else None
+    if hidden is not None and kind != "mlp":
+        parser.error("--hidden sizes the MLP; the CNN has examples/mnist's sizes")
+    if resumed is not None:
+        if kind != resumed.kind:
+            parser.error(f"--model {kind} differs from the checkpoint's {resumed.kind}")
+        if hidden is not None and hidden != resumed.hidden:
+            parser.error(
+                f"--hidden {' '.join(map(str, hidden))} differs from the checkpoint's {resumed.hidden}"
+            )
+        return resumed
+    return CNNConfig() if kind == "cnn" else ModelConfig(hidden=hidden or DEFAULT_HIDDEN)
 
 
 def launch_or_join(args: argparse.Namespace, parser: argparse.ArgumentParser, cfg: TrainConfig) -> int | None:
@@ -125,16 +176,11 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     resumed = checkpoint.load(args.resume) if args.resume else None
     if resumed is not None and resumed.train_config is None:
         raise JaxnetError(f"{args.resume}: holds weights only, no training state to resume")
+    config = model_config(args, parser, resumed.config if resumed else None)
     try:
-        cfg = recipe(args, resumed.train_config if resumed else None)
+        cfg = recipe(args, resumed.train_config if resumed else None, config.kind)
     except JaxnetError as err:
         parser.error(str(err))
-    hidden = tuple(args.hidden) if args.hidden else None
-    if resumed is not None and hidden is not None and hidden != resumed.config.hidden:
-        parser.error(
-            f"--hidden {' '.join(map(str, hidden))} differs from the checkpoint's {resumed.config.hidden}"
-        )
-    config = resumed.config if resumed else ModelConfig(hidden=hidden or DEFAULT_HIDDEN)
     if args.save is not None:
         checkpoint.check_save_path(args.save)  # before an epoch of work, not after
 

@@ -13,7 +13,8 @@ steps on any batches; ``forward`` one batch's outputs and gradients. The verdict
 is first imported, so that the two frameworks' threads do not spin against each other.
 """
 
-from jaxnet.parity.mlp import forward, run, training
+from jaxnet.parity.builtin import forward, run, training
+from jaxnet.parity.port import compare
 from jaxnet.parity.report import Report, Row, markdown, plot, print_table, summary, write_json
 from jaxnet.parity.verdict import K
 
@@ -21,6 +22,7 @@ __all__ = [
     "K",
     "Report",
     "Row",
+    "compare",
     "forward",
     "markdown",
     "plot",

@@ -33,9 +33,9 @@ class Fault:
 
 
 def _transposed(correct):
-    def load(template, state):
+    def load(template, state, *layout):
         key = "linear_relu_stack.2.weight"  # square (512 x 512), so the mistake loads silently
-        return correct(template, {**state, key: state[key].T.copy()})
+        return correct(template, {**state, key: state[key].T.copy()}, *layout)
 
     return load
 
@@ -45,15 +45,15 @@ def _relu_grad_one(correct):
 
 
 def _log_of_softmax(correct):
-    def loss(logits, labels):
+    def loss(logits, labels, kind="cross_entropy"):
         log_p = jnp.log(jax.nn.softmax(logits, axis=1))  # underflows to log(0) = -inf
-        return -jnp.take_along_axis(log_p, labels[:, None], axis=1).mean()
+        return -jnp.take_along_axis(log_p, labels[:, None], axis=1)[:, 0]
 
     return loss
 
 
 def _sum_loss(correct):
-    return lambda logits, labels: optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum()
+    return lambda outputs, labels, kind="cross_entropy": jtrain.per_example_loss(outputs, labels, kind).sum()
 
 
 def _optimizer(change: Callable[[OptimConfig], optax.GradientTransformation | None]):
@@ -131,8 +131,8 @@ def _schedule_one_step_off(correct):
 FAULTS: dict[str, Fault] = {
     "transposed-weight": Fault("a 512x512 weight loaded untransposed", (), jmodel, "from_torch_layout", _transposed),
     "relu-grad-at-0": Fault("ReLU'(0) = 1 (jnp.where(x >= 0, x, 0))", (), jmodel, "relu", _relu_grad_one),
-    "log-of-softmax": Fault("log(softmax(z)) instead of log_softmax", (), jtrain, "cross_entropy", _log_of_softmax),
-    "sum-loss": Fault("the loss summed over the batch, not averaged", (), jtrain, "cross_entropy", _sum_loss),
+    "log-of-softmax": Fault("log(softmax(z)) instead of log_softmax", (), jtrain, "per_example_loss", _log_of_softmax),
+    "sum-loss": Fault("the loss summed over the batch, not averaged", (), jtrain, "mean_loss", _sum_loss),
     "decay-after-momentum": Fault(
         "SGD weight decay added after momentum", ("sgd-nesterov-wd-step",), jtrain, "make_optimizer",
         _optimizer(_decay_after_momentum),

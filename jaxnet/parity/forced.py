@@ -7,9 +7,10 @@ the reference's float64 step and its sensitivity to gradient rounding. An implem
 difference shows at the step where it acts, at full size, and the bound does not grow with
 the step count: nothing accumulates. The reference then continues along its own trajectory.
 
-A step whose batch holds a ReLU tie between the two sides (a pre-activation within rounding
-of 0 that they put on different sides) is compared without that example: its gradient
-legitimately differs by O(1). The rows say which steps left an example out.
+A step whose batch holds a tie between the two sides (a pre-activation within rounding of 0
+that they put on different sides of a ReLU; a max-pool window whose two largest values they
+order differently) is compared without that example: its gradient legitimately differs by
+O(1). The rows say which steps left an example out.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class Sides:
     spare: Backend  # torch float32: the reference's step on a batch without its tied examples
     jax: dict[str, Backend]  # dtype -> the side under test, reloaded every step
     relu_inputs: list[str]
+    pool_inputs: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -150,9 +152,9 @@ def _untied(sides: Sides, start: dict, step: int, x: np.ndarray, factors: dict[s
     for dtype, side in sides.jax.items():
         load(side, cast(start, dtype), step)
         acts_j, acts_t = side.activations(x.astype(dtype)), (acts32 if dtype == "float32" else acts64)
-        names = sides.relu_inputs
-        floors = {n: verdict.ladder_floor(acts32[n], acts64[n], dtype, factors[dtype]) for n in names}
-        tied |= verdict.tied_examples(acts_j, acts_t, acts32, acts64, names, floors)[0]
+        names, pools = sides.relu_inputs, sides.pool_inputs
+        floors = {n: verdict.ladder_floor(acts32[n], acts64[n], dtype, factors[dtype]) for n in names + pools}
+        tied |= verdict.tied_examples(acts_j, acts_t, acts32, acts64, names, floors, pools)[0]
     return np.array([i for i in range(len(x)) if i not in tied], dtype=np.int64)
 
 

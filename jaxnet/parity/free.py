@@ -50,6 +50,7 @@ class FreePair:
     relu_inputs: list[str]
     eps: float = 0.0
     own_torch: bool = True
+    pool_inputs: list[str] = field(default_factory=list)  # what 2x2 max-pools read
     gaps: list[float] = field(default_factory=list)
     bounds: list[float] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)  # the latest of each kind, up to the first excess
@@ -83,16 +84,29 @@ class FreePair:
 
     def _find_ties(self, t: int, within: float) -> None:
         """A flip where both runs' pre-activations lie within the accumulated bound of 0 (times
-        the layer's depth: each layer's input carries the earlier layers' differences too)."""
+        the layer's depth: each layer's input carries the earlier layers' differences too), or
+        a max-pool that picks another element where the window's two largest are that close."""
         acts_j, acts_t = self._acts
+        for name in self.pool_inputs:
+            depth = 1 + sum(1 for r in self.relu_inputs if list(acts_t).index(r) < list(acts_t).index(name))
+            flips, at_tie = verdict.pool_ties(acts_j[name], acts_t[name], depth * within)
+            if at_tie.any():
+                where = tuple(int(i) for i in flips[np.argmax(at_tie)])
+                self._record(Event(t, "max-pool tie", (
+                    f"max-pool tie at step {t}: {name} window {list(where[1:])}, example {where[0]} of the "
+                    f"batch: its two largest inputs within {depth * within:.1e} of each other relative to the "
+                    f"layer's largest ({int(at_tie.sum())} such window(s))"
+                )))  # fmt: skip
+                break
         for depth, name in enumerate(self.relu_inputs, start=1):
             flips, at_tie = verdict.relu_ties(acts_j[name], acts_t[name], depth * within)
             if at_tie.any():
-                b, j = (int(i) for i in flips[np.argmax(at_tie)])
+                where = tuple(int(i) for i in flips[np.argmax(at_tie)])
+                b, unit = where[0], list(where[1:]) if len(where) > 2 else where[1]
                 pre_j, pre_t = acts_j[name], acts_t[name]
                 self._record(Event(t, "ReLU tie", (
-                    f"ReLU tie at step {t}: {name} unit {j}, example {b} of the batch: pre-activation "
-                    f"torch {pre_t[b, j]:.2e}, jax {pre_j[b, j]:.2e}, both within {depth * within:.1e} "
+                    f"ReLU tie at step {t}: {name} unit {unit}, example {b} of the batch: pre-activation "
+                    f"torch {pre_t[where]:.2e}, jax {pre_j[where]:.2e}, both within {depth * within:.1e} "
                     f"of 0 relative to the layer's largest ({int(at_tie.sum())} such flip(s))"
                 )))  # fmt: skip
                 return
@@ -141,14 +155,14 @@ class FreePair:
         gap, bound = gaps[t - 1], bounds[t - 1]
         head = f"gap {gap:.1e} rose above the accumulated bound {bound:.1e} at step {t}"
         failing = [s + 1 for s, r in enumerate((forced or [])[:t]) if r > 1]
-        # nearest first; a ReLU tie (a discontinuity) before a near-zero gradient at the same step
+        # nearest first; a tie (a discontinuity) before a near-zero gradient at the same step
         causes = sorted(
-            (e for e in self.events if e.step <= t), key=lambda e: (-e.step, e.kind != "ReLU tie")
+            (e for e in self.events if e.step <= t), key=lambda e: (-e.step, e.kind == "near-zero gradient")
         )
         if failing:
             why = f"teacher-forced step(s) {failing[:5]} failed on their own: an implementation difference"
         elif not causes:
-            why = "unexplained (no ReLU tie, no near-zero gradient up to there)"
+            why = "unexplained (no ReLU or max-pool tie, no near-zero gradient up to there)"
         else:
             near = " and a ".join(e.text for e in causes if e.step >= causes[0].step - 1)
             note = f"{head}, after a {near}; chaotic from there (judged on outcomes); {final}"

@@ -8,12 +8,12 @@ free-running epoch and judges its end on outcomes.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from jaxnet.backends import Backend, get_backend
-from jaxnet.config import RECIPES, ModelConfig, OptimConfig
+from jaxnet.config import AnyModel, OptimConfig
 from jaxnet.data import batch_slices
 from jaxnet.numerics import rel_error, unit_roundoff
 from jaxnet.parity import verdict
@@ -29,12 +29,13 @@ TF_SAMPLE = 3  # an epoch's first steps teacher-forced (with its last batch)
 class Run:
     """The backends and settings of one parity run."""
 
-    config: ModelConfig
+    config: AnyModel
     dtypes: tuple[str, ...]
     device: str
     state: dict[str, np.ndarray]  # float32 initial weights (float64 runs use them upcast)
     factors: dict[str, float]  # dtype -> scale of the float32 floor to that dtype
     reverse: bool  # each batch's examples in reverse order (another reduction order)
+    modules: dict[str, object] = field(default_factory=dict)  # "jax"/"torch" -> a user's module
 
     def __post_init__(self) -> None:
         self._made: dict[tuple[str, str, str], Backend] = {}
@@ -43,9 +44,16 @@ class Run:
         """The backend for ``role``, made once per run and reset to the initial weights."""
         key = (name, dtype, role)
         if key not in self._made:
-            self._made[key] = get_backend(
-                name, self.config, dtype=dtype, device=self.device, state=self.weights(dtype)
+            made = get_backend(
+                name,
+                self.config,
+                dtype=dtype,
+                device=self.device,
+                state=self.weights(dtype),
+                module=self.modules.get(name),
             )
+            made.train_dropout = False  # steps are compared in eval mode: no random draws
+            self._made[key] = made
         else:
             self._made[key].load_state_dict(self.weights(dtype))
         return self._made[key]
@@ -66,18 +74,19 @@ def steps_section(setup: Run, recipe: str, opt: OptimConfig, batches, images, la
     """
     used, batches = _compact(batches)  # only the examples these steps touch go on the devices
     images, labels = images[used], labels[used]
-    relu_inputs = setup.config.relu_inputs
+    relu_inputs, pool_inputs = list(setup.config.relu_inputs), list(setup.config.pool_inputs)
     sides = Sides(
         setup.backend("torch", "float32", "reference"),
         setup.backend("torch", "float64", "floor"),
         setup.backend("torch", "float32", "spare"),
         {d: setup.backend("jax", d, "teacher-forced") for d in setup.dtypes},
         relu_inputs,
+        pool_inputs,
     )
-    eps = opt.eps if opt.name in ("adam", "adamw") else 0.0
+    eps = normalising_eps(opt)
     free = {
         d: FreePair(setup.backend("jax", d, "free"), sides.ref if d == "float32" else setup.backend("torch", d, "free"),
-                    relu_inputs, eps=eps, own_torch=d != "float32")
+                    relu_inputs, eps=eps, own_torch=d != "float32", pool_inputs=pool_inputs)
         for d in setup.dtypes
     }  # fmt: skip
     everyone = [sides.ref, sides.ref64, sides.spare, *sides.jax.values()]
@@ -97,6 +106,13 @@ def steps_section(setup: Run, recipe: str, opt: OptimConfig, batches, images, la
     return rows, tf, histories
 
 
+def normalising_eps(opt: OptimConfig) -> float:
+    """The ``eps`` of an optimizer that normalises its update by the gradient's running size
+    (Adam's ``m / (sqrt(v) + eps)``, Adadelta's ``sqrt(acc + eps) / sqrt(avg + eps) g``): near a
+    zero gradient such an update is steep in the gradient. 0 for SGD, which is linear."""
+    return opt.eps if opt.name in ("adam", "adamw", "adadelta") else 0.0
+
+
 def _tensor_order(name: str, order: dict[str, int]) -> tuple[int, str]:
     param = name.removeprefix("optimizer.").rsplit(".", 1)[0] if name.startswith("optimizer.") else name
     return (order.get(param, len(order)) + (len(order) if name.startswith("optimizer.") else 0), name)
@@ -109,13 +125,15 @@ def _compact(batches: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
     return used, [inverse[a:b] for a, b in itertools.pairwise(bounds)]
 
 
-def epoch_section(setup: Run, recipe: str, batches, images, data, forced: dict) -> list[Row]:
-    """One epoch, free-running; its divergence explained, its end judged on outcomes.
+def epoch_section(
+    setup: Run, recipe: str, opt: OptimConfig, batches, images, data, forced: dict
+) -> list[Row]:
+    """One epoch of ``opt`` (named ``recipe``), free-running; its divergence explained, its end
+    judged on outcomes.
 
     The per-step allowance and gradient floors are the largest the teacher-forced steps of
     the same recipe measured (on the first steps, if the recipe had no step rows).
     """
-    opt = replace(RECIPES[recipe], total_steps=len(batches))
     # Teacher-forced, the first steps and the last, short batch (60000 % 64 = 32 examples):
     # steps the free-running run alone would judge only by outcomes.
     sample = batches[:TF_SAMPLE] + batches[-1:]
@@ -127,7 +145,7 @@ def epoch_section(setup: Run, recipe: str, batches, images, data, forced: dict) 
     images, labels = images[used], data.train.labels[used]
     train_x = {d: images.astype(d) for d in ("float32", "float64")}
     test_x, test_y = data.test.float_images(), data.test.labels
-    eps = opt.eps if opt.name in ("adam", "adamw") else 0.0
+    eps = normalising_eps(opt)
     outcomes: dict[tuple[str, str], tuple[np.ndarray, float, float]] = {}
 
     def trained(name: str, dtype: str, role: str) -> Backend:
@@ -144,7 +162,8 @@ def epoch_section(setup: Run, recipe: str, batches, images, data, forced: dict) 
     for dtype in sorted(set(setup.dtypes) | {"float64"}):
         torch_side = trained("torch", dtype, "")
         if dtype in setup.dtypes:
-            pair = FreePair(trained("jax", dtype, ""), torch_side, setup.config.relu_inputs, eps=eps)
+            pair = FreePair(trained("jax", dtype, ""), torch_side, list(setup.config.relu_inputs), eps=eps,
+                            pool_inputs=list(setup.config.pool_inputs))  # fmt: skip
             allowance = max(tf.allowance[dtype])
             for t, idx in enumerate(batches, start=1):
                 pair.before(train_x[dtype][idx], labels[idx])

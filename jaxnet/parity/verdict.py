@@ -119,24 +119,56 @@ def relu_ties(pre_a: np.ndarray, pre_b: np.ndarray, within: float) -> tuple[np.n
     a, b = np.asarray(pre_a), np.asarray(pre_b)
     flips = np.argwhere((a > 0) != (b > 0))
     threshold = within * float(np.abs(b).max())
-    return flips, np.array([max(abs(a[i, j]), abs(b[i, j])) <= threshold for i, j in flips], dtype=bool)
+    return flips, np.array([max(abs(a[tuple(i)]), abs(b[tuple(i)])) <= threshold for i in flips], dtype=bool)
+
+
+def pool_ties(in_a: np.ndarray, in_b: np.ndarray, within: float) -> tuple[np.ndarray, np.ndarray]:
+    """Where two inputs of a 2x2, stride-2 max-pool (NCHW) pick different elements, and which
+    of those are ties: the window's two largest values within ``within`` (relative to the
+    largest input) of each other, on both sides. The gradient flows to the picked element
+    only, so a tie moves it legitimately, like a ReLU at 0.
+    """
+
+    def windows(x: np.ndarray) -> np.ndarray:
+        n, c, h, w = x.shape
+        x = x[:, :, : h // 2 * 2, : w // 2 * 2].reshape(n, c, h // 2, 2, w // 2, 2)
+        return x.transpose(0, 1, 2, 4, 3, 5).reshape(n, c, h // 2, w // 2, 4)
+
+    wa, wb = windows(np.asarray(in_a)), windows(np.asarray(in_b))
+    flips = np.argwhere(wa.argmax(-1) != wb.argmax(-1))
+    threshold = within * float(np.abs(wb).max())
+
+    def gap(w: np.ndarray) -> float:  # the largest value's lead over the next
+        top = np.sort(w)
+        return float(top[-1] - top[-2])
+
+    ties = [max(gap(wa[tuple(i)]), gap(wb[tuple(i)])) <= threshold for i in flips]
+    return flips, np.array(ties, dtype=bool)
 
 
 def tied_examples(
-    acts_a: dict, acts_b: dict, acts32: dict, acts64: dict, names: list[str], floors: dict[str, float]
+    acts_a: dict,
+    acts_b: dict,
+    acts32: dict,
+    acts64: dict,
+    names: list[str],
+    floors: dict[str, float],
+    pools: list[str] = (),
 ) -> tuple[set[int], dict[str, tuple[int, int]]]:
     """Examples whose gradient may legitimately differ between sides ``a`` and ``b``.
 
-    Those with a ReLU flip at a tie (within ``K`` times the layer's measured floor) between
-    the two sides, or with any flip between the reference's float32 and float64 runs. Also,
-    per layer, ``(flips, ties)`` between the two sides.
+    Those with a ReLU flip (at ``names``) or a max-pool flip (``pools``: the pools' inputs)
+    at a tie (within ``K`` times the layer's measured floor) between the two sides, or with
+    any flip between the reference's float32 and float64 runs. Also, per layer, ``(flips,
+    ties)`` between the two sides.
     """
     tied: set[int] = set()
     counts = {}
-    for name in names:
-        flips, at_tie = relu_ties(acts_a[name], acts_b[name], K * floors[name])
-        tied |= {int(b) for (b, _), tie in zip(flips, at_tie, strict=True) if tie}
-        tied |= {int(b) for b, _ in relu_ties(acts32[name], acts64[name], 0.0)[0]}
+    for name in [*names, *pools]:
+        find = pool_ties if name in pools else relu_ties
+        flips, at_tie = find(acts_a[name], acts_b[name], K * floors[name])
+        tied |= {int(i[0]) for i, tie in zip(flips, at_tie, strict=True) if tie}
+        tied |= {int(i[0]) for i in find(acts32[name], acts64[name], 0.0)[0]}
         counts[name] = (len(flips), int(np.sum(at_tie)))
     return tied, counts
 

@@ -1,0 +1,140 @@
+"""How a Flax NNX port's parameters and activations line up with its torch module's (numpy only).
+
+The same numbers sit in another place on each side, by layer kind::
+
+    torch                             Flax NNX
+    Linear.weight   [out, in]         Linear.kernel  [in, out]          transposed
+    Conv2d.weight   [O, I, kh, kw]    Conv.kernel    [kh, kw, I, O]     OIHW <-> HWIO
+    Conv1d.weight   [O, I, k]         Conv.kernel    [k, I, O]
+    LayerNorm.weight, Embedding.weight   LayerNorm.scale, Embed.embedding   as is
+    activations     [N, C, H, W]      activations    [N, H, W, C]       with channels_last
+
+and the names differ where the modules are named differently (``mapping``) or where
+``nn.Sequential``'s children (``stack.0``) sit in ``nnx.Sequential.layers`` (``stack.layers.0``).
+One trap has no name: a ``Linear`` after a flatten reads ``C*H*W`` features in torch's order
+and ``H*W*C`` in a channels-last port, so its weight's columns are permuted, not just
+transposed (``flatten``).
+
+Example:
+    >>> layout = Layout(mapping={"classifier": "head"}, flatten={"fc1": (64, 12, 12)})
+    >>> layout.torch_name(("head", "kernel"))
+    'classifier.weight'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+RENAMES = {"kernel": "weight", "scale": "weight", "embedding": "weight"}  # Flax leaf -> torch
+_TO_TORCH = {2: (1, 0), 3: (2, 1, 0), 4: (3, 2, 0, 1)}  # kernel ndim -> axes giving torch's layout
+
+
+def kernel_to_torch(kernel: np.ndarray) -> np.ndarray:
+    """A Flax ``Linear``/``Conv`` kernel in torch's weight layout."""
+    return np.ascontiguousarray(np.transpose(kernel, _TO_TORCH[kernel.ndim]))
+
+
+def kernel_from_torch(weight: np.ndarray) -> np.ndarray:
+    """A torch ``Linear``/``Conv`` weight in Flax's kernel layout."""
+    return np.ascontiguousarray(np.transpose(weight, np.argsort(_TO_TORCH[weight.ndim])))
+
+
+def keys(path: Iterable) -> list[str]:
+    """A pytree path's keys as strings, without NNX's ``value`` level."""
+    out = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+    return [k for k in out if k != "value"]
+
+
+def leaf_name(path: Iterable) -> str:
+    """The parameter's own name at the end of a path: ``kernel``, ``bias``, ``scale``..."""
+    return keys(path)[-1]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The rules that carry a torch state dict onto an NNX port's parameters and back.
+
+    Attributes:
+        mapping: torch module path -> NNX module path, for modules named differently (a prefix
+            maps everything below it: ``{"features": "body"}`` takes ``features.0.weight`` to
+            ``body.0.kernel``).
+        flatten: torch ``Linear`` path -> ``(C, H, W)`` of the map a channels-last port
+            flattens before it (its columns are permuted as well as transposed).
+        channels_last: the port's 4-D inputs and activations are NHWC (Flax's convention).
+        sequential: NNX paths of ``nnx.Sequential`` modules, whose ``layers`` level torch
+            lacks (``None``: every ``layers`` level, the built-in models' rule).
+    """
+
+    mapping: dict[str, str] = field(default_factory=dict)
+    flatten: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    channels_last: bool = False
+    sequential: frozenset[str] | None = None
+
+    def torch_name(self, path: Iterable) -> str:
+        """An NNX parameter path (``("head", "kernel")``) as torch's state-dict key."""
+        parts = keys(path)
+        module, leaf = self.torch_module(parts[:-1]), RENAMES.get(parts[-1], parts[-1])
+        return f"{module}.{leaf}" if module else leaf
+
+    def torch_module(self, parts: list[str]) -> str:
+        """An NNX module path (its keys) as torch's module path."""
+        kept = [
+            k
+            for i, k in enumerate(parts)
+            if not (k == "layers" and (self.sequential is None or ".".join(parts[:i]) in self.sequential))
+        ]
+        path = ".".join(kept)
+        for theirs, ours in sorted(self.mapping.items(), key=lambda kv: -len(kv[1])):
+            if path == ours or path.startswith(ours + "."):
+                return theirs + path[len(ours) :]
+        return path
+
+    def to_torch(self, path: Iterable, value: np.ndarray) -> tuple[str, np.ndarray]:
+        """``(torch key, array in torch's layout)`` for one NNX parameter (or gradient)."""
+        path = list(path)
+        name, array = self.torch_name(path), np.asarray(value)
+        if leaf_name(path) != "kernel":
+            return name, array
+        module = name.rsplit(".", 1)[0]
+        if module in self.flatten:  # [H*W*C, out] -> [C*H*W, out] in torch's feature order
+            c, h, w = self.flatten[module]
+            array = array.reshape(h, w, c, -1).transpose(2, 0, 1, 3).reshape(c * h * w, -1)
+        return name, kernel_to_torch(array)
+
+    def from_torch(self, name: str, weight: np.ndarray, kernel: bool) -> np.ndarray:
+        """Inverse of :meth:`to_torch` for the parameter ``name`` (``kernel``: a Flax kernel)."""
+        array = np.asarray(weight)
+        if not kernel:
+            return array
+        array = kernel_from_torch(array)
+        module = name.rsplit(".", 1)[0]
+        if module in self.flatten:  # [C*H*W, out] -> [H*W*C, out]
+            c, h, w = self.flatten[module]
+            array = np.ascontiguousarray(
+                array.reshape(c, h, w, -1).transpose(1, 2, 0, 3).reshape(c * h * w, -1)
+            )
+        return array
+
+    def activation_to_torch(self, value: np.ndarray) -> np.ndarray:
+        """A port's activation (or input) in torch's layout: NHWC -> NCHW where channels-last."""
+        value = np.asarray(value)
+        return (
+            np.ascontiguousarray(value.transpose(0, 3, 1, 2))
+            if self.channels_last and value.ndim == 4
+            else value
+        )
+
+    def activation_from_torch(self, value: np.ndarray) -> np.ndarray:
+        """A torch-layout input (or dropout mask) for the port: NCHW -> NHWC where channels-last."""
+        value = np.asarray(value)
+        return (
+            np.ascontiguousarray(value.transpose(0, 2, 3, 1))
+            if self.channels_last and value.ndim == 4
+            else value
+        )
+
+
+BUILT_IN = Layout()  # the tutorial MLP and the CNN: torch's names, NCHW at the interface
