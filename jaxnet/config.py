@@ -378,3 +378,4 @@ RECIPES = {
 # (``step_size`` is set to the steps per epoch by the run).
 CNN_RECIPE = OptimConfig(name="adadelta", lr=1.0, rho=0.9, eps=1e-6, schedule="step", gamma=0.7)
 CNN_RECIPES = {"adadelta-step": CNN_RECIPE}  # the parity report's recipes for the CNN
+ALL_RECIPES = {**RECIPES, **CNN_RECIPES}  # any runs on either model

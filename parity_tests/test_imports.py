@@ -157,7 +157,15 @@ def test_jaxnet_imports_have_no_cycles():
 def test_only_the_backend_modules_import_a_framework_at_the_top():
     """Everything else imports jax or torch inside the function that needs it."""
     root = Path(jaxnet.__file__).parent
-    allowed = {"backends/jax.py", "backends/torch.py", "model.py", "cnn.py", "capture.py", "train.py", "parity/faults.py"}
+    allowed = {
+        "backends/jax.py",
+        "backends/torch.py",
+        "model.py",
+        "cnn.py",
+        "capture.py",
+        "train.py",
+        "parity/faults.py",
+    }
     for path in root.rglob("*.py"):
         for node in ast.parse(path.read_text()).body:
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else []

@@ -14,18 +14,20 @@ from pathlib import Path
 
 from jaxnet.argtypes import nonneg_int, positive_int
 from jaxnet.cli._common import add_data_dir
-from jaxnet.config import DEVICES, RECIPES
+from jaxnet.config import ALL_RECIPES, DEVICES, MODELS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", choices=MODELS, default="mlp",
+                   help="mlp: the tutorial's; cnn: PyTorch examples/mnist's CNN (its recipe: adadelta-step) (default: %(default)s)")  # fmt: skip
     p.add_argument("--dtype", choices=("float32", "float64", "both"), default="both",
                    help="the dtypes whose rows to report (default: %(default)s)")  # fmt: skip
     p.add_argument("--steps", type=positive_int, default=100,
                    help="optimizer steps per recipe, teacher-forced and free-running (default: %(default)s)")  # fmt: skip
-    p.add_argument("--optimizer", choices=(*RECIPES, "all"), default="all",
-                   help="recipe of the step rows (default: %(default)s)")  # fmt: skip
-    p.add_argument("--epoch-optimizer", choices=(*RECIPES, "none"), default="sgd",
-                   help="recipe of the free-running epoch, or none (default: %(default)s)")  # fmt: skip
+    p.add_argument("--optimizer", choices=(*ALL_RECIPES, "all"), default="all",
+                   help="recipe of the step rows (default: %(default)s of the model's: the MLP's four, the CNN's adadelta-step)")  # fmt: skip
+    p.add_argument("--epoch-optimizer", choices=(*ALL_RECIPES, "none"),
+                   help="recipe of the free-running epoch, or none (default: sgd for the MLP, none for the CNN)")  # fmt: skip
     p.add_argument("--train-limit", type=nonneg_int, default=0,
                    help="the epoch runs over the first N training images (default: 0, all)")  # fmt: skip
     p.add_argument("--device", choices=DEVICES, default="auto", help="(default: %(default)s)")
@@ -55,6 +57,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     if args.plant is not None and args.plant not in faults.FAULTS:
         parser.error(f"--plant: unknown fault {args.plant!r} (one of {', '.join(faults.FAULTS)})")
+    if args.model != "mlp" and (args.devices > 1 or args.plant):
+        parser.error(
+            "--devices and --plant are for --model mlp (the planted faults and data-parallel rows are the MLP's)"
+        )
     with faults.planted(args.plant) if args.plant else contextlib.nullcontext():
         report = _report(args, data, parity)
     if args.devices > 1:
@@ -74,12 +80,14 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _report(args, data, parity):
+    epoch = args.epoch_optimizer or ("sgd" if args.model == "mlp" else "none")
     return parity.run(
         data.load(args.data_dir),
+        model=args.model,
         dtypes=("float32", "float64") if args.dtype == "both" else (args.dtype,),
         steps=args.steps,
-        recipes=tuple(RECIPES) if args.optimizer == "all" else (args.optimizer,),
-        epoch_recipe=None if args.epoch_optimizer == "none" else args.epoch_optimizer,
+        recipes=None if args.optimizer == "all" else (args.optimizer,),
+        epoch_recipe=None if epoch == "none" else epoch,
         device=args.device,
         matmul_precision=args.matmul_precision,
         seed=args.seed,

@@ -27,14 +27,14 @@ from dataclasses import replace
 import numpy as np
 
 from jaxnet import checkpoint
-from jaxnet.config import CNN_RECIPES, RECIPES, AnyModel, CNNConfig, ModelConfig, OptimConfig
+from jaxnet.config import ALL_RECIPES, CNN_RECIPES, RECIPES, AnyModel, CNNConfig, ModelConfig, OptimConfig
 from jaxnet.data import FashionMNIST, batch_slices, epoch_order
 from jaxnet.parity import environment, verdict
 from jaxnet.parity.layers import DROPOUT_NOTE, forward_and_gradient, probes, shared_masks
 from jaxnet.parity.report import Report, Row
 from jaxnet.parity.sections import BATCH, Run, epoch_section, steps_section
 
-MODELS = {"mlp": (ModelConfig, RECIPES), "cnn": (CNNConfig, CNN_RECIPES)}  # config, its recipes
+MODELS = {"mlp": (ModelConfig, RECIPES), "cnn": (CNNConfig, CNN_RECIPES)}  # config, its default recipes
 
 
 @contextlib.contextmanager
@@ -83,12 +83,12 @@ def run(
     """Every comparison of the report, float32 rows before float64 rows in each section.
 
     ``model``: ``"mlp"`` (the tutorial's) or ``"cnn"`` (``examples/mnist``'s); ``recipes`` and
-    ``epoch_recipe`` name its recipes (default: all of them; the MLP's epoch runs ``sgd``).
+    ``epoch_recipe`` name recipes of ``ALL_RECIPES`` (default: the model's own).
     """
     start = time.perf_counter()
-    make, known = MODELS[model]
-    config = config or make()
-    recipes = tuple(known) if recipes is None else recipes
+    make, own = MODELS[model]
+    config, known = config or make(), ALL_RECIPES
+    recipes = tuple(own) if recipes is None else recipes
     state = checkpoint.init_state_dict(config, seed)
     options = {"config": config, "dtypes": dtypes, "device": device, "matmul_precision": matmul_precision}
     with session(state, reverse_batches=reverse_batches, **options) as (setup, env):

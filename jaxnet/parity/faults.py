@@ -120,6 +120,26 @@ def _bias_correction_off_by_one(b1, b2, eps):
     return optax.GradientTransformation(jtrain.scale_by_adam(b1, b2, eps).init, update)
 
 
+def _adadelta_eps_outside_sqrt(cfg, dtype):
+    """Adadelta as a port from a paper's formula might read: ``sqrt(acc) + eps`` over
+    ``sqrt(avg) + eps`` (torch, Zeiler's paper and optax put eps inside both roots)."""
+    if cfg.name != "adadelta":
+        return None
+    rho, eps = cfg.rho, cfg.eps
+
+    def update(updates, state, params=None):
+        e_g = jax.tree.map(lambda a, g: rho * a + (1 - rho) * g * g, state.e_g, updates)
+        delta = jax.tree.map(
+            lambda g, a, x: (jnp.sqrt(x) + eps) / (jnp.sqrt(a) + eps) * g, updates, e_g, state.e_x
+        )
+        e_x = jax.tree.map(lambda x, d: rho * x + (1 - rho) * d * d, state.e_x, delta)
+        return delta, optax.ScaleByAdaDeltaState(e_g=e_g, e_x=e_x)
+
+    parts = [optax.add_decayed_weights(cfg.weight_decay)] if cfg.weight_decay else []
+    tx = optax.GradientTransformation(jtrain.scale_by_adadelta(rho, eps).init, update)
+    return optax.chain(*parts, tx, optax.scale_by_learning_rate(jtrain.make_schedule(cfg, dtype)))
+
+
 def _schedule_one_step_off(correct):
     def make(cfg, dtype="float32"):
         schedule = correct(cfg, dtype)
@@ -151,6 +171,10 @@ FAULTS: dict[str, Fault] = {
     "adam-bias-correction-off-by-one": Fault(
         "Adam bias correction one step ahead", ("adam-l2",), jtrain, "make_optimizer",
         _optimizer(lambda c, d: _adam(c, d, _bias_correction_off_by_one)),
+    ),
+    "adadelta-eps-outside-sqrt": Fault(
+        "Adadelta eps outside the square roots", ("adadelta-step",), jtrain, "make_optimizer",
+        _optimizer(_adadelta_eps_outside_sqrt),
     ),
     "cosine-one-step-off": Fault(
         "cosine schedule one step ahead", ("adamw-cosine",), jtrain, "make_schedule", _schedule_one_step_off

@@ -127,6 +127,10 @@ def pool_ties(in_a: np.ndarray, in_b: np.ndarray, within: float) -> tuple[np.nda
     of those are ties: the window's two largest values within ``within`` (relative to the
     largest input) of each other, on both sides. The gradient flows to the picked element
     only, so a tie moves it legitimately, like a ReLU at 0.
+
+    The pool is taken to sit next to a ReLU (``pool(relu(h)) = relu(pool(h))``): the input may
+    be the ReLU's output or its pre-activation ``h``, and windows whose largest value is not
+    positive on either side are skipped (the ReLU passes no gradient there).
     """
 
     def windows(x: np.ndarray) -> np.ndarray:
@@ -135,7 +139,8 @@ def pool_ties(in_a: np.ndarray, in_b: np.ndarray, within: float) -> tuple[np.nda
         return x.transpose(0, 1, 2, 4, 3, 5).reshape(n, c, h // 2, w // 2, 4)
 
     wa, wb = windows(np.asarray(in_a)), windows(np.asarray(in_b))
-    flips = np.argwhere(wa.argmax(-1) != wb.argmax(-1))
+    live = (wa.max(-1) > 0) | (wb.max(-1) > 0)
+    flips = np.argwhere((wa.argmax(-1) != wb.argmax(-1)) & live)
     threshold = within * float(np.abs(wb).max())
 
     def gap(w: np.ndarray) -> float:  # the largest value's lead over the next

@@ -1,0 +1,207 @@
+"""``parity.compare`` on a user's module pair, the layout rules, and the CNN through the harness.
+
+The example ``examples/e12_port_a_cnn.py`` (run by the examples' tests) compares an idiomatic
+channels-last NNX port of the examples/mnist CNN and catches the flatten trap; these tests
+hold the rest: names that do not line up are an error listing both sides, a mapping lines
+them up, a wrong backward is named as such, the layout rules invert each other, and the CNN
+trains, resumes and reports through the same commands as the MLP.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jaxnet import parity, run
+from jaxnet.backends import get_backend
+from jaxnet.checkpoint import init_state_dict
+from jaxnet.config import CNN_RECIPE, CNNConfig, TrainConfig
+from jaxnet.errors import JaxnetError
+from jaxnet.layout import Layout
+
+
+class TorchMLP(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = torch.nn.Sequential(
+            torch.nn.Linear(784, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32)
+        )
+        self.classifier = torch.nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.classifier(torch.relu(self.features(x.flatten(1))))
+
+
+class NNXMLP(nnx.Module):
+    """The same network, its head named differently (``head``, where torch says ``classifier``)."""
+
+    def __init__(self, rngs: nnx.Rngs, relu=nnx.relu) -> None:
+        self.features = nnx.Sequential(nnx.Linear(784, 64, rngs=rngs), relu, nnx.Linear(64, 32, rngs=rngs))
+        self.head = nnx.Linear(32, 10, rngs=rngs)
+        self.relu = relu
+
+    def __call__(self, x):
+        return self.head(self.relu(self.features(x.reshape(x.shape[0], -1))))
+
+
+@pytest.fixture(scope="module")
+def batch(fmnist):
+    return fmnist.train.float_images()[:32], fmnist.train.labels[:32]
+
+
+def test_unmapped_names_are_an_error_listing_both_sides(batch):
+    torch.manual_seed(0)
+    with pytest.raises(JaxnetError) as err:
+        parity.compare(TorchMLP(), NNXMLP(nnx.Rngs(0)), *batch)
+    message = str(err.value)
+    assert "torch only: classifier.bias, classifier.weight" in message
+    assert "nnx only (as torch would name them): head.bias, head.weight" in message
+
+
+def test_a_shape_mismatch_is_an_error_naming_the_parameter(batch):
+    class Narrow(NNXMLP):
+        def __init__(self, rngs: nnx.Rngs) -> None:
+            super().__init__(rngs)
+            self.head = nnx.Linear(32, 9, rngs=rngs)
+
+    with pytest.raises(JaxnetError, match=r"classifier.weight: torch \[10, 32\], nnx \[9, 32\]"):
+        parity.compare(TorchMLP(), Narrow(nnx.Rngs(0)), *batch, mapping={"classifier": "head"})
+
+
+def test_a_mapping_lines_the_names_up_and_the_pair_agrees(batch):
+    torch.manual_seed(0)
+    report = parity.compare(
+        TorchMLP(),
+        NNXMLP(nnx.Rngs(0)),
+        *batch,
+        mapping={"classifier": "head"},
+        steps=3,
+        relu_inputs=["features.0"],
+    )
+    assert report.passed, [(r.section, r.quantity, r.dtype, r.ratio) for r in report.failures]
+    forward = {r.quantity for r in report.rows if r.section == "forward"}
+    assert {"features.0", "features.2", "classifier", "output", "loss"} <= forward
+    steps = {r.quantity for r in report.rows if r.section.startswith("step")}
+    assert "sgd: classifier.weight" in steps and any(q.startswith("sgd: features.0") for q in steps)
+    assert report.environment["first difference"].startswith("none")
+
+
+def test_a_wrong_backward_is_named_as_one(batch):
+    """A ReLU whose derivative at 0 is 1, hit by giving one unit a pre-activation of exactly 0
+    for every example (zero weights into it, zero bias): the forward agrees, its gradients not."""
+
+    @jax_custom_relu
+    def relu(x):
+        return nnx.relu(x)
+
+    torch.manual_seed(0)
+    torch_net = TorchMLP()
+    with torch.no_grad():
+        torch_net.features[0].weight[:8] = 0
+        torch_net.features[0].bias[:8] = 0
+    report = parity.compare(
+        torch_net,
+        NNXMLP(nnx.Rngs(0), relu=relu),
+        *batch,
+        mapping={"classifier": "head"},
+        steps=1,
+        dtypes=("float64",),
+    )
+    first = report.first_failure()
+    assert first is not None and first.section == "gradient", first
+    assert all(r.passed for r in report.rows if r.section == "forward")
+    assert report.environment["first difference"].startswith("gradient features.0")
+
+
+def jax_custom_relu(f):
+    import jax
+
+    @jax.custom_jvp
+    def relu(x):
+        return f(x)
+
+    @relu.defjvp
+    def _(primals, tangents):
+        (x,), (t,) = primals, tangents
+        return relu(x), t * (x >= 0).astype(x.dtype)  # 1 at 0: torch's is 0
+
+    return relu
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    c=st.integers(1, 4),
+    h=st.integers(1, 4),
+    w=st.integers(1, 4),
+    out=st.integers(1, 3),
+    seed=st.integers(0, 2**31),
+)
+def test_layout_rules_invert_each_other(c, h, w, out, seed):
+    """Conv kernels (HWIO <-> OIHW) and a Linear after a channels-last flatten round-trip, and
+    the flatten rule matches flattening a channels-last map against a channels-first one."""
+    rng = np.random.default_rng(seed)
+    layout = Layout(flatten={"fc": (c, h, w)}, channels_last=True)
+    kernel = rng.standard_normal((h * w * c, out))
+    name, weight = layout.to_torch(("fc", "kernel"), kernel)
+    assert name == "fc.weight" and weight.shape == (out, c * h * w)
+    assert np.array_equal(layout.from_torch(name, weight, kernel=True), kernel)
+    fmap = rng.standard_normal((2, c, h, w))  # torch's NCHW map
+    torch_out = fmap.reshape(2, -1) @ weight.T
+    flax_out = layout.activation_from_torch(fmap).reshape(2, -1) @ kernel
+    np.testing.assert_allclose(flax_out, torch_out, rtol=1e-12, atol=1e-12)  # float64, a few terms
+    conv = rng.standard_normal((3, 3, c, out))
+    name, oihw = layout.to_torch(("conv", "kernel"), conv)
+    assert oihw.shape == (out, c, 3, 3) and oihw[out - 1, c - 1, 2, 1] == conv[2, 1, c - 1, out - 1]
+    assert np.array_equal(layout.from_torch(name, oihw, kernel=True), conv)
+
+
+# ---------------------------------------------------------------------------- the CNN, end to end
+
+
+def test_the_cnn_report_passes_with_train_mode_rows_and_pool_choices(fmnist):
+    report = parity.run(fmnist, model="cnn", dtypes=("float32",), steps=2, epoch_recipe=None)
+    assert report.passed, [(r.section, r.quantity, r.ratio) for r in report.failures]
+    sections = {r.section for r in report.rows}
+    assert "forward (train mode, shared dropout masks)" in sections
+    assert any(r.quantity.startswith("max-pool choice reading relu2") for r in report.rows)
+    assert any(r.quantity == "adadelta-step: optimizer.fc1.weight.acc_delta" for r in report.rows)
+    assert "by design" in report.environment["dropout"]
+
+
+@pytest.mark.parametrize("name", ["jax", "torch"])
+def test_the_cnn_trains_with_dropout_and_resumes_bit_for_bit(fmnist, tmp_path, name):
+    """Dropout masks are a function of (seed, step): two epochs straight and one plus a resumed
+    one give the same weights, in each backend."""
+    from types import SimpleNamespace
+
+    from jaxnet import checkpoint
+    from jaxnet.data import Split
+
+    small = SimpleNamespace(
+        train=fmnist.train, test=Split(fmnist.test.images[:500], fmnist.test.labels[:500])
+    )
+    config = CNNConfig()
+    cfg = TrainConfig(optimizer=CNN_RECIPE.__class__(**{**CNN_RECIPE.__dict__, "step_size": 5}), epochs=2,
+                      train_limit=320, seed=1)  # fmt: skip
+    state = init_state_dict(config, 1)
+
+    def trained(epochs: int, resume=None):
+        backend = get_backend(name, config, seed=1, state=resume.model if resume else state)
+        save = tmp_path / f"{epochs}-{resume is not None}"
+        cfg_ = TrainConfig(**{**cfg.__dict__, "epochs": epochs})
+        history = run.train(
+            backend, small, cfg_, save=save, resume=resume, log=lambda _: None, progress=False
+        )
+        return checkpoint.load(save), history
+
+    straight, history = trained(2)
+    half, _ = trained(1)
+    resumed, _ = trained(2, half)
+    assert resumed.step == straight.step == 10
+    for key, value in straight.model.items():
+        assert np.array_equal(resumed.model[key], value), key
+    assert history[-1].train_loss < history[0].train_loss + 0.5  # it trains (dropout makes it noisy)
