@@ -17,6 +17,7 @@ from jaxnet.layout import BUILT_IN, Layout
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "adadelta")
 MODELS = ("mlp", "cnn")
+PREDICT_CHUNK = 1000  # images per forward in Backend.predict: bounds the CNN's feature maps
 SCHEDULES = ("constant", "cosine", "step")
 DTYPES = ("float32", "float64")
 BACKENDS = ("jax", "torch")

@@ -22,6 +22,7 @@ import torchref
 from jaxnet import checkpoint, data, files
 from jaxnet.backends import get_backend
 from jaxnet.cli import build_parser, main
+from jaxnet.numerics import UNIT_ROUNDOFF
 from parity_tests.conftest import tree_bytes
 
 JAXNET = [sys.executable, "-m", "jaxnet"]
@@ -107,6 +108,9 @@ def test_convert_pth_to_safetensors_and_back(tutorial_pth, tmp_path, capsys):
         (["train", "--momentum", "0.9", "--optimizer", "adam"], "--momentum applies to sgd only"),
         (["eval"], "the following arguments are required: --checkpoint"),
         (["parity", "--plant", "no-such-bug"], "--plant: unknown fault 'no-such-bug'"),
+        (["train", "--model", "cnn", "--hidden", "256"], "--hidden sizes the MLP"),
+        (["train", "--step-size", "-1"], "argument --step-size: must be >= 0"),
+        (["parity", "--model", "cnn", "--plant", "sum-loss"], "--devices and --plant are for --model mlp"),
     ],
 )
 def test_invalid_flags_get_argparse_errors(args, message, capsys):
@@ -172,6 +176,33 @@ def test_resume_refuses_conflicting_flags(tmp_path, capsys):
             main(["train", "--resume", str(ckpt), *flags])
         assert stop.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_the_cnn_trains_resumes_in_the_other_backend_and_predicts_alike(tmp_path, fmnist, capsys):
+    """``--model cnn``: an epoch in torch, the next in JAX from its checkpoint (the model comes
+    from the checkpoint), then both backends predict alike with what JAX saved."""
+    first, second = tmp_path / "torch", tmp_path / "jax"
+    jaxnet(capsys, "train", "--model", "cnn", "--backend", "torch", "--epochs", "1", "--train-limit", "128",
+           "--save", first)  # fmt: skip
+    with pytest.raises(SystemExit):  # the checkpoint holds a CNN
+        main(["train", "--model", "mlp", "--resume", str(first)])
+    assert "--model mlp differs from the checkpoint's cnn" in capsys.readouterr().err
+    out = jaxnet(capsys, "train", "--backend", "jax", "--resume", first, "--epochs", "2", "--save", second)
+    assert "Epoch 2" in out and "Epoch 1\n" not in out
+    saved = checkpoint.load(second)
+    assert (saved.config.kind, saved.step, saved.backend) == ("cnn", 4, "jax")
+    assert {"conv1.weight", "fc2.bias"} <= saved.model.keys()
+    # Both backends predict with that checkpoint (the first 1,000 test images; the run evaluated
+    # all 10,000): a prediction may differ only at a near-tie of the top two log-probabilities,
+    # within the worst-case float32 rounding of the four layers' reductions (9 + 288 + 9216 +
+    # 128 terms).
+    x = fmnist.test.float_images()[:1000]
+    out_j = get_backend("jax", saved.config, state=saved.model).predict(x)
+    out_t = get_backend("torch", saved.config, state=saved.model).predict(x)
+    differ = np.flatnonzero(out_j.argmax(1) != out_t.argmax(1))
+    top2 = np.sort(out_t[differ], axis=1)[:, -2:]
+    bound = (9 + 288 + 9216 + 128) * UNIT_ROUNDOFF["float32"] * np.abs(out_t).max()
+    assert np.all(top2[:, 1] - top2[:, 0] <= bound), differ
 
 
 def test_metrics_and_plot(tmp_path, capsys):

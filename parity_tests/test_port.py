@@ -9,6 +9,8 @@ trains, resumes and reports through the same commands as the MLP.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -163,7 +165,7 @@ def test_layout_rules_invert_each_other(c, h, w, out, seed):
 
 
 def test_the_cnn_report_passes_with_train_mode_rows_and_pool_choices(fmnist):
-    report = parity.run(fmnist, model="cnn", dtypes=("float32",), steps=2, epoch_recipe=None)
+    report = parity.run(fmnist, model="cnn", dtypes=("float32",), steps=1, epoch_recipe=None)
     assert report.passed, [(r.section, r.quantity, r.ratio) for r in report.failures]
     sections = {r.section for r in report.rows}
     assert "forward (train mode, shared dropout masks)" in sections
@@ -185,23 +187,20 @@ def test_the_cnn_trains_with_dropout_and_resumes_bit_for_bit(fmnist, tmp_path, n
         train=fmnist.train, test=Split(fmnist.test.images[:500], fmnist.test.labels[:500])
     )
     config = CNNConfig()
-    cfg = TrainConfig(optimizer=CNN_RECIPE.__class__(**{**CNN_RECIPE.__dict__, "step_size": 5}), epochs=2,
-                      train_limit=320, seed=1)  # fmt: skip
+    cfg = TrainConfig(optimizer=replace(CNN_RECIPE, schedule="constant"), epochs=2, train_limit=128, seed=1)
     state = init_state_dict(config, 1)
 
     def trained(epochs: int, resume=None):
         backend = get_backend(name, config, seed=1, state=resume.model if resume else state)
         save = tmp_path / f"{epochs}-{resume is not None}"
-        cfg_ = TrainConfig(**{**cfg.__dict__, "epochs": epochs})
-        history = run.train(
-            backend, small, cfg_, save=save, resume=resume, log=lambda _: None, progress=False
-        )
-        return checkpoint.load(save), history
+        run.train(backend, small, replace(cfg, epochs=epochs), save=save, resume=resume, log=lambda _: None,
+                  progress=False)  # fmt: skip
+        return checkpoint.load(save)
 
-    straight, history = trained(2)
-    half, _ = trained(1)
-    resumed, _ = trained(2, half)
-    assert resumed.step == straight.step == 10
-    for key, value in straight.model.items():
-        assert np.array_equal(resumed.model[key], value), key
-    assert history[-1].train_loss < history[0].train_loss + 0.5  # it trains (dropout makes it noisy)
+    straight = trained(2)
+    half = trained(1)
+    resumed = trained(2, half)
+    assert resumed.step == straight.step == 4
+    assert straight.optimizer.keys() == resumed.optimizer.keys() and straight.optimizer  # Adadelta's buffers
+    for key, value in {**straight.model, **straight.optimizer}.items():
+        assert np.array_equal({**resumed.model, **resumed.optimizer}[key], value), key

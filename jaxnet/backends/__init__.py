@@ -106,7 +106,8 @@ class Backend(Protocol):
         ...
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """Logits ``[N, num_classes]``."""
+        """Logits ``[N, num_classes]`` (the CNN: log-probabilities), ``config.PREDICT_CHUNK``
+        images at a time (10,000 at once is 1.5 GB of CNN feature maps)."""
         ...
 
 

@@ -26,7 +26,7 @@ from jax.sharding import PartitionSpec as P
 from jaxnet import checkpoint
 from jaxnet import model as jmodel
 from jaxnet import train as jtrain
-from jaxnet.config import AnyModel, OptimConfig
+from jaxnet.config import PREDICT_CHUNK, AnyModel, OptimConfig
 from jaxnet.distributed import Rank
 from jaxnet.errors import JaxnetError
 from jaxnet.layout import keys
@@ -338,4 +338,5 @@ class JaxBackend:
 
     @_in_mode
     def predict(self, images: np.ndarray) -> np.ndarray:
-        return _host(_LOGITS(self.graphdef, self.params, self._input(images)))
+        chunks = [images[i : i + PREDICT_CHUNK] for i in range(0, len(images), PREDICT_CHUNK)]
+        return np.concatenate([_host(_LOGITS(self.graphdef, self.params, self._input(c))) for c in chunks])

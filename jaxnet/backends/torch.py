@@ -17,7 +17,7 @@ import torch
 
 import torchref
 from jaxnet import checkpoint, distributed
-from jaxnet.config import AnyModel, OptimConfig
+from jaxnet.config import PREDICT_CHUNK, AnyModel, OptimConfig
 from jaxnet.errors import JaxnetError
 from torchref import capture
 from torchref import cnn as tcnn
@@ -290,4 +290,5 @@ class TorchBackend:
     def predict(self, images: np.ndarray) -> np.ndarray:
         self.model.eval()
         with torch.no_grad():
-            return self.model(self._put(images)).cpu().numpy()
+            chunks = self._put(images).split(PREDICT_CHUNK)
+            return torch.cat([self.model(c) for c in chunks]).cpu().numpy()

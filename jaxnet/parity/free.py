@@ -8,9 +8,11 @@ that, the cause is looked up among the events of the steps up to there:
 - **ReLU tie**: the two runs' pre-activations of a unit for an example fall on different
   sides of 0 while within their current disagreement of it; that example's gradient then
   differs by O(1) in one run, a discontinuity no rounding bound covers;
+- **max-pool tie**: a 2x2 window's two largest inputs within that disagreement of each
+  other, and the runs picking different ones (the gradient goes to another element);
 - **near-zero gradient**: an element's two updates differ by more than rounding while its
   gradient is indistinguishable from 0 (within K times the gradient's noise, or below the
-  optimizer's ``eps``): Adam's ``m / (sqrt(v) + eps)`` normalises it, so rounding flips the
+  optimizer's ``eps``): Adam's ``m / (sqrt(v) + eps)`` (Adadelta's likewise) normalises it, so rounding flips the
   update's sign or is amplified up to ``lr / eps`` times.
 
 Found, the divergence is explained and what follows is chaotic growth, judged on outcomes;

@@ -56,7 +56,8 @@ def compare(
         torch_module, nnx_module: the pair; copies are taken (cast, put in eval mode).
         x, y: real inputs in torch's layout (``[N, C, H, W]`` images) and integer labels.
         loss: ``"cross_entropy"`` (the modules return logits) or ``"nll"`` (log-probabilities).
-        optimizer: the step rule compared over ``steps`` steps (default: SGD, lr 0.01).
+        optimizer: the step rule compared over ``steps`` steps (default: SGD, lr 0.01);
+            ``steps=0``: the forward and the gradients only.
         batch_size: examples per step, taken from ``x`` in order, cycling (default: all).
         mapping: torch module path -> NNX path, where they are named differently (NNX paths
             without ``nnx.Sequential``'s ``layers`` level).
@@ -79,6 +80,8 @@ def compare(
     from torchref import capture  # the harness holds both frameworks
 
     start = time.perf_counter()
+    if steps < 0 or (batch_size is not None and not 0 < batch_size <= len(x)):
+        raise JaxnetError(f"steps must be >= 0 and batch_size in 1..{len(x)}, got {steps} and {batch_size}")
     if list(torch_module.buffers()):
         names = [n for n, _ in torch_module.named_buffers()]
         raise JaxnetError(f"the torch module has buffers, not compared yet: {', '.join(names[:5])}")
@@ -115,11 +118,13 @@ def compare(
         if port.dropouts:
             rows += forward_and_gradient(setup, x, y, shared_masks(setup, x, seed))
             env["dropout"] = DROPOUT_NOTE
-        b = batch_size or len(x)
-        batches = [np.arange(i * b, (i + 1) * b) % len(x) for i in range(steps)]
-        opt = opt if opt.schedule == "constant" or opt.total_steps else replace(opt, total_steps=steps)
-        step_rows, _, histories = steps_section(setup, opt.name, opt, batches, x, y)
-        rows += step_rows
+        histories = {}
+        if steps:
+            b = batch_size or len(x)
+            batches = [np.arange(i * b, (i + 1) * b) % len(x) for i in range(steps)]
+            opt = opt if opt.schedule == "constant" or opt.total_steps else replace(opt, total_steps=steps)
+            step_rows, _, histories = steps_section(setup, opt.name, opt, batches, x, y)
+            rows += step_rows
     env["first difference"] = diagnose(rows)
     return Report(rows, env, histories, time.perf_counter() - start)
 
