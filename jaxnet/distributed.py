@@ -50,6 +50,27 @@ def torch_rank() -> Rank:
     return Rank()
 
 
+def leave(code: int) -> int:
+    """End a process that joined a torch process group now, with status ``code``, skipping
+    the interpreter's shutdown; any other process gets ``code`` back.
+
+    gloo's worker threads drop a collective's tensors just after the collective returns, and
+    dropping a tensor made in Python takes the GIL. A thread that asks for the GIL once the
+    interpreter is finalizing is ended by ``pthread_exit``, whose unwinding through that
+    ``noexcept`` destructor is ``std::terminate``: "terminate called without an active
+    exception", SIGABRT (pytorch/pytorch#38228). A worker that exits straight after a
+    collective (the all-reduce agreeing on a Ctrl-C) lost that race on a busy machine.
+    ``destroy_process_group`` does not help: gloo's ``shutdown`` stops no thread.
+    """
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return code
+    dist.destroy_process_group()  # what NCCL wants before exit; nothing for gloo's threads
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now, on 127.0.0.1."""
     with contextlib.closing(socket.socket()) as sock:
@@ -87,8 +108,8 @@ def launch(argv: list[str], envs: list[dict[str, str]]) -> int:
         while True:
             codes = [p.poll() for p in procs]
             bad = [(i, c) for i, c in enumerate(codes) if c not in (None, 0, 130)]
-            if bad:
-                rank, code = bad[0]
+            if bad:  # a worker killed by a signal first: its peers' errors follow from its death
+                rank, code = min(bad, key=lambda rc: (rc[1] >= 0, rc[0]))
                 _stop(procs)
                 how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
                 raise JaxnetError(

@@ -74,7 +74,14 @@ def test_jax_one_call_evaluation_matches_torch_batched_evaluation(fmnist):
 def test_every_bench_path_runs_and_the_table_shows_limits_and_plain_loops(capsys):
     """The workers in-process (the command runs each in its own process; that is plumbing)."""
     results = [workers.run_worker(path, epochs=1, train_limit=128) for path in bench.PATHS]
-    assert [r["path"] for r in results] == list(bench.PATHS)
+    # The CNN's torch paths run whole; its JAX path is the JAX backend training the CNN, which
+    # test_port and test_cli compile and run: here it is built (the CNN, Adadelta) and evaluates.
+    cnn_paths = [p for p in bench.CNN_PATHS if "-jax-" not in p]
+    results += [workers.run_worker(p, epochs=1, train_limit=128, test_limit=100) for p in cnn_paths]
+    assert [r["path"] for r in results] == list(bench.PATHS) + cnn_paths
+    _, evaluate = workers._epoch_fn("cnn-jax-jaxnet", train_limit=128, test_limit=100)
+    correct, loss = evaluate()
+    assert 0 <= correct <= 100 and np.isfinite(loss)
     assert all(r["epoch_s"] > 0 and r["eval_s"] > 0 for r in results)
     peaks = {fw: workers.limits(fw, trials=1) for fw in ("torch", "jax")}
     assert all(p["square_2048"] > 0 and p["model_mix"] > 0 for p in peaks.values())
@@ -84,6 +91,12 @@ def test_every_bench_path_runs_and_the_table_shows_limits_and_plain_loops(capsys
     assert "this model's GEMM mix" in out and "x plain loop" in out and "jaxnet eval" in out
     by_path = {r["path"]: r for r in report["results"]}
     assert by_path["torch-plain"]["vs_plain"] == by_path["jax-plain"]["vs_plain"] == 1.0
+    assert by_path["cnn-torch-plain"]["vs_plain"] == 1.0
+    cnn = by_path["cnn-torch-jaxnet"]  # against the CNN's plain loop, not the MLP's
+    assert cnn["vs_plain"] == by_path["cnn-torch-plain"]["epoch_s"] / cnn["epoch_s"]
+    assert cnn["pct_model_peak"] is None  # the model-mix limit is the MLP's GEMM shapes
+    macs = [26 * 26 * 9 * 32, 24 * 24 * 9 * 32 * 64, 12 * 12 * 64 * 128, 128 * 10]
+    assert report["cnn_epoch_gflop"] == 2 * 128 * (2 * sum(macs) + sum(macs[1:])) / 1e9
     assert (
         report["epoch_gflop"]
         == 2 * 128 * (2 * (784 * 512 + 512 * 512 + 512 * 10) + (512 * 512 + 512 * 10)) / 1e9

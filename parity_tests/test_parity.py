@@ -24,7 +24,7 @@ from jaxnet.numerics import UNIT_ROUNDOFF, error
 from jaxnet.parity import verdict
 from jaxnet.parity.environment import matmul_precision
 
-QUICK = {"steps": 2, "epoch_recipe": "sgd", "train_limit": 352}  # an epoch of 5 steps and a short one
+QUICK = {"steps": 1, "epoch_recipe": "sgd", "train_limit": 352}  # an epoch of 5 steps and a short one
 
 
 def problems(report: parity.Report) -> list[tuple]:

@@ -11,6 +11,12 @@ with the tutorial's recipe (SGD, lr 1e-3, batch 64):
 - ``jax-jaxnet-step``: jaxnet's JAX backend, one jitted step per batch gathered on device;
 - ``jax-jaxnet-scan``: the same, the epoch as compiled ``lax.scan`` runs (the default).
 
+``--model cnn`` times PyTorch ``examples/mnist``'s CNN with its recipe (Adadelta, dropout on):
+
+- ``cnn-torch-plain``: ``examples/mnist``'s ``train()`` loop over pre-made tensors;
+- ``cnn-torch-jaxnet``, ``cnn-jax-jaxnet``: jaxnet's backends (one jitted step per batch in
+  JAX: a ``lax.scan`` over conv steps runs slower on XLA's CPU backend).
+
 Epoch times are medians of ``--epochs`` timed epochs after a warm-up one (its extra time is
 reported as compile). The limits are the best of several trials: float32 GEMM at 2048^3,
 and the mix of GEMM shapes one training step of this model performs, each in torch and in
@@ -28,16 +34,29 @@ import sys
 import tempfile
 import time
 
-from jaxnet.config import ModelConfig
+from jaxnet.config import CNNConfig, ModelConfig
 
 PATHS = ("torch-tutorial", "torch-plain", "torch-jaxnet", "jax-plain", "jax-jaxnet-step", "jax-jaxnet-scan")
+CNN_PATHS = ("cnn-torch-plain", "cnn-torch-jaxnet", "cnn-jax-jaxnet")
 BATCH = 64
 TRIALS = 7
 
 
-def epoch_gflop(config: ModelConfig, n: int) -> float:
+def model_of(path: str) -> ModelConfig | CNNConfig:
+    return CNNConfig() if path.startswith("cnn-") else ModelConfig()
+
+
+def framework_of(path: str) -> str:
+    return path.removeprefix("cnn-").split("-")[0]
+
+
+def epoch_gflop(config: ModelConfig | CNNConfig, n: int) -> float:
     """Forward + weight gradients + input gradients of all but the first layer, 2 flops per MAC."""
-    macs = [i * o for i, o in config.linear_shapes]
+    if isinstance(config, CNNConfig):  # 3x3 valid convs on 28x28, then 26x26 -> 24x24 -> pool 12x12
+        (c1, c2), h = config.channels, config.hidden
+        macs = [26 * 26 * 9 * c1, 24 * 24 * 9 * c1 * c2, 12 * 12 * c2 * h, h * config.num_classes]
+    else:
+        macs = [i * o for i, o in config.linear_shapes]
     return 2 * n * (2 * sum(macs) + sum(macs[1:])) / 1e9
 
 
@@ -130,26 +149,34 @@ def data_parallel(backend: str, devices: int, epochs: int, train_limit: int) -> 
 
 
 def summarise(peaks: dict, results: list[dict], epochs: int, n: int, startup: dict[str, float]) -> dict:
-    """Derived columns: throughput, GFLOP/s, share of each framework's peaks, x its plain loop."""
-    gflop = epoch_gflop(ModelConfig(), n)
-    plain = {r["path"].split("-")[0]: r["epoch_s"] for r in results if r["path"].endswith("-plain")}
+    """Derived columns: throughput, GFLOP/s, share of each framework's peaks, x its plain loop
+    (of the same model and framework). The model-mix limit is the MLP's GEMM shapes: CNN rows
+    show the square-GEMM share only."""
+    gflop = {kind: epoch_gflop(model_of(kind), n) for kind in ("mlp", "cnn-")}
+    plain = {
+        (r["path"].startswith("cnn-"), framework_of(r["path"])): r["epoch_s"]
+        for r in results
+        if r["path"].endswith("-plain")
+    }
     one = {
         r["path"].split("-")[0]: r["epoch_s"] for r in results if r["path"].endswith(("-ddp-1", "-mesh-1"))
     }
     for r in results:
-        framework = r["path"].split("-")[0]
+        framework, cnn = framework_of(r["path"]), r["path"].startswith("cnn-")
         r["samples_per_s"] = n / r["epoch_s"]
-        r["gflops"] = gflop / r["epoch_s"]
+        r["gflops"] = gflop["cnn-" if cnn else "mlp"] / r["epoch_s"]
         r["pct_square_peak"] = 100 * r["gflops"] / peaks[framework]["square_2048"]
-        r["pct_model_peak"] = 100 * r["gflops"] / peaks[framework]["model_mix"]
-        r["vs_plain"] = plain[framework] / r["epoch_s"] if framework in plain else None
+        r["pct_model_peak"] = None if cnn else 100 * r["gflops"] / peaks[framework]["model_mix"]
+        key = (cnn, framework)
+        r["vs_plain"] = plain[key] / r["epoch_s"] if key in plain else None
         if r["path"].endswith(("-ddp-1", "-mesh-1")) or not r["path"][-1].isdigit():
             r["vs_one_device"] = None
         else:
             r["vs_one_device"] = one[framework] / r["epoch_s"]
     return {
         "peak_gflops": peaks,
-        "epoch_gflop": gflop,
+        "epoch_gflop": gflop["mlp"],
+        "cnn_epoch_gflop": gflop["cnn-"],
         "samples": n,
         "epochs": epochs,
         "machine": f"{os.uname().machine}, {os.cpu_count()} cores",
@@ -171,7 +198,8 @@ def print_table(report: dict) -> None:
     for fw, p in report["peak_gflops"].items():
         peaks.add_row(fw, f"{p['square_2048']:.0f}", f"{p['model_mix']:.0f}")
     console.print(peaks)
-    title = f"{report['samples']} samples/epoch, {report['epoch_gflop']:.1f} GFLOP/epoch, median of {report['epochs']} epochs"
+    title = (f"{report['samples']} samples/epoch, {report['epoch_gflop']:.1f} GFLOP/epoch (the CNN: "
+             f"{report['cnn_epoch_gflop']:.1f}), median of {report['epochs']} epochs")  # fmt: skip
     table = Table(title=title)
     cols = ("path", "epoch s", "samples/s", "GFLOP/s", "% GEMM peak", "% model-mix peak", "x plain loop",
             "x one device", "compile s", "eval 10k s", "peak RSS MB")  # fmt: skip
@@ -183,7 +211,7 @@ def print_table(report: dict) -> None:
 
     for r in report["results"]:
         table.add_row(r["path"], f"{r['epoch_s']:.3f}", f"{r['samples_per_s']:,.0f}", f"{r['gflops']:.1f}",
-                      f"{r['pct_square_peak']:.0f}%", f"{r['pct_model_peak']:.0f}%", num(r["vs_plain"], ".2f"),
+                      f"{r['pct_square_peak']:.0f}%", num(r["pct_model_peak"], ".0f"), num(r["vs_plain"], ".2f"),
                       num(r.get("vs_one_device"), ".2f"), f"{r['compile_s']:.2f}", num(r["eval_s"], ".4f"),
                       num(r["peak_rss_mb"], ".0f"))  # fmt: skip
     console.print(table)

@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-from jaxnet.bench import BATCH, PATHS, TRIALS, step_gemms
-from jaxnet.config import ModelConfig, OptimConfig
+from jaxnet.bench import BATCH, CNN_PATHS, PATHS, TRIALS, model_of, step_gemms
+from jaxnet.config import CNN_RECIPE, ModelConfig, OptimConfig
 
 
 def limits(framework: str, trials: int = TRIALS) -> dict[str, float]:
@@ -70,18 +70,28 @@ def limits(framework: str, trials: int = TRIALS) -> dict[str, float]:
     return {"square_2048": 2 * 2048**3 / best(run_square) / 1e9, "model_mix": mix_flop / best(run_mix) / 1e9}
 
 
-def _epoch_fn(path: str, train_limit: int):
+def _epoch_fn(path: str, train_limit: int, test_limit: int = 0):
     """Build ``path``'s model and data; return (run one epoch, evaluate the test set)."""
+    from dataclasses import replace
+
     from jaxnet import checkpoint, data
 
     ds = data.load()
     images, labels = ds.train.images, ds.train.labels
     if train_limit:
         images, labels = images[:train_limit], labels[:train_limit]
-    n, config = len(labels), ModelConfig()
+    n, config = len(labels), model_of(path)
     state = checkpoint.init_state_dict(config, 0)
     batches = [data.epoch_order(n, seed=0, epoch=0)[s] for s in data.batch_slices(n, BATCH)]
     x, test_x, test_y = data.to_float(images)[:, None], ds.test.float_images(), ds.test.labels
+    if test_limit:
+        test_x, test_y = test_x[:test_limit], test_y[:test_limit]
+    if path == "cnn-torch-plain":
+        return _cnn_torch_loop(state, x, labels, batches, test_x, test_y)
+    opt = OptimConfig()
+    if path.startswith("cnn-"):  # examples/mnist's recipe, the schedule stepping once per epoch
+        opt = replace(CNN_RECIPE, total_steps=100 * len(batches), step_size=len(batches))
+        path = path.removeprefix("cnn-")
     if path.startswith("torch-") and path != "torch-jaxnet":
         return _torch_loop(path, state, images, labels, x, batches, test_x, test_y)
     if path == "jax-plain":
@@ -93,7 +103,7 @@ def _epoch_fn(path: str, train_limit: int):
         backend = JaxBackend(config, scan=False, state=state)
     else:
         backend = get_backend(path.split("-")[0], config, state=state)
-    backend.set_optimizer(OptimConfig())
+    backend.set_optimizer(opt)
     backend.set_train_data(x, labels)
     return (lambda: backend.train_steps(batches)), (lambda: backend.evaluate(test_x, test_y))
 
@@ -120,6 +130,37 @@ def _torch_loop(path, state, images, labels, x, batches, test_x, test_y):
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
+
+    return epoch, evaluate
+
+
+def _cnn_torch_loop(state, x, labels, batches, test_x, test_y):
+    import torch
+    import torch.nn.functional as F
+
+    from torchref import cnn
+
+    model = cnn.Net()
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    optimizer = torch.optim.Adadelta(model.parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.7)
+    X, Y, index = torch.tensor(x), torch.tensor(labels), [torch.from_numpy(b) for b in batches]
+    tx, ty = torch.from_numpy(test_x), torch.from_numpy(test_y)
+
+    def epoch():  # examples/mnist's train(), over pre-made tensors
+        model.train()
+        for i in index:
+            optimizer.zero_grad()
+            loss = F.nll_loss(model(X[i]), Y[i])
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+
+    def evaluate():  # examples/mnist's test()
+        model.eval()
+        with torch.no_grad():
+            out = torch.cat([model(c) for c in tx.split(1000)])
+            return int((out.argmax(1) == ty).sum()), float(F.nll_loss(out, ty))
 
     return epoch, evaluate
 
@@ -153,9 +194,9 @@ def _jax_loop(state, x, labels, batches, test_x, test_y):
     return epoch, (lambda: jax.block_until_ready(evaluate(graphdef, holder[0], test_x, test_y)))
 
 
-def run_worker(path: str, epochs: int, train_limit: int) -> dict:
+def run_worker(path: str, epochs: int, train_limit: int, test_limit: int = 0) -> dict:
     t0 = time.perf_counter()
-    run_epoch, evaluate = _epoch_fn(path, train_limit)
+    run_epoch, evaluate = _epoch_fn(path, train_limit, test_limit)
     setup = time.perf_counter() - t0
     times = []
     for _ in range(epochs + 1):
@@ -183,7 +224,7 @@ if __name__ == "__main__":
     import argparse
 
     worker = argparse.ArgumentParser()
-    worker.add_argument("--worker", choices=PATHS)
+    worker.add_argument("--worker", choices=PATHS + CNN_PATHS)
     worker.add_argument("--limits", choices=("torch", "jax"))
     worker.add_argument("--epochs", type=int, default=3)
     worker.add_argument("--train-limit", type=int, default=0)

@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from jaxnet import process
+from jaxnet import distributed, process
 from jaxnet.errors import JaxnetError
 
 COMMANDS = ("train", "eval", "predict", "parity", "bench", "plot", "convert")
@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``jaxnet ARGV``; return the exit status."""
+    """Run ``jaxnet ARGV``; return the exit status (a worker of a multi-process torch run
+    exits with it instead: :func:`jaxnet.distributed.leave`)."""
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parser.parse_args(argv)
@@ -45,13 +46,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jaxnet: warning: torch was imported before {', '.join(late)} could be set; "
               "its results may not be bit-reproducible", file=sys.stderr)  # fmt: skip
     try:
-        return args.run(args, parser)
+        code = args.run(args, parser)
     except JaxnetError as err:
         print(f"jaxnet: error: {err}", file=sys.stderr)
-        return 2
+        code = 2
     except OSError as err:
         print(f"jaxnet: error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
-        return 2
+        code = 2
     except KeyboardInterrupt:
         print("jaxnet: interrupted", file=sys.stderr)
-        return 130
+        code = 130
+    return distributed.leave(code)

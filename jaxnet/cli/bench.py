@@ -1,7 +1,7 @@
 """Time both backends' training loops beside plain loops and this machine's measured limits.
 
 Each path and each limit runs in its own process holding one framework, on the real
-training set with the tutorial's recipe; epoch times are medians of --epochs timed epochs
+training set with the tutorial's recipe (``--model cnn``: examples/mnist's CNN and recipe); epoch times are medians of --epochs timed epochs
 after a warm-up one; limits (GEMM peaks per framework) the best of several trials; start-up
 the wall time of whole commands against a bare import.
 """
@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 
 from jaxnet.argtypes import nonneg_int, positive_int
-from jaxnet.bench import PATHS
+from jaxnet.bench import CNN_PATHS, PATHS
+from jaxnet.config import MODELS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,9 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=3,
         help="timed epochs per path, after one warm-up (default: %(default)s)",
     )
-    p.add_argument(
-        "--paths", nargs="+", choices=PATHS, default=list(PATHS), help="training paths to time (default: all)"
-    )
+    p.add_argument("--model", choices=MODELS, default="mlp",
+                   help="whose training paths to time: the tutorial MLP's, or examples/mnist's CNN's with its recipe (default: %(default)s)")  # fmt: skip
+    p.add_argument("--paths", nargs="+", choices=PATHS + CNN_PATHS,
+                   help="training paths to time, of either model (default: all of --model's)")  # fmt: skip
     p.add_argument(
         "--train-limit", type=nonneg_int, default=0, help="first N training images (default: 0, all)"
     )
@@ -38,9 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from jaxnet import bench
 
-    report = bench.run_bench(
-        tuple(args.paths), args.epochs, args.train_limit, not args.no_startup, args.devices
-    )
+    paths = args.paths or (CNN_PATHS if args.model == "cnn" else PATHS)
+    report = bench.run_bench(tuple(paths), args.epochs, args.train_limit, not args.no_startup, args.devices)
     bench.print_table(report)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
