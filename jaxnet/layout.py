@@ -120,20 +120,16 @@ class Layout:
 
     def activation_to_torch(self, value: np.ndarray) -> np.ndarray:
         """A port's activation (or input) in torch's layout: NHWC -> NCHW where channels-last."""
-        value = np.asarray(value)
-        return (
-            np.ascontiguousarray(value.transpose(0, 3, 1, 2))
-            if self.channels_last and value.ndim == 4
-            else value
-        )
+        return self._feature_map(value, (0, 3, 1, 2))
 
     def activation_from_torch(self, value: np.ndarray) -> np.ndarray:
         """A torch-layout input (or dropout mask) for the port: NCHW -> NHWC where channels-last."""
+        return self._feature_map(value, (0, 2, 3, 1))
+
+    def _feature_map(self, value: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
         value = np.asarray(value)
         return (
-            np.ascontiguousarray(value.transpose(0, 2, 3, 1))
-            if self.channels_last and value.ndim == 4
-            else value
+            np.ascontiguousarray(value.transpose(axes)) if self.channels_last and value.ndim == 4 else value
         )
 
 
