@@ -98,6 +98,8 @@ def infer_config(state: dict[str, np.ndarray]) -> AnyModel:
             config = ModelConfig.from_state_dict(state)
     except JaxnetError as err:
         raise CheckpointError(str(err)) from None
+    except (KeyError, ValueError, IndexError) as err:  # a CNN's keys, some missing or misshapen
+        raise CheckpointError(f"not a state dict of a model jaxnet knows: {err}") from None
     validate_state_dict(state, config)
     return config
 

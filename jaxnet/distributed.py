@@ -50,9 +50,18 @@ def torch_rank() -> Rank:
     return Rank()
 
 
+_JOINED = {"torch": False}  # whether jaxnet itself joined a torch process group here
+
+
+def joined_torch_group() -> None:
+    """Note that jaxnet started this process's torch process group (so :func:`leave` ends it)."""
+    _JOINED["torch"] = True
+
+
 def leave(code: int) -> int:
-    """End a process that joined a torch process group now, with status ``code``, skipping
-    the interpreter's shutdown; any other process gets ``code`` back.
+    """End a process in which jaxnet joined a torch process group now, with status ``code``,
+    skipping the interpreter's shutdown; any other process (one whose group its own program
+    started, a test) gets ``code`` back.
 
     gloo's worker threads drop a collective's tensors just after the collective returns, and
     dropping a tensor made in Python takes the GIL. A thread that asks for the GIL once the
@@ -63,9 +72,10 @@ def leave(code: int) -> int:
     ``destroy_process_group`` does not help: gloo's ``shutdown`` stops no thread.
     """
     dist = sys.modules.get("torch.distributed")
-    if dist is None or not dist.is_available() or not dist.is_initialized():
+    if not _JOINED["torch"] or dist is None or not dist.is_initialized():
         return code
-    dist.destroy_process_group()  # what NCCL wants before exit; nothing for gloo's threads
+    with contextlib.suppress(Exception):  # a lost peer: the exit status is what matters now
+        dist.destroy_process_group()  # what NCCL wants before exit; nothing for gloo's threads
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -7,7 +7,7 @@ The same numbers sit in another place on each side, by layer kind::
     Conv2d.weight   [O, I, kh, kw]    Conv.kernel    [kh, kw, I, O]     OIHW <-> HWIO
     Conv1d.weight   [O, I, k]         Conv.kernel    [k, I, O]
     LayerNorm.weight, Embedding.weight   LayerNorm.scale, Embed.embedding   as is
-    activations     [N, C, H, W]      activations    [N, H, W, C]       with channels_last
+    feature maps    [N, C, H, W]      feature maps   [N, H, W, C]       with channels_last (4-D only)
 
 and the names differ where the modules are named differently (``mapping``) or where
 ``nn.Sequential``'s children (``stack.0``) sit in ``nnx.Sequential.layers`` (``stack.layers.0``).
@@ -28,18 +28,26 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from jaxnet.errors import JaxnetError
+
 RENAMES = {"kernel": "weight", "scale": "weight", "embedding": "weight"}  # Flax leaf -> torch
 _TO_TORCH = {2: (1, 0), 3: (2, 1, 0), 4: (3, 2, 0, 1)}  # kernel ndim -> axes giving torch's layout
 
 
+def _axes(array: np.ndarray) -> tuple[int, ...]:
+    if array.ndim not in _TO_TORCH:
+        raise JaxnetError(f"no layout rule for a {array.ndim}-D kernel (Linear, Conv1d and Conv2d have one)")
+    return _TO_TORCH[array.ndim]
+
+
 def kernel_to_torch(kernel: np.ndarray) -> np.ndarray:
     """A Flax ``Linear``/``Conv`` kernel in torch's weight layout."""
-    return np.ascontiguousarray(np.transpose(kernel, _TO_TORCH[kernel.ndim]))
+    return np.ascontiguousarray(np.transpose(kernel, _axes(kernel)))
 
 
 def kernel_from_torch(weight: np.ndarray) -> np.ndarray:
     """A torch ``Linear``/``Conv`` weight in Flax's kernel layout."""
-    return np.ascontiguousarray(np.transpose(weight, np.argsort(_TO_TORCH[weight.ndim])))
+    return np.ascontiguousarray(np.transpose(weight, np.argsort(_axes(weight))))
 
 
 def keys(path: Iterable) -> list[str]:

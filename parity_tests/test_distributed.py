@@ -149,6 +149,9 @@ def test_ctrl_c_stops_every_worker_and_saves_once(tmp_path):
 )
 def test_impossible_splits_are_one_line_errors(args, message, capsys, monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # restored after: --devices sets it
+    import jax
+
+    jax.devices()  # JAX started here with one device, whichever tests ran before in this process
     try:
         code = main(["train", "--epochs", "1", *args])
     except SystemExit as stop:  # argparse's errors

@@ -92,7 +92,7 @@ def test_every_bench_path_runs_and_the_table_shows_limits_and_plain_loops(capsys
     by_path = {r["path"]: r for r in report["results"]}
     assert by_path["torch-plain"]["vs_plain"] == by_path["jax-plain"]["vs_plain"] == 1.0
     assert by_path["cnn-torch-plain"]["vs_plain"] == 1.0
-    cnn = by_path["cnn-torch-jaxnet"]  # against the CNN's plain loop, not the MLP's
+    cnn = by_path["cnn-torch-jaxnet"]  # its baseline is the CNN's plain loop, not the MLP's
     assert cnn["vs_plain"] == by_path["cnn-torch-plain"]["epoch_s"] / cnn["epoch_s"]
     assert cnn["pct_model_peak"] is None  # the model-mix limit is the MLP's GEMM shapes
     macs = [26 * 26 * 9 * 32, 24 * 24 * 9 * 32 * 64, 12 * 12 * 64 * 128, 128 * 10]

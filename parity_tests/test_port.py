@@ -207,3 +207,20 @@ def test_the_cnn_trains_with_dropout_and_resumes_bit_for_bit(fmnist, tmp_path, n
     assert straight.optimizer.keys() == resumed.optimizer.keys() and straight.optimizer  # Adadelta's buffers
     for key, value in {**straight.model, **straight.optimizer}.items():
         assert np.array_equal({**resumed.model, **resumed.optimizer}[key], value), key
+
+
+def test_bad_input_is_a_jaxnet_error_not_a_traceback(batch):
+    """An unknown loss, a kernel no layout rule covers, a partial CNN state dict."""
+    from jaxnet.checkpoint import infer_config
+    from jaxnet.errors import CheckpointError
+
+    with pytest.raises(JaxnetError, match="loss must be 'cross_entropy'"):
+        parity.compare(TorchMLP(), NNXMLP(nnx.Rngs(0)), *batch, loss="mse")
+    with pytest.raises(JaxnetError, match="no layout rule for a 5-D kernel"):
+        Layout().to_torch(("conv3d", "kernel"), np.zeros((3, 3, 3, 1, 2)))
+    partial = {
+        "conv1.weight": np.zeros((32, 1, 3, 3), np.float32),
+        "fc2.weight": np.zeros((10, 128), np.float32),
+    }
+    with pytest.raises(CheckpointError, match=r"conv2\.weight"):
+        infer_config(partial)

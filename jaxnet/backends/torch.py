@@ -67,6 +67,7 @@ def _data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Mod
 
     if not dist.is_initialized():  # a lost peer ends a collective within the timeout, not never
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=60))
+        distributed.joined_torch_group()
         atexit.register(dist.destroy_process_group)  # jaxnet's own workers leave by distributed.leave
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 

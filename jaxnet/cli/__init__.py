@@ -35,8 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``jaxnet ARGV``; return the exit status (a worker of a multi-process torch run
-    exits with it instead: :func:`jaxnet.distributed.leave`)."""
+    """Run ``jaxnet ARGV``; return the exit status. A process in which this call joined a torch
+    process group (a data-parallel worker) does not return: it exits with that status
+    (:func:`jaxnet.distributed.leave`)."""
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parser.parse_args(argv)

@@ -80,6 +80,8 @@ def compare(
     from torchref import capture  # the harness holds both frameworks
 
     start = time.perf_counter()
+    if loss not in ("cross_entropy", "nll"):
+        raise JaxnetError(f"loss must be 'cross_entropy' (logits) or 'nll' (log-probabilities), got {loss!r}")
     if steps < 0 or (batch_size is not None and not 0 < batch_size <= len(x)):
         raise JaxnetError(f"steps must be >= 0 and batch_size in 1..{len(x)}, got {steps} and {batch_size}")
     if list(torch_module.buffers()):
@@ -160,6 +162,11 @@ def diagnose(rows: list[Row]) -> str:
         return (
             f"{first.quantity} ({first.dtype}): the first output that differs while every one before it "
             "agrees: that layer's weight layout (mapping, flatten, channels_last) or its operation"
+        )
+    if first.section.startswith("forward") and "flip" in first.quantity:
+        return (
+            f"{first.quantity} ({first.dtype}): a ReLU or max-pool decision flipped away from a tie: "
+            "the layer that feeds it"
         )
     if first.section.startswith("forward"):
         return f"{first.quantity} ({first.dtype}): the outputs agree; the loss or its reduction differs"
