@@ -34,6 +34,7 @@ def shared_masks(setup: Run, x: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     return {
         name: (rng.random(acts[name].shape) >= p).astype(np.float32)
         for name, p in setup.config.dropouts.items()
+        if name in acts  # a dropout the forward never calls needs no mask
     }
 
 
