@@ -157,8 +157,9 @@ class JaxBackend:
     ``scan=False`` runs one jitted step per batch instead (the readable reference loop); the
     two give bit-identical results on CPU. The default scans the MLP's steps but not the
     CNN's: XLA's CPU convolutions inside a ``while`` loop ran 7x slower than the same step
-    jitted alone (1.1 s against 0.15 s per step of 64, measured on this project's CPU). With ``state`` the model is built abstractly
-    (shapes only, nothing computed or compiled) and the weights are those of ``state``.
+    jitted alone (1.1 s against 0.15 s per step of 64, measured on this project's CPU).
+    With ``state`` the model is built abstractly (shapes only, nothing computed or compiled)
+    and the weights are those of ``state``.
     """
 
     name = "jax"
