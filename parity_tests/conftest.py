@@ -35,6 +35,11 @@ def tutorial_state() -> dict[str, dict[str, np.ndarray]]:
     return {dt: checkpoint.init_state_dict(config, 1, dt) for dt in ("float32", "float64")}
 
 
+def problems(report) -> list[tuple]:
+    """A parity report's failing rows, readable in an assertion message."""
+    return [(r.section, r.quantity, r.dtype, f"{r.ratio:.3g}", r.note) for r in report.failures]
+
+
 def tree_bytes(path) -> dict[str, bytes]:
     """Every file of a checkpoint directory, by name: equal dicts are byte-identical checkpoints."""
     from pathlib import Path

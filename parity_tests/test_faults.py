@@ -9,11 +9,7 @@ import pytest
 from jaxnet import parity
 from jaxnet.cli import main
 from jaxnet.parity import faults
-
-
-def problems(report: parity.Report) -> list[tuple]:
-    return [(r.section, r.quantity, r.dtype, f"{r.ratio:.3g}", r.note) for r in report.failures]
-
+from parity_tests.conftest import problems
 
 EXPECTED_FIRST_FAILURE = {
     "transposed-weight": ("forward", "linear_relu_stack.2"),

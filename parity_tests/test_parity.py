@@ -23,12 +23,9 @@ from jaxnet.config import RECIPES
 from jaxnet.numerics import UNIT_ROUNDOFF, error
 from jaxnet.parity import verdict
 from jaxnet.parity.environment import matmul_precision
+from parity_tests.conftest import problems
 
 QUICK = {"steps": 1, "epoch_recipe": "sgd", "train_limit": 352}  # an epoch of 5 steps and a short one
-
-
-def problems(report: parity.Report) -> list[tuple]:
-    return [(r.section, r.quantity, r.dtype, f"{r.ratio:.3g}", r.note) for r in report.failures]
 
 
 @pytest.fixture(scope="module")

@@ -42,8 +42,12 @@ BATCH = 64
 TRIALS = 7
 
 
+def is_cnn(path: str) -> bool:
+    return path.startswith("cnn-")
+
+
 def model_of(path: str) -> ModelConfig | CNNConfig:
-    return CNNConfig() if path.startswith("cnn-") else ModelConfig()
+    return CNNConfig() if is_cnn(path) else ModelConfig()
 
 
 def framework_of(path: str) -> str:
@@ -152,9 +156,9 @@ def summarise(peaks: dict, results: list[dict], epochs: int, n: int, startup: di
     """Derived columns: throughput, GFLOP/s, share of each framework's peaks, x its plain loop
     (of the same model and framework). The model-mix limit is the MLP's GEMM shapes: CNN rows
     show the square-GEMM share only."""
-    gflop = {kind: epoch_gflop(model_of(kind), n) for kind in ("mlp", "cnn-")}
+    gflop = {cnn: epoch_gflop(CNNConfig() if cnn else ModelConfig(), n) for cnn in (False, True)}
     plain = {
-        (r["path"].startswith("cnn-"), framework_of(r["path"])): r["epoch_s"]
+        (is_cnn(r["path"]), framework_of(r["path"])): r["epoch_s"]
         for r in results
         if r["path"].endswith("-plain")
     }
@@ -162,9 +166,9 @@ def summarise(peaks: dict, results: list[dict], epochs: int, n: int, startup: di
         r["path"].split("-")[0]: r["epoch_s"] for r in results if r["path"].endswith(("-ddp-1", "-mesh-1"))
     }
     for r in results:
-        framework, cnn = framework_of(r["path"]), r["path"].startswith("cnn-")
+        framework, cnn = framework_of(r["path"]), is_cnn(r["path"])
         r["samples_per_s"] = n / r["epoch_s"]
-        r["gflops"] = gflop["cnn-" if cnn else "mlp"] / r["epoch_s"]
+        r["gflops"] = gflop[cnn] / r["epoch_s"]
         r["pct_square_peak"] = 100 * r["gflops"] / peaks[framework]["square_2048"]
         r["pct_model_peak"] = None if cnn else 100 * r["gflops"] / peaks[framework]["model_mix"]
         key = (cnn, framework)
@@ -175,8 +179,8 @@ def summarise(peaks: dict, results: list[dict], epochs: int, n: int, startup: di
             r["vs_one_device"] = one[framework] / r["epoch_s"]
     return {
         "peak_gflops": peaks,
-        "epoch_gflop": gflop["mlp"],
-        "cnn_epoch_gflop": gflop["cnn-"],
+        "epoch_gflop": gflop[False],
+        "cnn_epoch_gflop": gflop[True],
         "samples": n,
         "epochs": epochs,
         "machine": f"{os.uname().machine}, {os.cpu_count()} cores",

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from jaxnet.bench import BATCH, CNN_PATHS, PATHS, TRIALS, model_of, step_gemms
+from jaxnet.bench import BATCH, CNN_PATHS, PATHS, TRIALS, is_cnn, model_of, step_gemms
 from jaxnet.config import CNN_RECIPE, ModelConfig, OptimConfig
 
 
@@ -89,7 +89,7 @@ def _epoch_fn(path: str, train_limit: int, test_limit: int = 0):
     if path == "cnn-torch-plain":
         return _cnn_torch_loop(state, x, labels, batches, test_x, test_y)
     opt = OptimConfig()
-    if path.startswith("cnn-"):  # examples/mnist's recipe, the schedule stepping once per epoch
+    if is_cnn(path):  # examples/mnist's recipe, the schedule stepping once per epoch
         opt = replace(CNN_RECIPE, total_steps=100 * len(batches), step_size=len(batches))
         path = path.removeprefix("cnn-")
     if path.startswith("torch-") and path != "torch-jaxnet":
