@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 
 import jax
@@ -52,26 +53,59 @@ def shared_dropout(model: nnx.Module, masks: dict[str, jax.Array] | None) -> Ite
         nnx.Dropout.__call__ = original
 
 
-def forward(model: nnx.Module, x: jax.Array, masks: dict[str, jax.Array] | None = None) -> jax.Array:
-    """``model(x)``, with ``masks`` given to its dropouts."""
+def forward(
+    model: nnx.Module,
+    x,
+    masks: dict[str, jax.Array] | None = None,
+    args: tuple = (),
+    kwargs: dict | None = None,
+):
+    """``model(x)`` (or ``model(*args, **kwargs)``), with ``masks`` given to its dropouts."""
     with shared_dropout(model, masks):
-        return model(x)
+        return model(*(args or (x,)), **(kwargs or {}))
 
 
 def activations(
-    model: nnx.Module, x: jax.Array, masks: dict[str, jax.Array] | None = None
-) -> tuple[jax.Array, dict[str, jax.Array]]:
+    model: nnx.Module,
+    x,
+    masks: dict[str, jax.Array] | None = None,
+    args: tuple = (),
+    kwargs: dict | None = None,
+) -> tuple[object, dict[str, jax.Array]]:
     """``(model(x), {submodule path: its output})``; a module called twice gives ``name``
-    and ``name#2``; outputs that are not one array are left out."""
+    and ``name#2``; pytree outputs are named leaf by leaf (:func:`named_leaves`)."""
     with shared_dropout(model, masks):
-        out, sown = nnx.capture(model, nnx.Intermediate, method_outputs=nnx.Intermediate)(x)
+        call = nnx.capture(model, nnx.Intermediate, method_outputs=nnx.Intermediate)
+        out, sown = call(*(args or (x,)), **(kwargs or {}))
     found: dict[str, jax.Array] = {}
-    for path, value in jax.tree_util.tree_flatten_with_path(sown, is_leaf=lambda v: isinstance(v, tuple))[0]:
+    is_call = lambda v: isinstance(v, tuple) and not hasattr(v, "_fields")  # noqa: E731
+    for path, value in jax.tree_util.tree_flatten_with_path(sown, is_leaf=is_call)[0]:
         parts = keys(path)
-        if parts[-1] != "__call__" or len(parts) < 2 or not isinstance(value, tuple):
+        if len(parts) < 2 or parts[-1] != "__call__" or not isinstance(value, tuple):
             continue  # the model's own output is ``out``; other methods are not submodule outputs
         name = ".".join(parts[:-1])
         for n, item in enumerate(value, start=1):
-            if isinstance(item, jax.Array):
-                found[name if n == 1 else f"{name}#{n}"] = item
+            for leaf, array in named_leaves(name, item).items():
+                found[leaf if n == 1 else f"{leaf}#{n}"] = array
     return out, found
+
+
+def named_leaves(name: str, output) -> dict[str, jax.Array]:
+    """An output as named arrays, as ``torchref.capture.named_leaves`` names torch's: an array
+    is ``name``; a tuple's first element ``name``, the others ``name.1``...; a dict's (or a
+    dataclass's) fields ``name.key``; ``None`` is left out."""
+    if isinstance(output, jax.Array):
+        return {name: output}
+    if isinstance(output, tuple | list):
+        out: dict[str, jax.Array] = {}
+        for i, item in enumerate(output):
+            out |= named_leaves(name if i == 0 else f"{name}.{i}", item)
+        return out
+    if dataclasses.is_dataclass(output) and not isinstance(output, type):
+        output = {f.name: getattr(output, f.name) for f in dataclasses.fields(output)}
+    if isinstance(output, dict):
+        out = {}
+        for key, item in output.items():
+            out |= named_leaves(f"{name}.{key}", item)
+        return out
+    return {}

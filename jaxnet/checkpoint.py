@@ -72,8 +72,15 @@ def validate_state_dict(
     if unexpected:
         raise CheckpointError(f"unexpected key {unexpected[0]!r} (expected keys {', '.join(expected)})")
     want = np.dtype(dtype) if dtype is not None else None
+    integers = getattr(config, "integer_keys", ())
     for key, shape in expected.items():
         value = np.asarray(state[key])
+        if key in integers:  # a counter (num_batches_tracked): any integer dtype, its own shape
+            if tuple(value.shape) != shape or not np.issubdtype(value.dtype, np.integer):
+                raise CheckpointError(
+                    f"key {key!r}: expected an integer {list(shape)}, found {value.dtype}{list(value.shape)}"
+                )
+            continue
         if want is None and value.dtype in FLOAT_DTYPES:
             want = value.dtype  # the first tensor sets the dtype for the rest
         wanted = str(want) if want is not None else "float32 or float64"

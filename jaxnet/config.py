@@ -69,6 +69,9 @@ class ModelConfig:
 
     loss = "cross_entropy"  # of the logits: nn.CrossEntropyLoss
     layout = BUILT_IN
+    buffers = ()  # no running statistics (class attributes, not fields: checkpoints unchanged)
+    integer_keys = ()
+    trains = False
 
     @property
     def dropouts(self) -> dict[str, float]:
@@ -151,6 +154,9 @@ class CNNConfig:
 
     loss = "nll"  # of the log-probabilities: F.nll_loss
     layout = BUILT_IN
+    buffers = ()  # no running statistics (class attributes, not fields: checkpoints unchanged)
+    integer_keys = ()
+    trains = False
 
     @property
     def dropouts(self) -> dict[str, float]:
@@ -190,15 +196,24 @@ class PortConfig:
 
     kind = "port"
     shapes: dict[str, tuple[int, ...]]
-    loss: str = "cross_entropy"
+    loss: object = "cross_entropy"  # a name of PORT_LOSSES, or a (torch_fn, jax_fn) pair
     relu_inputs: tuple[str, ...] = ()
     pool_inputs: tuple[str, ...] = ()
     dropouts: dict[str, float] = field(default_factory=dict)
     layout: Layout = BUILT_IN
-    logits_name = "output"
+    buffers: tuple[str, ...] = ()  # state-dict keys that are running statistics, not parameters
+    integer_keys: tuple[str, ...] = ()  # buffers of an integer dtype (num_batches_tracked)
+    trains: bool = False  # steps run in train mode (the model has BatchNorm)
+    ignore_index: int = -100  # targets with this value count in no loss (sequence padding)
+    logits_name: str = (
+        "output"  # the torch module whose output is the logits (the extreme-logit probe scales it)
+    )
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         return dict(self.shapes)
+
+
+PORT_LOSSES = ("cross_entropy", "nll", "mse")  # compare's built-in losses; or a (torch, jax) pair
 
 
 AnyModel = ModelConfig | CNNConfig | PortConfig  # what a model config may be; ``.kind`` says which

@@ -53,7 +53,7 @@ def kernel_from_torch(weight: np.ndarray) -> np.ndarray:
 def keys(path: Iterable) -> list[str]:
     """A pytree path's keys as strings, without NNX's ``value`` level."""
     out = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
-    return [k for k in out if k != "value"]
+    return out[:-1] if out and out[-1] == "value" else out  # a module may be named "value" (attention)
 
 
 def leaf_name(path: Iterable) -> str:

@@ -23,7 +23,8 @@ from flax import nnx
 
 from jaxnet.config import AnyModel
 from jaxnet.errors import CheckpointError
-from jaxnet.layout import BUILT_IN, Layout, kernel_to_torch, leaf_name
+from jaxnet.layout import BUILT_IN, Layout, kernel_to_torch, keys, leaf_name
+from jaxnet.rules import PortLayout
 
 
 def torch_linear_init(fan_in: int) -> nnx.Initializer:
@@ -171,7 +172,10 @@ def _mlp_activations(model: NeuralNetwork, x: jax.Array) -> dict[str, jax.Array]
 
 def to_torch_layout(tree, layout: Layout = BUILT_IN) -> dict[str, np.ndarray]:
     """Any params-shaped tree (params, grads, momentum) -> ``{torch key: array in torch layout}``
-    (the rules: :mod:`jaxnet.layout`)."""
+    (the rules: :mod:`jaxnet.layout`, or a port's :class:`jaxnet.rules.PortLayout`)."""
+    if isinstance(layout, PortLayout):
+        flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+        return layout.leaves_to_torch({".".join(keys(p)): np.asarray(v) for p, v in flat})
     return dict(layout.to_torch(path, leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0])
 
 
@@ -181,6 +185,8 @@ def from_torch_layout(template, state: dict[str, np.ndarray], layout: Layout = B
     Raises:
         CheckpointError: a key is missing or a shape or dtype differs from the template's.
     """
+    if isinstance(layout, PortLayout):
+        return _from_port_layout(template, state, layout)
 
     def take(path, leaf):
         name = layout.torch_name(path)
@@ -198,3 +204,21 @@ def from_torch_layout(template, state: dict[str, np.ndarray], layout: Layout = B
         return jnp.asarray(layout.from_torch(name, value, is_kernel))
 
     return jax.tree_util.tree_map_with_path(take, template)
+
+
+def _from_port_layout(template, state: dict[str, np.ndarray], layout: PortLayout):
+    """:func:`from_torch_layout` by the rules of a port's torch modules."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(template)
+    names = [".".join(keys(p)) for p, _ in flat]
+    placed = layout.leaves_from_torch(
+        state, {n: tuple(leaf.shape) for n, (_, leaf) in zip(names, flat, strict=True)}
+    )
+    out = []
+    for name, (_, leaf) in zip(names, flat, strict=True):
+        value = np.asarray(placed[name])
+        if value.shape != tuple(leaf.shape) or value.dtype != leaf.dtype:
+            raise CheckpointError(
+                f"nnx {name!r}: expected {leaf.dtype}{list(leaf.shape)}, the torch weights give {value.dtype}{list(value.shape)}"
+            )
+        out.append(jnp.asarray(value))
+    return jax.tree_util.tree_unflatten(treedef, out)

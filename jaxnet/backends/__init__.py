@@ -139,13 +139,16 @@ def get_backend(
         raise JaxnetError(f"backend must be one of {BACKENDS}, got {name!r}")
     if device not in DEVICES:
         raise JaxnetError(f"device must be one of {DEVICES}, got {device!r}")
+    port = "_port" if module is not None else ""  # a user's module: the port backends
     try:
-        framework = importlib.import_module(f"jaxnet.backends.{name}")
+        framework = importlib.import_module(f"jaxnet.backends.{name}{port}")
     except ImportError as err:
         if err.name is not None and err.name.split(".")[0] in ("torch", "jax", "jaxlib", "flax", "optax"):
             extra = " (pip install 'jaxnet[torch]')" if name == "torch" else ""
             raise JaxnetError(f"the {name} backend needs {err.name.split('.')[0]}{extra}") from None
         raise
-    cls = getattr(framework, f"{name.capitalize()}Backend")  # JaxBackend, TorchBackend
+    cls = getattr(
+        framework, f"{name.capitalize()}{port.strip('_').capitalize()}Backend"
+    )  # e.g. JaxPortBackend
     extra = {} if module is None else {"module": module}
     return cls(config, dtype=dtype, device=device, seed=seed, state=state, devices=devices, **extra)

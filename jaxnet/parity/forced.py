@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from jaxnet import batch
 from jaxnet.backends import Backend
 from jaxnet.numerics import rel_error, unit_roundoff
 from jaxnet.parity import verdict
@@ -40,7 +41,7 @@ def load(backend: Backend, combined: dict[str, np.ndarray], step: int) -> None:
 
 
 def cast(combined: dict[str, np.ndarray], dtype: str) -> dict[str, np.ndarray]:
-    return {k: v.astype(dtype) for k, v in combined.items()}
+    return batch.cast(combined, dtype)  # counters stay integers
 
 
 @dataclass
@@ -84,15 +85,17 @@ def teacher_forced(
     out = TeacherForced({}, {d: [] for d in sides.jax}, {d: [] for d in sides.jax})
     worst: dict[tuple[str, str], tuple[float, int, tuple]] = {}
     free = free or {}
+    buffers = list(getattr(sides.ref.config, "buffers", ()))
     for t, idx in enumerate(batches, start=1):
-        x, y = images[idx], labels[idx]
+        x, y = batch.take(images, idx), batch.take(labels, idx)
         for dtype, pair in free.items():
-            pair.before(x.astype(dtype), y)
+            pair.before(batch.cast(x, dtype), batch.cast(y, dtype))
         step, start = sides.ref.step, state(sides.ref)
         keep = _untied(sides, start, step, x, factors)
         if len(keep) < len(idx):
             out.tied_steps.append(t)
-        grads32 = sides.ref.loss_and_grads(x[keep], y[keep])[1]
+        xk, yk = batch.take(x, keep), batch.take(y, keep)
+        grads32 = sides.ref.loss_and_grads(xk, yk)[1]
         sides.ref.train_steps([idx])  # the trajectory takes the whole batch
         if len(keep) < len(idx):
             load(sides.spare, start, step)
@@ -102,9 +105,10 @@ def teacher_forced(
             after32 = state(sides.ref)
         up = cast(start, "float64")
         after64, moved, noise = _reference_float64(
-            sides.ref64, up, step, x[keep].astype(np.float64), y[keep], grads32
+            sides.ref64, up, step, batch.cast(xk, "float64"), batch.cast(yk, "float64"), grads32, buffers
         )
         measured = max(rel_error(after32[k], after64[k]) for k in sides.ref.state_dict())
+        order = _order_spread(sides, start, step, xk, buffers)
         for dtype, side in sides.jax.items():  # _untied loaded each side with ``start``
             side.train_steps([idx[keep]])
             got = state(side)
@@ -115,10 +119,16 @@ def teacher_forced(
             for name, value in got.items():
                 if name not in expected:
                     continue
+                if not np.issubdtype(np.asarray(value).dtype, np.floating):  # a counter: exactly
+                    ratio = 0.0 if np.array_equal(value, expected[name]) else np.inf
+                    ratios.append(ratio)
+                    if (dtype, name) not in worst or ratio > worst[dtype, name][0]:
+                        worst[dtype, name] = (ratio, t, None)
+                    continue
                 before = start.get(name, np.zeros_like(value))
                 floor = verdict.step_floor(
                     before, after32[name], after64[name], [m[name] for m in moved], dtype, factors[dtype]
-                )
+                ) + order.get((dtype, name), 0.0)
                 ratio = verdict.worst_ratio(value, expected[name], floor)
                 ratios.append(ratio)
                 if (dtype, name) not in worst or ratio > worst[dtype, name][0]:
@@ -133,7 +143,13 @@ def teacher_forced(
                 free[dtype].after(t, out.allowance[dtype][-1], scaled)
     section = f"step ({len(batches)}, teacher-forced)"
     tied = f"; a tied example left out at step(s) {out.tied_steps}" if out.tied_steps else ""
-    for (dtype, name), (_, t, args) in worst.items():
+    for (dtype, name), (ratio, t, args) in worst.items():
+        if args is None:  # a counter
+            found = int(ratio > 0)
+            out.rows[dtype, name] = verdict.count(
+                section, name, dtype, found, 0, 0, f"a counter: exact; at step {t}"
+            )
+            continue
         out.rows[dtype, name] = verdict.elementwise(section, name, dtype, *args, f"at step {t}{tied}")
     for dtype, names in out.missing.items():
         note = "in one side's state only: " + ", ".join(names)
@@ -143,26 +159,30 @@ def teacher_forced(
     return out
 
 
-def _untied(sides: Sides, start: dict, step: int, x: np.ndarray, factors: dict[str, float]) -> np.ndarray:
+def _untied(sides: Sides, start: dict, step: int, x, factors: dict[str, float]) -> np.ndarray:
     """Positions in the batch of the examples no side disagrees on at a ReLU tie."""
     acts32 = sides.ref.activations(x)
     load(sides.ref64, cast(start, "float64"), step)
-    acts64 = sides.ref64.activations(x.astype(np.float64))
+    acts64 = sides.ref64.activations(batch.cast(x, "float64"))
     tied: set[int] = set()
     for dtype, side in sides.jax.items():
         load(side, cast(start, dtype), step)
-        acts_j, acts_t = side.activations(x.astype(dtype)), (acts32 if dtype == "float32" else acts64)
+        acts_j, acts_t = side.activations(batch.cast(x, dtype)), (acts32 if dtype == "float32" else acts64)
         names, pools = sides.relu_inputs, sides.pool_inputs
         floors = {n: verdict.ladder_floor(acts32[n], acts64[n], dtype, factors[dtype]) for n in names + pools}
         tied |= verdict.tied_examples(acts_j, acts_t, acts32, acts64, names, floors, pools)[0]
-    return np.array([i for i in range(len(x)) if i not in tied], dtype=np.int64)
+    return np.array([i for i in range(batch.size(x)) if i not in tied], dtype=np.int64)
 
 
-def _reference_float64(ref64: Backend, start: dict, step: int, x, y, grads32: dict):
+def _reference_float64(ref64: Backend, start: dict, step: int, x, y, grads32: dict, buffers=()):
     """The reference's float64 step from ``start``, the same step with every gradient element
-    moved up and down by the gradient's measured float32 floor, and those floors."""
+    moved up and down by the gradient's measured float32 floor, and those floors.
+
+    ``buffers`` (running statistics) move with the forward, not with the gradient: each of the
+    three results holds them as the step's train-mode forward leaves them."""
     load(ref64, start, step)
     grads64 = ref64.loss_and_grads(x, y)[1]
+    moved_buffers = ref64.buffers_after(x) if buffers else {}
     u32 = unit_roundoff("float32")
     noise = {
         k: max(float(np.abs(grads32[k] - g).max()), u32 * float(np.abs(g).max())) for k, g in grads64.items()
@@ -171,5 +191,27 @@ def _reference_float64(ref64: Backend, start: dict, step: int, x, y, grads32: di
     for sign in (0.0, 1.0, -1.0):
         load(ref64, start, step)
         ref64.apply_gradients({k: g + sign * noise[k] for k, g in grads64.items()})
-        results.append(state(ref64))
+        results.append(state(ref64) | moved_buffers)
     return results[0], results[1:], noise
+
+
+def _order_spread(
+    sides: Sides, start: dict, step: int, x, buffers: list[str]
+) -> dict[tuple[str, str], np.ndarray]:
+    """Per element, how far the reference's running statistics move when the batch's examples
+    come in reverse order (the same statistics, other rounding), in each dtype: torch on a CPU
+    accumulates them in double even in float32, so its float32 error understates the spread of
+    a float64 reduction. Empty for a model without buffers."""
+    if not buffers:
+        return {}
+    flipped = batch.take(x, slice(None, None, -1))
+    out = {}
+    for dtype, ref in (("float32", sides.spare), ("float64", sides.ref64)):
+        load(ref, cast(start, dtype), step)
+        a, b = ref.buffers_after(batch.cast(x, dtype)), ref.buffers_after(batch.cast(flipped, dtype))
+        out |= {
+            (dtype, k): np.abs(np.asarray(a[k], np.float64) - b[k])
+            for k in buffers
+            if np.issubdtype(a[k].dtype, np.floating)
+        }
+    return out

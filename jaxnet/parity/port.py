@@ -16,79 +16,98 @@ from dataclasses import replace
 
 import numpy as np
 
-from jaxnet.config import OptimConfig, PortConfig
+from jaxnet import batch
+from jaxnet.config import PORT_LOSSES, OptimConfig, PortConfig
 from jaxnet.errors import JaxnetError
-from jaxnet.layout import Layout
 from jaxnet.parity.builtin import session
-from jaxnet.parity.layers import DROPOUT_NOTE, captured_names, forward_and_gradient, shared_masks
+from jaxnet.parity.layers import DROPOUT_NOTE, captured_names, forward_and_gradient, probes, shared_masks
 from jaxnet.parity.report import Report, Row
 from jaxnet.parity.sections import steps_section
+from jaxnet.rules import NEEDS, RULES, PortLayout, Rule, conv_transpose
+from jaxnet.rules import linear as rules_linear
 
 
 def compare(
     torch_module,
     nnx_module,
-    x: np.ndarray,
-    y: np.ndarray,
+    inputs,
+    targets,
     *,
-    loss: str = "cross_entropy",
+    loss: object = "cross_entropy",
     optimizer: OptimConfig | None = None,
     steps: int = 10,
     batch_size: int | None = None,
     mapping: dict[str, str] | None = None,
     flatten: dict[str, tuple[int, int, int]] | None = None,
     channels_last: bool = False,
+    rules: dict[str, Rule] | None = None,
     relu_inputs: Sequence[str] = (),
     pool_inputs: Sequence[str] = (),
+    ignore_index: int = -100,
+    train: bool | None = None,
     dtypes: tuple[str, ...] = ("float32", "float64"),
     device: str = "auto",
     matmul_precision: str = "highest",
     seed: int = 0,
 ) -> Report:
-    """Compare a torch module with its NNX port: forward, loss, gradients, optimizer steps.
+    """Compare a torch module with its NNX port: forward, loss, gradients, running statistics,
+    optimizer steps.
 
-    The port gets the torch module's weights (its own initialisation is not used), both in
-    float32 and in float64. Rows (``report.rows``) are judged against floors measured in this
+    The port gets the torch module's weights and buffers (its own initialisation is not used),
+    in float32 and in float64. Rows (``report.rows``) are judged against floors measured in this
     run: torch's float32 result against its float64 result. ``report.environment`` names the
-    first layer that differs and what that suggests.
+    first quantity that differs and what that suggests.
 
     Args:
-        torch_module, nnx_module: the pair; copies are taken (cast, put in eval mode).
-        x, y: real inputs in torch's layout (``[N, C, H, W]`` images) and integer labels.
-        loss: ``"cross_entropy"`` (the modules return logits) or ``"nll"`` (log-probabilities).
+        torch_module, nnx_module: the pair; copies are taken and cast.
+        inputs: real inputs in torch's layout: one array, a tuple of arrays (positional
+            arguments) or a dict (keyword arguments); floating arrays follow the row's dtype,
+            integer and bool ones (token ids, masks) keep theirs. Examples along axis 0.
+        targets: what the loss compares the output with (class ids of any leading shape, or
+            floats for ``mse``), or any pytree a user loss reads.
+        loss: ``"cross_entropy"`` of logits ``[..., V]``, ``"nll"`` of log-probabilities, or
+            ``"mse"``; or a pair ``(torch_loss(outputs, targets), jax_loss(outputs, targets))``.
         optimizer: the step rule compared over ``steps`` steps (default: SGD, lr 0.01);
             ``steps=0``: the forward and the gradients only.
-        batch_size: examples per step, taken from ``x`` in order, cycling (default: all).
-        mapping: torch module path -> NNX path, where they are named differently (NNX paths
-            without ``nnx.Sequential``'s ``layers`` level).
-        flatten: torch ``Linear`` path -> ``(C, H, W)``, for a Linear after a channels-last
-            flatten (its columns are permuted).
-        channels_last: the port takes and produces NHWC where torch has NCHW.
-        relu_inputs, pool_inputs: outputs a ReLU or a 2x2 max-pool reads (torch names), where
-            ties between the sides are looked for.
+        batch_size: examples per step, taken from ``inputs`` in order, cycling (default: all).
+        mapping: torch module path -> NNX path, where they are named differently.
+        flatten: torch ``Linear`` path -> ``(C, H, W)``, for a Linear after a channels-last flatten.
+        channels_last: the port takes ``[N, *spatial, C]`` where torch takes ``[N, C, *spatial]``.
+        rules: torch module path -> :class:`jaxnet.rules.Rule`, for modules without a built-in rule.
+        relu_inputs, pool_inputs: outputs a ReLU or a 2x2 max-pool reads (torch names).
+        ignore_index: targets that count in no loss (cross-entropy and NLL).
+        train: compare steps in train mode (default: where the model has BatchNorm).
 
     Raises:
-        JaxnetError: parameters that do not line up (listing both sides), a shape mismatch,
-            state other than parameters, a tie name that is not captured.
+        JaxnetError: one line naming what does not line up (parameters, a module without a
+            rule, shapes, inputs, outputs) and what would fix it.
 
     Example:
-        >>> from jaxnet import parity                                     # doctest: +SKIP
-        >>> report = parity.compare(torch_net, nnx_net, x, y, loss="nll",
-        ...                         channels_last=True, flatten={"fc1": (64, 12, 12)})
+        >>> report = parity.compare(torch_net, nnx_net, (ids, mask), targets,   # doctest: +SKIP
+        ...                         optimizer=OptimConfig(name="adamw", lr=1e-3), steps=5)
         >>> parity.print_table(report); report.passed
     """
     from torchref import capture  # the harness holds both frameworks
 
     start = time.perf_counter()
-    if loss not in ("cross_entropy", "nll"):
-        raise JaxnetError(f"loss must be 'cross_entropy' (logits) or 'nll' (log-probabilities), got {loss!r}")
-    if steps < 0 or (batch_size is not None and not 0 < batch_size <= len(x)):
-        raise JaxnetError(f"steps must be >= 0 and batch_size in 1..{len(x)}, got {steps} and {batch_size}")
-    if list(torch_module.buffers()):
-        names = [n for n, _ in torch_module.named_buffers()]
-        raise JaxnetError(f"the torch module has buffers, not compared yet: {', '.join(names[:5])}")
-    layout = Layout(dict(mapping or {}), dict(flatten or {}), channels_last)
-    state = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in torch_module.state_dict().items()}
+    _check_loss(loss)
+    inputs, targets = batch.prepare(inputs, "inputs"), batch.prepare(targets, "targets")
+    n = batch.size(inputs)
+    if batch.size(targets) != n:
+        raise JaxnetError(f"inputs hold {n} examples but targets {batch.size(targets)}")
+    if steps < 0 or (batch_size is not None and not 0 < batch_size <= n):
+        raise JaxnetError(f"steps must be >= 0 and batch_size in 1..{n}, got {steps} and {batch_size}")
+    state, buffers, integers = _torch_state(torch_module, capture)
+    kinds = capture.module_kinds(torch_module)
+    _check_batchnorm(torch_module)
+    layout = PortLayout(
+        dict(mapping or {}),
+        dict(flatten or {}),
+        channels_last,
+        kinds=kinds,
+        rules=_rules(kinds, state, nnx_module, dict(rules or {}), dict(flatten or {}), dict(mapping or {})),
+    )
+    trains = any(k == "batchnorm" for k in kinds.values()) if train is None else train
     port = PortConfig(
         shapes={k: tuple(v.shape) for k, v in state.items()},
         loss=loss,
@@ -96,45 +115,169 @@ def compare(
         pool_inputs=tuple(pool_inputs),
         dropouts=capture.dropout_rates(torch_module),
         layout=layout,
+        buffers=tuple(buffers),
+        integer_keys=tuple(integers),
+        trains=trains,
+        ignore_index=ignore_index,
     )
     _check_names(state, nnx_module, port)
     opt = optimizer or OptimConfig(name="sgd", lr=0.01)
     modules = {"torch": torch_module, "jax": nnx_module}
-    x, y = np.ascontiguousarray(x, np.float32), np.asarray(y, np.int64)
     with session(state, config=port, dtypes=dtypes, device=device, matmul_precision=matmul_precision,
                  modules=modules) as (setup, env):  # fmt: skip
-        torch_names, jax_names = captured_names(setup, x[:1])
-        missing = [n for n in (*relu_inputs, *pool_inputs) if n not in torch_names or n not in jax_names]
+        first = batch.take(inputs, slice(0, 1))
+        torch_names, jax_names = captured_names(setup, first)
+        missing = [k for k in (*relu_inputs, *pool_inputs) if k not in torch_names or k not in jax_names]
         if missing:
             raise JaxnetError(
                 f"not captured on both sides, so no ties can be looked for: {', '.join(missing)}"
             )
-        torch_only = [n for n in torch_names if n not in jax_names]
-        jax_only = [n for n in jax_names if n not in torch_names]
+        _check_outputs(torch_names, jax_names)
+        setup.config = port = replace(port, logits_name=_logits_module(setup, inputs, state))
+        torch_only = [k for k in torch_names if k not in jax_names]
+        jax_only = [k for k in jax_names if k not in torch_names]
         env["model"] = f"torch {type(torch_module).__name__} / nnx {type(nnx_module).__name__}"
+        env["inputs"] = ", ".join(
+            f"{k or 'x'}: {a.dtype}{list(a.shape)}" for k, a in batch.leaves(inputs).items()
+        )
         if torch_only or jax_only:
             env["not compared"] = (
                 f"captured by torch only: {', '.join(torch_only) or '-'}; by jax only: {', '.join(jax_only) or '-'}"
             )
-        rows = forward_and_gradient(setup, x, y)
+        rows = forward_and_gradient(setup, inputs, targets)
+        if trains:
+            rows += forward_and_gradient(setup, inputs, targets, train=True)
+            env["train mode"] = TRAIN_NOTE
         if port.dropouts:
-            rows += forward_and_gradient(setup, x, y, shared_masks(setup, x, seed))
+            rows += forward_and_gradient(setup, inputs, targets, shared_masks(setup, inputs, seed))
             env["dropout"] = DROPOUT_NOTE
+        rows += probes(setup, inputs, targets)
         histories = {}
         if steps:
-            b = batch_size or len(x)
-            batches = [np.arange(i * b, (i + 1) * b) % len(x) for i in range(steps)]
+            b = batch_size or n
+            batches = [np.arange(i * b, (i + 1) * b) % n for i in range(steps)]
             opt = opt if opt.schedule == "constant" or opt.total_steps else replace(opt, total_steps=steps)
-            step_rows, _, histories = steps_section(setup, opt.name, opt, batches, x, y)
+            step_rows, _, histories = steps_section(setup, opt.name, opt, batches, inputs, targets)
             rows += step_rows
     env["first difference"] = diagnose(rows)
     return Report(rows, env, histories, time.perf_counter() - start)
+
+
+TRAIN_NOTE = (
+    "BatchNorm in train mode (batch statistics; the running statistics after a forward and after "
+    "every step are rows); dropout off in steps"
+)
+
+
+def _check_loss(loss) -> None:
+    if isinstance(loss, str):
+        if loss not in PORT_LOSSES:
+            raise JaxnetError(
+                f"loss must be one of {PORT_LOSSES} or a (torch_loss, jax_loss) pair, got {loss!r}"
+            )
+        return
+    if not (isinstance(loss, tuple) and len(loss) == 2 and all(callable(f) for f in loss)):
+        raise JaxnetError(
+            "loss must be a name or a pair (torch_loss(outputs, targets), jax_loss(outputs, targets))"
+        )
+
+
+def _torch_state(module, capture) -> tuple[dict[str, np.ndarray], list[str], list[str]]:
+    """The state dict as numpy (floats in float32, counters as they are) without a tied
+    parameter's second name, its buffers, and which of them are integer counters."""
+    seen, state = {}, {}
+    for key, value in module.state_dict().items():
+        ptr = (value.data_ptr(), tuple(value.shape), value.dtype) if value.numel() else None
+        if ptr is not None and ptr in seen:
+            continue  # a tied parameter (a head sharing the embedding): its first name stands
+        seen[ptr] = key
+        array = value.detach().cpu().numpy()
+        state[key] = array.astype(np.float32) if np.issubdtype(array.dtype, np.floating) else array.copy()
+    buffers = [k for k in capture.persistent_buffers(module) if k in state]
+    integers = [k for k in buffers if not np.issubdtype(state[k].dtype, np.floating)]
+    return state, buffers, integers
+
+
+def _check_batchnorm(module) -> None:
+    import torch
+
+    for path, m in module.named_modules():
+        if (
+            isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+            and m.track_running_stats
+            and m.momentum is None
+        ):
+            raise JaxnetError(
+                f"torch module {path!r}: BatchNorm with momentum=None (a cumulative average) has no "
+                "nnx.BatchNorm counterpart; give it a momentum"
+            )
+
+
+def _rules(kinds, state, nnx_module, given, flatten, mapping) -> dict[str, Rule]:
+    """The rule of each torch module that holds state: the user's, else the built-in one of
+    its kind; a module with neither is a one-line error naming what it needs."""
+    out: dict[str, Rule] = {}
+    transposed = _transpose_kernels(nnx_module, mapping)
+    for path, kind in kinds.items():
+        if path in given:
+            out[path] = given[path]
+        elif kind == "linear":
+            out[path] = rules_linear(flatten.get(path))
+        elif kind == "conv_transpose":
+            out[path] = conv_transpose(transposed.get(path, False))
+        elif kind in RULES:
+            out[path] = RULES[kind]
+        else:
+            owned = [k for k in state if k.rsplit(".", 1)[0] == path or (path == "" and "." not in k)]
+            if owned:
+                raise JaxnetError(
+                    f"torch module {path!r} ({kind.removeprefix('other:')}) holds {', '.join(owned)}: {NEEDS}"
+                )
+    return out
+
+
+def _transpose_kernels(nnx_module, mapping) -> dict[str, bool]:
+    """torch path -> ``transpose_kernel`` of each ``nnx.ConvTranspose`` in the port."""
+    from flax import nnx
+
+    from jaxnet.layout import Layout
+
+    names = Layout(mapping)
+    return {
+        names.torch_module([str(p) for p in path]): bool(sub.transpose_kernel)
+        for path, sub in nnx.iter_modules(nnx_module)
+        if isinstance(sub, nnx.ConvTranspose)
+    }
+
+
+def _check_outputs(torch_names: list[str], jax_names: list[str]) -> None:
+    """The two models' own outputs have the same structure."""
+    t = sorted(k for k in torch_names if k == "output" or k.startswith("output."))
+    j = sorted(k for k in jax_names if k == "output" or k.startswith("output."))
+    if t != j:
+        raise JaxnetError(f"the outputs differ in structure: torch gives {t}, nnx gives {j}")
+
+
+def _logits_module(setup, inputs, state) -> str:
+    """The torch module whose output is the model's output (the probe at extreme logits scales
+    its weights); ``"output"`` where none with a weight is found."""
+    acts = setup.backend("torch", "float32").activations(batch.take(inputs, slice(0, 2)))
+    out = acts.get("output")
+    found = "output"
+    for name, value in acts.items():
+        same = (
+            name != "output" and out is not None and value.shape == out.shape and np.array_equal(value, out)
+        )
+        if same and f"{name}.weight" in state:
+            found = name
+    return found
 
 
 def _check_names(state: dict[str, np.ndarray], nnx_module, port: PortConfig) -> None:
     """Every torch parameter has one NNX parameter of the same shape (after layout), and back."""
     from jaxnet.backends import get_backend
 
+    _check_owners(state, nnx_module, port)
     theirs = get_backend("jax", port, module=nnx_module).state_dict()
     only_torch = sorted(state.keys() - theirs.keys())
     only_jax = sorted(theirs.keys() - state.keys())
@@ -152,30 +295,77 @@ def _check_names(state: dict[str, np.ndarray], nnx_module, port: PortConfig) -> 
         raise JaxnetError("parameter shapes differ: " + "; ".join(shapes))
 
 
+def _check_owners(state: dict[str, np.ndarray], nnx_module, port: PortConfig) -> None:
+    """Every NNX parameter sits in a module torch has, and every torch module with state has an
+    NNX counterpart: else a one-line error listing both sides (in torch's names)."""
+    import jax
+    from flax import nnx
+
+    from jaxnet.layout import RENAMES, keys
+
+    layout = port.layout
+    sequential = frozenset(
+        ".".join(map(str, p)) for p, m in nnx.iter_modules(nnx_module) if isinstance(m, nnx.Sequential)
+    )
+    layout = replace(layout, sequential=sequential)
+    reached, only_jax = set(), []
+    flat = [
+        p
+        for f in (nnx.Param, nnx.BatchStat)
+        for p, _ in jax.tree_util.tree_flatten_with_path(nnx.state(nnx_module, f))[0]
+    ]
+    for path in flat:
+        parts = keys(path)
+        module = layout.torch_module(parts[:-1])
+        owner = layout.owner(module)
+        if owner is None or (owner == "" and module):
+            leaf = RENAMES.get(parts[-1], parts[-1])
+            only_jax.append(f"{module}.{leaf}" if module else leaf)
+        else:
+            reached.add(owner)
+    only_torch = [
+        k for k in state if (layout.owner(k.rsplit(".", 1)[0] if "." in k else "") or "") not in reached
+    ]
+    if only_torch or only_jax:
+        raise JaxnetError(
+            "parameters do not line up (add a mapping, torch path -> nnx path): "
+            f"torch only: {', '.join(sorted(only_torch)) or '-'}; nnx only (as torch would name them): {', '.join(sorted(only_jax)) or '-'}"
+        )
+
+
 def diagnose(rows: list[Row]) -> str:
-    """Where the sides first differ beyond rounding, and what that points at."""
+    """Where the sides first differ beyond rounding, and what that points at (read from each
+    row's ``kind`` and section, never from its name)."""
     failing = [r for r in rows if not r.passed]
     if not failing:
         return "none: every row within K times its measured floor"
     first = failing[0]
-    if first.section.startswith("forward") and first.quantity != "loss" and "flip" not in first.quantity:
-        return (
-            f"{first.quantity} ({first.dtype}): the first output that differs while every one before it "
-            "agrees: that layer's weight layout (mapping, flatten, channels_last) or its operation"
-        )
-    if first.section.startswith("forward") and "flip" in first.quantity:
-        return (
-            f"{first.quantity} ({first.dtype}): a ReLU or max-pool decision flipped away from a tie: "
-            "the layer that feeds it"
-        )
-    if first.section.startswith("forward"):
-        return f"{first.quantity} ({first.dtype}): the outputs agree; the loss or its reduction differs"
-    if first.section.startswith("gradient"):
-        return (
-            f"gradient {first.quantity} ({first.dtype}): the forward agrees, the backward does not: "
-            "a custom gradient, a stop_gradient, or the loss's reduction"
-        )
+    where = f"{first.quantity} ({first.dtype})"
+    mode = " in train mode" if "train mode" in first.section else ""
+    causes = {
+        "output": (
+            f"{where}: the first output that differs{mode} while every one before it agrees: that module's "
+            "weight layout (mapping, flatten, channels_last) or its operation (padding, eps, approximation, "
+            "mask, scale)"
+        ),
+        "shape": f"{where}: the output's shape differs: the module's configuration (padding, stride, features)",
+        "flip": f"{where}: a ReLU or max-pool decision flipped away from a tie: the layer that feeds it",
+        "running": (
+            f"{where}: the running statistics after a train-mode forward: BatchNorm's momentum (torch's 0.1 is "
+            "Flax's 0.9; nnx's default 0.99) or its running variance (torch: unbiased; nnx.BatchNorm: biased)"
+        ),
+        "loss": f"{where}: the outputs agree; the loss or its reduction differs (mean, ignore_index, log of softmax)",
+        "gradient": (
+            f"gradient {where}: the forward agrees, the backward does not: a custom gradient, a stop_gradient, "
+            "a row torch keeps at zero (Embedding padding_idx), or the loss's reduction"
+        ),
+        "probe relu": f"{where}: the derivative at a kink: ReLU'(0) (torch: 0; jnp.maximum(x, 0): 0.5)",
+        "probe extreme": f"{where}: the loss at extreme logits: log of softmax instead of log_softmax / logsumexp",
+    }
+    if first.kind in causes:
+        return causes[first.kind]
     return (
-        f"{first.section}: {first.quantity} ({first.dtype}): forward and gradients agree, the optimizer "
-        "step does not: the update rule (eps placement, weight decay, bias correction, schedule)"
+        f"{first.section}: {where}: forward and gradients agree, the optimizer step does not: the update rule "
+        "(eps placement, weight decay and its mask, bias correction, schedule, clipping) or, for a running "
+        "statistic, BatchNorm's momentum in training"
     )

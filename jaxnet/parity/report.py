@@ -27,6 +27,9 @@ class Row:
     passed: bool
     error: Error | None = None  # normwise details, for arrays
     note: str = ""  # per-element detail, the cause of a divergence, the other side's float64 error
+    kind: str = (
+        ""  # what the row measures: output, flip, shape, running, loss, gradient, probe (forward rows)
+    )
 
     @property
     def ratio(self) -> float:

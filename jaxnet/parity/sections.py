@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from jaxnet import batch
 from jaxnet.backends import Backend, get_backend
 from jaxnet.config import AnyModel, OptimConfig
 from jaxnet.data import batch_slices
@@ -52,14 +53,15 @@ class Run:
                 state=self.weights(dtype),
                 module=self.modules.get(name),
             )
-            made.train_dropout = False  # steps are compared in eval mode: no random draws
+            made.train_dropout = False  # steps are compared without random draws
+            made.training = self.config.trains  # a port with BatchNorm steps in train mode
             self._made[key] = made
         else:
             self._made[key].load_state_dict(self.weights(dtype))
         return self._made[key]
 
     def weights(self, dtype: str) -> dict[str, np.ndarray]:
-        return {k: v.astype(dtype) for k, v in self.state.items()}
+        return batch.cast(self.state, dtype)  # counters (num_batches_tracked) stay integers
 
     def batches(self, order: np.ndarray, n: int) -> list[np.ndarray]:
         out = [order[s] for s in batch_slices(n, BATCH)]
@@ -73,7 +75,7 @@ def steps_section(setup: Run, recipe: str, opt: OptimConfig, batches, images, la
     serve the epoch's free-running pair) and the series to plot.
     """
     used, batches = _compact(batches)  # only the examples these steps touch go on the devices
-    images, labels = images[used], labels[used]
+    images, labels = batch.take(images, used), batch.take(labels, used)
     relu_inputs, pool_inputs = list(setup.config.relu_inputs), list(setup.config.pool_inputs)
     sides = Sides(
         setup.backend("torch", "float32", "reference"),
@@ -93,7 +95,7 @@ def steps_section(setup: Run, recipe: str, opt: OptimConfig, batches, images, la
     everyone += [b for p in free.values() for b in (p.jax, p.torch)]
     for backend in {id(b): b for b in everyone}.values():
         backend.set_optimizer(opt)
-        backend.set_train_data(images.astype(backend.dtype), labels)
+        backend.set_train_data(batch.cast(images, backend.dtype), batch.cast(labels, backend.dtype))
     tf = teacher_forced(sides, batches, images, labels, setup.factors, free)
     order = {name: i for i, name in enumerate(setup.config.param_shapes())}  # torch's order, then buffers
     keyed = sorted(tf.rows.items(), key=lambda kv: (kv[0][0] != "float32", _tensor_order(kv[0][1], order)))

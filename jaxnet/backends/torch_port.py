@@ -1,0 +1,206 @@
+"""The :class:`~jaxnet.backends.Backend` interface over a user's ``nn.Module`` (never imports jax).
+
+What ``jaxnet.parity.compare`` drives on the torch side: any inputs (one array, a tuple of
+positional arrays, a dict of keyword arrays; integer and bool arrays keep their dtype), any
+output pytree, persistent buffers (BatchNorm's running statistics) carried in the state dict,
+and two modes: eval, and train (BatchNorm on batch statistics; dropout off unless masks are
+handed in, so both sides see the same draw).
+
+Queries leave the model as they found it: ``activations`` and ``loss_and_grads`` restore the
+buffers a train-mode forward moved; only ``train_steps`` and ``apply_gradients`` change state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from jaxnet import batch, checkpoint
+from jaxnet.backends.torch import TorchBackend, torch_device
+from jaxnet.config import OptimConfig, PortConfig
+from jaxnet.distributed import Rank
+from jaxnet.errors import JaxnetError
+from torchref import capture
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def main_output(output, what: str = "torch module"):
+    """The array a built-in loss reads: the output itself, a tuple's first element, or a
+    dict's (or output object's) ``logits``."""
+    leaves = capture.named_leaves("output", output)
+    for key in ("output", "output.logits"):
+        if key in leaves:
+            return leaves[key]
+    raise JaxnetError(
+        f"the {what} returns {sorted(leaves)}: a built-in loss needs one array, a tuple led by it "
+        "or a 'logits' field; pass loss=(torch_loss, jax_loss) instead"
+    )
+
+
+def loss_value(config: PortConfig, outputs, targets: torch.Tensor) -> torch.Tensor:
+    """The mean loss torch's criteria give by default, over any leading shape: logits ``[..., V]``
+    with targets ``[...]``; targets equal to ``ignore_index`` count in neither sum nor mean."""
+    if not isinstance(config.loss, str):
+        return config.loss[0](outputs, targets)
+    out = main_output(outputs)
+    if config.loss == "mse":
+        return F.mse_loss(out, targets)
+    flat, labels = out.reshape(-1, out.shape[-1]), targets.reshape(-1)
+    if config.loss == "nll":
+        return F.nll_loss(flat, labels, ignore_index=config.ignore_index)
+    return F.cross_entropy(flat, labels, ignore_index=config.ignore_index)
+
+
+class TorchPortBackend(TorchBackend):
+    """A copy of a user's ``nn.Module``, cast to ``dtype``, driven through :class:`Backend`."""
+
+    def __init__(
+        self,
+        config: PortConfig,
+        *,
+        dtype: str = "float32",
+        device: str = "auto",
+        seed: int = 0,
+        state: dict[str, np.ndarray] | None = None,
+        devices: int = 1,
+        module: torch.nn.Module,
+    ) -> None:
+        if devices != 1:
+            raise JaxnetError("compare runs on one device")
+        self.config, self.dtype, self.seed = config, dtype, seed
+        self.train_dropout = False
+        self.training = False  # the mode queries and steps run in (set by the engine)
+        self.rank = Rank(0, 1)
+        self.shards = 1
+        self.device = torch_device(device)
+        self.model = copy.deepcopy(module).to(device=self.device)
+        with torch.no_grad():  # floating parameters and buffers to dtype; counters stay integers
+            for t in [*self.model.parameters(), *self.model.buffers()]:
+                if t.is_floating_point():
+                    t.data = t.data.to(_DTYPES[dtype])
+        self.net = self.model
+        self.cfg: OptimConfig | None = None
+        self.optimizer = None
+        self.scheduler = None
+        self.step = 0
+        self._data = None
+        if state is not None:
+            self.load_state_dict(state)
+
+    def _put(self, x) -> torch.Tensor:
+        return torch.tensor(np.array(x, order="C"), device=self.device)  # a 0-d counter stays 0-d
+
+    # ------------------------------------------------------------------ state and modes
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Parameters and persistent buffers; a tied parameter's second name left out."""
+        own = self.model.state_dict()
+        return {k: own[k].detach().cpu().numpy().copy() for k in self.config.shapes}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        checkpoint.validate_state_dict(state, self.config, self.dtype)
+        own = self.model.state_dict()
+        with torch.no_grad():
+            for key in self.config.shapes:
+                own[key].copy_(self._put(state[key]))
+
+    def _mode(self) -> None:
+        """Train mode for BatchNorm; dropout modules stay off (masks stand in for their draws)."""
+        self.model.train(self.training)
+        for m in self.model.modules():
+            if isinstance(m, torch.nn.Dropout | torch.nn.Dropout1d | torch.nn.Dropout2d | torch.nn.Dropout3d):
+                m.eval()
+
+    @contextlib.contextmanager
+    def _kept_buffers(self) -> Iterator[None]:
+        """Whatever a forward does to the buffers is undone after the block."""
+        saved = {k: b.detach().clone() for k, b in self.model.named_buffers()}
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for k, b in self.model.named_buffers():
+                    b.copy_(saved[k])
+
+    def _inputs(self, x) -> tuple[tuple, dict]:
+        return batch.args_kwargs(batch.tree_map(self._put, x))
+
+    def _call(self, x):
+        args, kwargs = self._inputs(x)
+        try:
+            return self.model(*args, **kwargs)
+        except (TypeError, RuntimeError) as err:
+            first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+            raise JaxnetError(f"the torch module failed on the inputs given: {first}") from None
+
+    # ------------------------------------------------------------------ queries
+
+    def activations(self, x, masks: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        self._mode()
+        with torch.no_grad(), self._kept_buffers(), capture.capture(self.model, self._masks(masks)) as acts:
+            out = self._call(x)
+        acts = acts | capture.named_leaves("output", out)
+        return {k: v.detach().cpu().numpy() for k, v in acts.items()}
+
+    def buffers_after(self, x) -> dict[str, np.ndarray]:
+        """The buffers after one train-mode forward on ``x`` from the current state (the model
+        is left as it was)."""
+        keep, self.training = self.training, True
+        self._mode()
+        try:
+            with torch.no_grad(), self._kept_buffers():
+                self._call(x)
+                return {k: self.model.state_dict()[k].cpu().numpy().copy() for k in self.config.buffers}
+        finally:
+            self.training = keep
+
+    def loss_and_grads(
+        self, x, y, masks: dict[str, np.ndarray] | None = None
+    ) -> tuple[float, dict[str, np.ndarray]]:
+        self._mode()
+        self.model.zero_grad(set_to_none=True)
+        with self._kept_buffers(), capture.capture(self.model, self._masks(masks)):
+            loss = loss_value(self.config, self._call(x), batch.tree_map(self._put, y))
+            loss.backward()
+        grads = {k: p.grad.cpu().numpy() for k, p in self.model.named_parameters() if p.grad is not None}
+        self.model.zero_grad(set_to_none=True)
+        return float(loss.detach()), grads
+
+    # ------------------------------------------------------------------ steps
+
+    def set_train_data(self, images, labels) -> None:
+        self._data = (images, labels)
+
+    def train_steps(self, batches: list[np.ndarray]) -> np.ndarray:
+        assert self.optimizer is not None and self._data is not None, "set_optimizer and set_train_data first"
+        images, labels = self._data
+        losses = []
+        for idx in batches:
+            self._mode()
+            self.optimizer.zero_grad()
+            loss = loss_value(
+                self.config,
+                self._call(batch.take(images, idx)),
+                batch.tree_map(self._put, batch.take(labels, idx)),
+            )
+            loss.backward()
+            self.optimizer.step()
+            losses.append(loss.detach())
+            self._after_step(1)
+        return torch.stack(losses).cpu().numpy() if losses else np.zeros(0)
+
+    def evaluate(self, images, labels, batch_size: int = 64) -> tuple[int, float]:
+        raise JaxnetError("compare judges a port on its steps; evaluate is for the built-in models")
+
+    def predict(self, images) -> np.ndarray:
+        keep, self.training = self.training, False
+        self._mode()
+        self.training = keep
+        with torch.no_grad():
+            return main_output(self._call(images)).cpu().numpy()
