@@ -108,7 +108,7 @@ def teacher_forced(
             sides.ref64, up, step, batch.cast(xk, "float64"), batch.cast(yk, "float64"), grads32, buffers
         )
         measured = max(rel_error(after32[k], after64[k]) for k in sides.ref.state_dict())
-        order = _order_spread(sides, start, step, xk, buffers)
+        order = _order_spread(sides, start, step, xk, yk, buffers)
         for dtype, side in sides.jax.items():  # _untied loaded each side with ``start``
             side.train_steps([idx[keep]])
             got = state(side)
@@ -134,7 +134,17 @@ def teacher_forced(
                 if (dtype, name) not in worst or ratio > worst[dtype, name][0]:
                     worst[dtype, name] = (ratio, t, (value, expected[name], floor))
             out.ratios[dtype].append(max(ratios))
-            out.allowance[dtype].append(verdict.K * max(measured * factors[dtype], unit_roundoff(dtype)))
+            spread = max(
+                (
+                    float(v.max(initial=0)) / max(float(np.abs(after64[k]).max(initial=0)), 1e-300)
+                    for (d, k), v in order.items()
+                    if d == dtype
+                ),
+                default=0.0,
+            )  # the reference's own normwise spread over the examples' order (batch statistics)
+            out.allowance[dtype].append(
+                verdict.K * max(measured * factors[dtype], unit_roundoff(dtype), spread)
+            )
         for dtype in sides.jax:
             scaled = {k: v * factors[dtype] for k, v in noise.items()}
             out.noise[dtype] = {k: max(v, out.noise.get(dtype, {}).get(k, 0.0)) for k, v in scaled.items()}
@@ -196,22 +206,29 @@ def _reference_float64(ref64: Backend, start: dict, step: int, x, y, grads32: di
 
 
 def _order_spread(
-    sides: Sides, start: dict, step: int, x, buffers: list[str]
+    sides: Sides, start: dict, step: int, x, y, buffers: list[str]
 ) -> dict[tuple[str, str], np.ndarray]:
-    """Per element, how far the reference's running statistics move when the batch's examples
-    come in reverse order (the same statistics, other rounding), in each dtype: torch on a CPU
-    accumulates them in double even in float32, so its float32 error understates the spread of
-    a float64 reduction. Empty for a model without buffers."""
+    """Per element, how far the reference's step moves when the batch's examples come in
+    reverse order (the same step, other rounding), in each dtype: where examples depend on
+    each other through batch statistics, torch's float32 error (it accumulates them in double
+    on a CPU) understates a float64 reduction's. Empty for a model without running statistics."""
     if not buffers:
         return {}
-    flipped = batch.take(x, slice(None, None, -1))
+    back = np.arange(batch.size(x))[::-1]
     out = {}
     for dtype, ref in (("float32", sides.spare), ("float64", sides.ref64)):
-        load(ref, cast(start, dtype), step)
-        a, b = ref.buffers_after(batch.cast(x, dtype)), ref.buffers_after(batch.cast(flipped, dtype))
+        results = []
+        for order in (slice(None), back):
+            xo, yo = batch.cast(batch.take(x, order), dtype), batch.cast(batch.take(y, order), dtype)
+            load(ref, cast(start, dtype), step)
+            grads = ref.loss_and_grads(xo, yo)[1]
+            moved = ref.buffers_after(xo)
+            ref.apply_gradients(grads)
+            results.append(state(ref) | moved)
+        a, b = results
         out |= {
             (dtype, k): np.abs(np.asarray(a[k], np.float64) - b[k])
-            for k in buffers
-            if np.issubdtype(a[k].dtype, np.floating)
+            for k in a
+            if np.issubdtype(np.asarray(a[k]).dtype, np.floating)
         }
     return out

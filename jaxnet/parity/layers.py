@@ -79,6 +79,8 @@ def forward_and_gradient(
             floors = {
                 k: verdict.ladder_floor(acts32[k], acts64[k], dtype, setup.factors[dtype]) for k in names
             }
+            spread = _order_spread(setup, ref if dtype == "float32" else ref64, x, y, dtype, masks, train)
+            floors = {k: max(f, spread.get(k, 0.0)) for k, f in floors.items()}
             for name in names:
                 row = verdict.normwise(
                     "forward" + suffix, name, dtype, acts_j[name], acts_t[name], floors[name]
@@ -109,6 +111,7 @@ def forward_and_gradient(
             loss_j, g_j = side.loss_and_grads(batch.cast(xk, dtype), batch.cast(yk, dtype), kept)
             loss_t, g_t = (loss32, g32) if dtype == "float32" else (loss64, g64)
             floor = verdict.ladder_floor(np.float64(loss32), np.float64(loss64), dtype, setup.factors[dtype])
+            floor = max(floor, spread.get("loss", 0.0))
             row = verdict.normwise(
                 "forward" + suffix, "loss", dtype, np.float64(loss_j), np.float64(loss_t), floor, note
             )
@@ -117,9 +120,29 @@ def forward_and_gradient(
                 if name not in g_j:
                     continue  # a parameter one side lacks cannot get here: the weights were loaded by name
                 floor = verdict.ladder_floor(g32[name], g64[name], dtype, setup.factors[dtype])
+                floor = max(floor, spread.get(f"gradient {name}", 0.0))
                 row = verdict.normwise("gradient" + suffix, name, dtype, g_j[name], g_t[name], floor, note)
                 rows["gradient"].append(replace(row, kind="gradient"))
     return rows["forward"] + rows["gradient"]
+
+
+def _order_spread(setup: Run, ref, x, y, dtype: str, masks, train: bool) -> dict[str, float]:
+    """Where the examples of a batch depend on each other (BatchNorm in train mode), the
+    reference's own spread when they come in reverse order: the same function, other rounding
+    (torch on a CPU accumulates batch statistics in double even in float32, so its float32
+    error alone understates a float64 reduction's). Per output, the loss and each gradient;
+    empty where examples are independent (the floors need no such term there)."""
+    if not (train and setup.config.buffers) or masks:
+        return {}
+    n = batch.size(x)
+    back = np.arange(n)[::-1]
+    xd, xr = batch.cast(x, dtype), batch.cast(batch.take(x, back), dtype)
+    acts, acts_r = ref.activations(xd), ref.activations(xr)
+    out = {k: rel_error(v[back], acts[k]) for k, v in acts_r.items() if v.shape[:1] == (n,) and k in acts}
+    loss, grads = ref.loss_and_grads(xd, batch.cast(y, dtype))
+    loss_r, grads_r = ref.loss_and_grads(xr, batch.cast(batch.take(y, back), dtype))
+    out["loss"] = rel_error(np.float64(loss_r), np.float64(loss))
+    return out | {f"gradient {k}": rel_error(grads_r[k], g) for k, g in grads.items()}
 
 
 def _running_rows(setup: Run, ref, ref64, side, x, dtype: str, suffix: str) -> list[Row]:
