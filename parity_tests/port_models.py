@@ -12,14 +12,11 @@ torch's conventions need (BatchNorm's running variance from the unbiased batch v
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
-from flax import nnx
 from torch import nn
 
-from jaxnet.nn import TorchBatchNorm, dot_product_attention
+from parity_tests.nnx_ports import NNXBN, NNXBlock  # noqa: F401 (the pairs' NNX halves)
 
 
 class TorchBN(nn.Module):
@@ -35,22 +32,6 @@ class TorchBN(nn.Module):
         x = torch.relu(self.bn1(self.conv1(x)))
         x = torch.relu(self.bn2(self.conv2(x)))
         return self.fc(x.mean((2, 3)))
-
-
-class NNXBN(nnx.Module):
-    def __init__(
-        self, c: int = 4, *, rngs: nnx.Rngs, bn=TorchBatchNorm, padding=((1, 1), (1, 1)), momentum=0.9
-    ) -> None:
-        self.conv1 = nnx.Conv(1, c, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, rngs=rngs)
-        self.bn1 = bn(c, momentum=momentum, epsilon=1e-5, rngs=rngs)
-        self.conv2 = nnx.Conv(c, 2 * c, (3, 3), strides=2, padding=padding, use_bias=False, rngs=rngs)
-        self.bn2 = bn(2 * c, momentum=momentum, epsilon=1e-5, rngs=rngs)
-        self.fc = nnx.Linear(2 * c, 10, rngs=rngs)
-
-    def __call__(self, x):
-        x = jax.nn.relu(self.bn1(self.conv1(x)))
-        x = jax.nn.relu(self.bn2(self.conv2(x)))
-        return self.fc(x.mean((1, 2)))
 
 
 class TorchBlock(nn.Module):
@@ -80,44 +61,6 @@ class TorchBlock(nn.Module):
         x = x + a
         x = x + self.proj(torch.nn.functional.gelu(self.fc(self.ln2(x))))
         return self.head(self.ln_f(x))
-
-
-class NNXBlock(nnx.Module):
-    def __init__(
-        self,
-        vocab: int = 11,
-        block: int = 8,
-        e: int = 16,
-        heads: int = 2,
-        *,
-        rngs: nnx.Rngs,
-        invert_mask: bool = False,
-        gelu_approximate: bool = False,
-        ln_eps: float = 1e-5,
-    ) -> None:
-        self.wte = nnx.Embed(vocab, e, rngs=rngs)
-        self.wpe = nnx.Embed(block, e, rngs=rngs)
-        self.ln1 = nnx.LayerNorm(e, epsilon=ln_eps, rngs=rngs)
-        # attention_fn: nnx's default computes the softmax in float32 even in float64 (jaxnet.nn)
-        self.attn = nnx.MultiHeadAttention(
-            heads, e, decode=False, attention_fn=dot_product_attention, rngs=rngs
-        )
-        self.ln2 = nnx.LayerNorm(e, epsilon=ln_eps, rngs=rngs)
-        self.fc = nnx.Linear(e, 4 * e, rngs=rngs)
-        self.proj = nnx.Linear(4 * e, e, rngs=rngs)
-        self.ln_f = nnx.LayerNorm(e, epsilon=ln_eps, rngs=rngs)
-        self.invert_mask, self.gelu_approximate = invert_mask, gelu_approximate
-
-    def __call__(self, ids, padding_mask):
-        t = ids.shape[1]
-        x = self.wte(ids) + self.wpe(jnp.arange(t))
-        h = self.ln1(x)
-        causal = nnx.make_causal_mask(ids)  # [B, 1, T, T], True = attend
-        keys = padding_mask[:, None, None, :]
-        mask = nnx.combine_masks(causal, ~keys if self.invert_mask else keys)
-        x = x + self.attn(h, mask=mask)
-        x = x + self.proj(jax.nn.gelu(self.fc(self.ln2(x)), approximate=self.gelu_approximate))
-        return self.wte.attend(self.ln_f(x))
 
 
 def token_batch(n: int = 6, t: int = 8, vocab: int = 11, seed: int = 0):

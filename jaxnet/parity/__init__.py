@@ -15,6 +15,7 @@ is first imported, so that the two frameworks' threads do not spin against each 
 
 from jaxnet.parity.builtin import forward, run, training
 from jaxnet.parity.port import compare
+from jaxnet.parity.recorded import record
 from jaxnet.parity.report import Report, Row, markdown, plot, print_table, summary, write_json
 from jaxnet.parity.verdict import K
 
@@ -27,6 +28,7 @@ __all__ = [
     "markdown",
     "plot",
     "print_table",
+    "record",
     "run",
     "summary",
     "training",

@@ -47,6 +47,8 @@ def session(
     matmul_precision: str = "highest",
     reverse_batches: bool = False,
     modules: dict[str, object] | None = None,
+    factory=None,
+    recorded: dict | None = None,
 ) -> Iterator[tuple[Run, dict[str, str]]]:
     """The backends of one parity run (:class:`Run`) and its environment, inside the matmul
     precision asked for (restored after).
@@ -55,12 +57,18 @@ def session(
     the two frameworks' threads then sleep instead of spinning while the other computes.
     """
     dtypes = tuple(d for d in ("float32", "float64") if d in dtypes)
-    with environment.matmul_precision(matmul_precision, device) as arithmetic:
+    precision = environment.matmul_precision if recorded is None else environment.jax_matmul_precision
+    extra = {} if recorded is None else {"recorded": recorded}
+    with precision(matmul_precision, device, **extra) as arithmetic:
         factors = {d: verdict.ladder_factor(d, arithmetic.coarsest, arithmetic.torch) for d in dtypes}
-        setup = Run(config or ModelConfig(), dtypes, device, state, factors, reverse_batches, modules or {})
-        env = environment.describe(
-            setup.backend("jax", dtypes[0]), setup.backend("torch", "float32"), arithmetic
+        setup = Run(
+            config or ModelConfig(), dtypes, device, state, factors, reverse_batches, modules or {}, factory
         )
+        sides = setup.backend("jax", dtypes[0]), setup.backend("torch", "float32")
+        if recorded is None:
+            env = environment.describe(*sides, arithmetic)
+        else:
+            env = environment.describe_recorded(sides[0], recorded, arithmetic)
         env["verdict"] = f"err <= K x measured floor, K = {verdict.K:g}"
         yield setup, env
 

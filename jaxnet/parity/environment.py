@@ -94,3 +94,71 @@ def describe(jax_side, torch_side, arithmetic: Arithmetic) -> dict[str, str]:
         ),
         "float32 matmul arithmetic in force": f"jax {arithmetic.jax}, torch {arithmetic.torch}",
     }
+
+
+@contextlib.contextmanager
+def jax_matmul_precision(precision: str, device: str, recorded: dict) -> Iterator[Arithmetic]:
+    """:func:`matmul_precision` for JAX alone; torch's arithmetic is the one the recorded
+    reference was made in (a recorded check runs without torch)."""
+    import jax
+
+    torch_mode = recorded.get("torch arithmetic", "highest")
+    if precision == "highest":
+        with jax.default_matmul_precision("highest"):
+            yield Arithmetic("highest", torch_mode)
+        return
+    yield Arithmetic(in_force_jax(device), torch_mode)
+
+
+def in_force_jax(device: str) -> str:
+    """JAX's half of :func:`in_force`."""
+    import jax
+
+    jax_gpu = jax.devices()[0].platform == "gpu" if device == "auto" else device == "cuda"
+    setting = str(jax.config.jax_default_matmul_precision).lower()
+    if jax_gpu and setting not in ("highest", "float32"):
+        return "bfloat16" if setting == "bfloat16" else "tf32"
+    return "highest"
+
+
+def machine() -> dict[str, str]:
+    """The CPU model and thread counts: what makes two machines round differently."""
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):  # noqa: SIM115
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "python": platform.python_version()}
+
+
+def describe_recorded(jax_side, recorded: dict, arithmetic: Arithmetic) -> dict[str, str]:
+    """The environment of a recorded check: this machine's JAX side, the bundle's torch side,
+    and whether the two machines differ (the floors are the bundle machine's)."""
+    import flax
+    import jax
+    import optax
+
+    here = machine()
+    there = recorded.get("machine", {})
+    env = {
+        "python": here["python"],
+        "machine": f"{platform.platform()} ({here['cpu']}, {here['cores']} cores)",
+        "jax": f"{jax.__version__}, flax {flax.__version__}, optax {optax.__version__}",
+        "jax device": jax_side.describe(),
+        "torch device (recorded)": recorded.get("torch device", "?"),
+        "recorded on": f"{there.get('cpu', '?')}, {there.get('cores', '?')} cores, {recorded.get('when', '?')}",
+        "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),
+        "float32 matmul arithmetic in force": f"jax {arithmetic.jax}, torch {arithmetic.torch} (recorded)",
+    }
+    differ = [k for k in ("cpu", "cores") if there.get(k) != here[k]]
+    if differ:
+        env["machines differ"] = (
+            f"{', '.join(differ)}: checked on {here['cpu']} ({here['cores']} cores); the floors are those "
+            "measured where the reference was recorded"
+        )
+    return env

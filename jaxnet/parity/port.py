@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -30,8 +31,8 @@ from jaxnet.rules import linear as rules_linear
 def compare(
     torch_module,
     nnx_module,
-    inputs,
-    targets,
+    inputs=None,
+    targets=None,
     *,
     loss: object = "cross_entropy",
     optimizer: OptimConfig | None = None,
@@ -59,7 +60,9 @@ def compare(
     first quantity that differs and what that suggests.
 
     Args:
-        torch_module, nnx_module: the pair; copies are taken and cast.
+        torch_module, nnx_module: the pair; copies are taken and cast. ``torch_module`` may be
+            the path of a recorded reference (:func:`jaxnet.parity.record`): the same rows and
+            verdicts, judged against the floors measured where it was recorded, without torch.
         inputs: real inputs in torch's layout: one array, a tuple of arrays (positional
             arguments) or a dict (keyword arguments); floating arrays follow the row's dtype,
             integer and bool ones (token ids, masks) keep theirs. Examples along axis 0.
@@ -87,47 +90,137 @@ def compare(
         ...                         optimizer=OptimConfig(name="adamw", lr=1e-3), steps=5)
         >>> parity.print_table(report); report.passed
     """
-    from torchref import capture  # the harness holds both frameworks
+    if isinstance(torch_module, str | Path):  # a recorded reference: no torch in this process
+        from jaxnet.parity.recorded import compare_recorded
 
-    start = time.perf_counter()
+        return compare_recorded(torch_module, nnx_module, rules=rules, loss=loss, device=device)
+    from jaxnet.backends import get_backend
+
     _check_loss(loss)
+    inputs, targets = _checked_inputs(inputs, targets, steps, batch_size)
+    torch_side = TorchSide.of(torch_module)
+    args = Arguments(loss, optimizer or OptimConfig(name="sgd", lr=0.01), steps, batch_size, dict(mapping or {}),
+                     dict(flatten or {}), channels_last, tuple(relu_inputs), tuple(pool_inputs), ignore_index, train,
+                     tuple(dtypes), matmul_precision, seed)  # fmt: skip
+    port = port_config(torch_side, args, nnx_module, rules)
+    _check_names(torch_side.state, nnx_module, port)
+
+    def factory(name: str, dtype: str, role: str):
+        module = torch_module if name == "torch" else nnx_module
+        return get_backend(name, port, dtype=dtype, device=device, module=module)
+
+    report = engine(port, torch_side, args, inputs, targets, factory, device)
+    report.environment["model"] = f"torch {torch_side.name} / nnx {type(nnx_module).__name__}"
+    return report
+
+
+@dataclass(frozen=True)
+class TorchSide:
+    """What the engine needs to know of the torch module (numpy and strings: it can be recorded).
+
+    Attributes:
+        name: the module's class name.
+        state: the state dict (floats in float32, counters as they are), a tied parameter once.
+        buffers: its keys that are running statistics; ``integers`` the counters among them.
+        kinds: module path -> kind (:func:`torchref.capture.module_kinds`).
+        dropouts: ``{path: p}`` of its dropouts.
+    """
+
+    name: str
+    state: dict
+    buffers: tuple[str, ...]
+    integers: tuple[str, ...]
+    kinds: dict
+    dropouts: dict
+
+    @classmethod
+    def of(cls, module) -> TorchSide:
+        from torchref import capture  # the harness holds both frameworks
+
+        state, buffers, integers = _torch_state(module, capture)
+        _check_batchnorm(module)
+        kinds = capture.module_kinds(module)
+        return cls(
+            type(module).__name__,
+            state,
+            tuple(buffers),
+            tuple(integers),
+            kinds,
+            capture.dropout_rates(module),
+        )
+
+
+@dataclass(frozen=True)
+class Arguments:
+    """compare's arguments that shape the engine's run (recorded with a bundle)."""
+
+    loss: object
+    optimizer: OptimConfig
+    steps: int
+    batch_size: int | None
+    mapping: dict
+    flatten: dict
+    channels_last: bool
+    relu_inputs: tuple
+    pool_inputs: tuple
+    ignore_index: int
+    train: bool | None
+    dtypes: tuple
+    matmul_precision: str
+    seed: int
+
+
+def _checked_inputs(inputs, targets, steps: int, batch_size: int | None):
     inputs, targets = batch.prepare(inputs, "inputs"), batch.prepare(targets, "targets")
     n = batch.size(inputs)
     if batch.size(targets) != n:
         raise JaxnetError(f"inputs hold {n} examples but targets {batch.size(targets)}")
     if steps < 0 or (batch_size is not None and not 0 < batch_size <= n):
         raise JaxnetError(f"steps must be >= 0 and batch_size in 1..{n}, got {steps} and {batch_size}")
-    state, buffers, integers = _torch_state(torch_module, capture)
-    kinds = capture.module_kinds(torch_module)
-    _check_batchnorm(torch_module)
+    return inputs, targets
+
+
+def port_config(side: TorchSide, args: Arguments, nnx_module, rules: dict | None) -> PortConfig:
+    """The pair as the engine sees it: names, shapes, layout rules (the torch module's kinds,
+    the port's ConvTranspose flags, the user's rules), loss and mode."""
     layout = PortLayout(
-        dict(mapping or {}),
-        dict(flatten or {}),
-        channels_last,
-        kinds=kinds,
-        rules=_rules(kinds, state, nnx_module, dict(rules or {}), dict(flatten or {}), dict(mapping or {})),
+        dict(args.mapping),
+        {k: tuple(v) for k, v in args.flatten.items()},
+        args.channels_last,
+        kinds=dict(side.kinds),
+        rules=_rules(
+            side.kinds, side.state, nnx_module, dict(rules or {}), dict(args.flatten), dict(args.mapping)
+        ),
     )
-    trains = any(k == "batchnorm" for k in kinds.values()) if train is None else train
-    port = PortConfig(
-        shapes={k: tuple(v.shape) for k, v in state.items()},
-        loss=loss,
-        relu_inputs=tuple(relu_inputs),
-        pool_inputs=tuple(pool_inputs),
-        dropouts=capture.dropout_rates(torch_module),
+    trains = any(k == "batchnorm" for k in side.kinds.values()) if args.train is None else args.train
+    return PortConfig(
+        shapes={k: tuple(v.shape) for k, v in side.state.items()},
+        loss=args.loss,
+        relu_inputs=tuple(args.relu_inputs),
+        pool_inputs=tuple(args.pool_inputs),
+        dropouts=dict(side.dropouts),
         layout=layout,
-        buffers=tuple(buffers),
-        integer_keys=tuple(integers),
+        buffers=tuple(side.buffers),
+        integer_keys=tuple(side.integers),
         trains=trains,
-        ignore_index=ignore_index,
+        ignore_index=args.ignore_index,
     )
-    _check_names(state, nnx_module, port)
-    opt = optimizer or OptimConfig(name="sgd", lr=0.01)
-    modules = {"torch": torch_module, "jax": nnx_module}
-    with session(state, config=port, dtypes=dtypes, device=device, matmul_precision=matmul_precision,
-                 modules=modules) as (setup, env):  # fmt: skip
+
+
+def engine(port: PortConfig, side: TorchSide, args: Arguments, inputs, targets, factory, device: str,
+           recorded: dict | None = None) -> Report:  # fmt: skip
+    """Every section of a comparison, on backends made by ``factory(name, dtype, role)``: live
+    torch, a :class:`~jaxnet.parity.bundle.Recorder` of it, or a recorded reference's
+    :class:`~jaxnet.parity.bundle.Replayer` (with ``recorded``: the bundle's environment)."""
+    start = time.perf_counter()
+    state, n, opt = side.state, batch.size(inputs), args.optimizer
+    with session(state, config=port, dtypes=args.dtypes, device=device, matmul_precision=args.matmul_precision,
+                 factory=factory, recorded=recorded) as (setup, env):  # fmt: skip
         first = batch.take(inputs, slice(0, 1))
         torch_names, jax_names = captured_names(setup, first)
-        missing = [k for k in (*relu_inputs, *pool_inputs) if k not in torch_names or k not in jax_names]
+        missing = [
+            k for k in (*args.relu_inputs, *args.pool_inputs) if k not in torch_names or k not in jax_names
+        ]
         if missing:
             raise JaxnetError(
                 f"not captured on both sides, so no ties can be looked for: {', '.join(missing)}"
@@ -136,7 +229,6 @@ def compare(
         setup.config = port = replace(port, logits_name=_logits_module(setup, inputs, state))
         torch_only = [k for k in torch_names if k not in jax_names]
         jax_only = [k for k in jax_names if k not in torch_names]
-        env["model"] = f"torch {type(torch_module).__name__} / nnx {type(nnx_module).__name__}"
         env["inputs"] = ", ".join(
             f"{k or 'x'}: {a.dtype}{list(a.shape)}" for k, a in batch.leaves(inputs).items()
         )
@@ -145,18 +237,20 @@ def compare(
                 f"captured by torch only: {', '.join(torch_only) or '-'}; by jax only: {', '.join(jax_only) or '-'}"
             )
         rows = forward_and_gradient(setup, inputs, targets)
-        if trains:
+        if port.trains:
             rows += forward_and_gradient(setup, inputs, targets, train=True)
             env["train mode"] = TRAIN_NOTE
         if port.dropouts:
-            rows += forward_and_gradient(setup, inputs, targets, shared_masks(setup, inputs, seed))
+            rows += forward_and_gradient(setup, inputs, targets, shared_masks(setup, inputs, args.seed))
             env["dropout"] = DROPOUT_NOTE
         rows += probes(setup, inputs, targets)
         histories = {}
-        if steps:
-            b = batch_size or n
-            batches = [np.arange(i * b, (i + 1) * b) % n for i in range(steps)]
-            opt = opt if opt.schedule == "constant" or opt.total_steps else replace(opt, total_steps=steps)
+        if args.steps:
+            b = args.batch_size or n
+            batches = [np.arange(i * b, (i + 1) * b) % n for i in range(args.steps)]
+            opt = (
+                opt if opt.schedule == "constant" or opt.total_steps else replace(opt, total_steps=args.steps)
+            )
             step_rows, _, histories = steps_section(setup, opt.name, opt, batches, inputs, targets)
             rows += step_rows
     env["first difference"] = diagnose(rows)
@@ -238,6 +332,8 @@ def _rules(kinds, state, nnx_module, given, flatten, mapping) -> dict[str, Rule]
 
 def _transpose_kernels(nnx_module, mapping) -> dict[str, bool]:
     """torch path -> ``transpose_kernel`` of each ``nnx.ConvTranspose`` in the port."""
+    if nnx_module is None:  # recording: the port is not there yet
+        return {}
     from flax import nnx
 
     from jaxnet.layout import Layout

@@ -8,6 +8,7 @@ free-running epoch and judges its end on outcomes.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -37,6 +38,7 @@ class Run:
     factors: dict[str, float]  # dtype -> scale of the float32 floor to that dtype
     reverse: bool  # each batch's examples in reverse order (another reduction order)
     modules: dict[str, object] = field(default_factory=dict)  # "jax"/"torch" -> a user's module
+    factory: Callable | None = None  # (name, dtype, role) -> Backend, instead of get_backend
 
     def __post_init__(self) -> None:
         self._made: dict[tuple[str, str, str], Backend] = {}
@@ -45,14 +47,18 @@ class Run:
         """The backend for ``role``, made once per run and reset to the initial weights."""
         key = (name, dtype, role)
         if key not in self._made:
-            made = get_backend(
-                name,
-                self.config,
-                dtype=dtype,
-                device=self.device,
-                state=self.weights(dtype),
-                module=self.modules.get(name),
-            )
+            if self.factory is not None:
+                made = self.factory(name, dtype, role)
+                made.load_state_dict(self.weights(dtype))
+            else:
+                made = get_backend(
+                    name,
+                    self.config,
+                    dtype=dtype,
+                    device=self.device,
+                    state=self.weights(dtype),
+                    module=self.modules.get(name),
+                )
             made.train_dropout = False  # steps are compared without random draws
             made.training = self.config.trains  # a port with BatchNorm steps in train mode
             self._made[key] = made
