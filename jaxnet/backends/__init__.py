@@ -144,7 +144,7 @@ def get_backend(
         framework = importlib.import_module(f"jaxnet.backends.{name}{port}")
     except ImportError as err:
         if err.name is not None and err.name.split(".")[0] in ("torch", "jax", "jaxlib", "flax", "optax"):
-            extra = " (pip install 'jaxnet[torch]')" if name == "torch" else ""
+            extra = " (pip install 'jaxnet-parity[torch]')" if name == "torch" else ""
             raise JaxnetError(f"the {name} backend needs {err.name.split('.')[0]}{extra}") from None
         raise
     cls = getattr(

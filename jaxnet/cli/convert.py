@@ -26,7 +26,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         try:
             import torch
         except ImportError:
-            raise JaxnetError("writing .pth needs torch: pip install 'jaxnet[torch]'") from None
+            raise JaxnetError("writing .pth needs torch: pip install 'jaxnet-parity[torch]'") from None
         import io
 
         buffer = io.BytesIO()
