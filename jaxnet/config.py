@@ -394,6 +394,9 @@ FLAGS: dict[str, object] = {
     "schedule": "constant",
     "gamma": 0.1,
     "step_size": 0,
+    "clip_norm": 0.0,
+    "warmup_steps": 0,
+    "no_decay": (),
     "batch_size": 64,
     "epochs": 10,
     "seed": 0,
@@ -402,7 +405,18 @@ FLAGS: dict[str, object] = {
     "train_limit": 0,
 }
 
-OPTIM_FLAGS = ("lr", "momentum", "nesterov", "weight_decay", "schedule", "gamma", "step_size")
+OPTIM_FLAGS = (
+    "lr",
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "schedule",
+    "gamma",
+    "step_size",
+    "clip_norm",
+    "warmup_steps",
+    "no_decay",
+)
 
 # The CNN's defaults where they differ from the tutorial's: PyTorch's examples/mnist (Adadelta
 # lr 1.0, StepLR gamma 0.7 after every epoch, 14 epochs); ``jaxnet train --model cnn`` sets

@@ -18,13 +18,12 @@ import pytest
 import torch
 
 import torchref
-from jaxnet import checkpoint
+from jaxnet import checkpoint, data
 from jaxnet import train as jtrain
 from jaxnet.backends import get_backend
 from jaxnet.config import ALL_RECIPES, PORT_RECIPES, ModelConfig, OptimConfig, TrainConfig
 from jaxnet.errors import JaxnetError
 from jaxnet.numerics import UNIT_ROUNDOFF
-from parity_tests.conftest import batch
 
 CONFIG = ModelConfig(hidden=(8,))  # 6,370 parameters: every piece, little arithmetic
 STEPS = 4
@@ -41,11 +40,21 @@ GPT = replace(
 )
 
 
+_GRADIENTS: dict[str, list[dict[str, np.ndarray]]] = {}
+
+
 def gradients(fmnist, dtype: str) -> list[dict[str, np.ndarray]]:
-    """torch's gradients on STEPS real batches of 32, at the initial weights."""
-    state = checkpoint.init_state_dict(CONFIG, 1, dtype)
-    torch_side = get_backend("torch", CONFIG, dtype=dtype, state=state)
-    return [torch_side.loss_and_grads(*batch(fmnist, dtype, 32 * k, 32))[1] for k in range(STEPS)]
+    """torch's gradients on STEPS real batches of 32, at the initial weights (once per dtype)."""
+    if dtype not in _GRADIENTS:
+        state = checkpoint.init_state_dict(CONFIG, 1, dtype)
+        torch_side = get_backend("torch", CONFIG, dtype=dtype, state=state)
+        images = data.to_float(fmnist.train.images[: 32 * STEPS], dtype)[:, None]  # not all 60,000
+        labels = fmnist.train.labels
+        _GRADIENTS[dtype] = [
+            torch_side.loss_and_grads(images[32 * k : 32 * k + 32], labels[32 * k : 32 * k + 32])[1]
+            for k in range(STEPS)
+        ]
+    return _GRADIENTS[dtype]
 
 
 def trajectory(name: str, opt: OptimConfig, grads: list, dtype: str) -> list[dict[str, np.ndarray]]:
@@ -221,3 +230,36 @@ def test_bad_optimizer_pieces_are_one_line_errors(fields, message):
     with pytest.raises(JaxnetError, match=message) as err:
         OptimConfig(**fields)
     assert "\n" not in str(err.value)
+
+
+def test_train_flags_reach_the_checkpoint(tmp_path, capsys):
+    """``jaxnet train --clip-norm --warmup-steps --no-decay`` (torch: nothing to compile) saves
+    the recipe it ran; a pattern that matches no parameter of the model, and warm-up without
+    its schedule, are one-line usage errors."""
+    from jaxnet.cli import main
+
+    ckpt = tmp_path / "c"
+    recipe = [
+        "--optimizer",
+        "adamw",
+        "--schedule",
+        "warmup-cosine",
+        "--warmup-steps",
+        "2",
+        "--clip-norm",
+        "0.5",
+    ]
+    args = ["train", "--backend", "torch", "--hidden", "8", "--epochs", "1", "--train-limit", "320", *recipe]
+    assert main([*args, "--no-decay", "*.bias", "--save", str(ckpt)]) == 0
+    saved = checkpoint.load(ckpt).train_config.optimizer
+    assert (saved.clip_norm, saved.warmup_steps, saved.no_decay) == (0.5, 2, ("*.bias",))
+    capsys.readouterr()
+    for extra, message in (
+        (["--no-decay", "*.bias", "*.bais"], "--no-decay '*.bais' matches no parameter of the mlp"),
+        (["--schedule", "cosine"], "warm-up steps need the warmup-cosine schedule"),
+    ):
+        with pytest.raises(SystemExit) as stop:
+            main([*args, *extra])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and "Traceback" not in err
+        assert message in err.strip().splitlines()[-1]
