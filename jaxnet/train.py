@@ -123,7 +123,7 @@ def warmup_cosine_factor(step: int, warmup: int, total: int) -> float:
 
     Example:
         >>> [warmup_cosine_factor(t, 2, 4) for t in range(5)]
-        [0.0, 0.5, 1.0, 0.5000000000000001, 0.0]
+        [0.0, 0.5, 1.0, 0.5, 0.0]
     """
     if step < warmup:
         return float(step) / float(max(1, warmup))

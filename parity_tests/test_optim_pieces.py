@@ -110,8 +110,9 @@ def worst_ratio(jax_states, torch_states, dtype, opt) -> dict[str, float]:
 def test_port_recipes_match_torch_within_roundoff(fmnist, recipe, dtype):
     """Clipping (before the coupled decay, momentum and Adam), the masked decay and the
     schedules, 4 steps, jax against torch within :func:`bound` (measured: at most 3.4 u of
-    ``max |p|`` normwise, in both dtypes). The gradients' norm (about 0.9) is above the
-    clip norm at every step, so the clip clips; torch without it lands far outside the bound."""
+    ``max |p|`` normwise, in both dtypes), also when jax resumes halfway from torch's state.
+    The gradients' norm (about 0.9) is above the clip norm at every step, so the clip clips;
+    torch without it lands far outside the bound."""
     grads = gradients(fmnist, dtype)
     assert min(global_norm(g) for g in grads) > 2 * recipe.clip_norm  # the clip is active
     torch_states = trajectory("torch", recipe, grads, dtype)
@@ -119,6 +120,19 @@ def test_port_recipes_match_torch_within_roundoff(fmnist, recipe, dtype):
     ratios = worst_ratio(jax_states, torch_states, dtype, recipe)
     assert max(ratios.values()) <= 1, ratios
     unclipped = trajectory("torch", replace(recipe, clip_norm=0.0), grads, dtype)
+    # resumed halfway in jax from torch's weights and optimizer state: the schedule's position
+    # (past the warm-up), Adam's count and the buffers carry over, onto the same trajectory
+    half = STEPS // 2
+    torch_side = get_backend("torch", CONFIG, dtype=dtype, state=torch_states[0])
+    torch_side.set_optimizer(recipe)
+    for g in grads[:half]:
+        torch_side.apply_gradients(g)
+    resumed = get_backend("jax", CONFIG, dtype=dtype, state=torch_side.state_dict())
+    resumed.set_optimizer(recipe, torch_side.optimizer_state(), half)
+    for g in grads[half:]:
+        resumed.apply_gradients(g)
+    ratios = worst_ratio([resumed.state_dict()], torch_states, dtype, recipe)
+    assert max(ratios.values()) <= 1, ratios
     # not vacuous; Adam is blind to a gradient's scale, so in float32 the clip shows only through
     # the coefficient's change from step to step (measured: 90 to 160 times the bound)
     assert min(worst_ratio(unclipped, torch_states, dtype, recipe).values()) > 10

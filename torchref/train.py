@@ -68,17 +68,17 @@ def make_optimizer(
     (after ``backward()``), and so also for gradients set by hand before ``step()``.
     """
     named = list(model.named_parameters())
-    skip = [any(fnmatch.fnmatchcase(n, pattern) for pattern in no_decay) for n, _ in named]
-    params: list = [{"params": [p for (_, p), s in zip(named, skip, strict=True) if not s]}]
-    if any(skip):
-        params.append(
-            {"params": [p for (_, p), s in zip(named, skip, strict=True) if s], "weight_decay": 0.0}
-        )
-    if not params[0]["params"]:  # everything matched: one group, without decay
-        params = params[1:]
+    every = [p for _, p in named]
+    params: list = every
+    if no_decay:
+        off = [any(fnmatch.fnmatchcase(n, pattern) for pattern in no_decay) for n, _ in named]
+        groups = [
+            {"params": [p for p, o in zip(every, off, strict=True) if not o]},
+            {"params": [p for p, o in zip(every, off, strict=True) if o], "weight_decay": 0.0},
+        ]
+        params = [g for g in groups if g["params"]]  # torch refuses an empty group
     optimizer = _optimizer(params, name, lr, momentum, nesterov, weight_decay, betas, eps, rho)
     if clip_norm:
-        every = [p for _, p in named]
 
         def clip(opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
             nn.utils.clip_grad_norm_(every, clip_norm)
