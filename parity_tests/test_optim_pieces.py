@@ -110,7 +110,8 @@ def worst_ratio(jax_states, torch_states, dtype, opt) -> dict[str, float]:
 def test_port_recipes_match_torch_within_roundoff(fmnist, recipe, dtype):
     """Clipping (before the coupled decay, momentum and Adam), the masked decay and the
     schedules, 4 steps, jax against torch within :func:`bound` (measured: at most 3.4 u of
-    ``max |p|`` normwise, in both dtypes), also when jax resumes halfway from torch's state.
+    ``max |p|`` normwise, in both dtypes; at most 0.01 of the bound, which the worst case of
+    the clip norm's summation order dominates), also when jax resumes halfway from torch's state.
     The gradients' norm (about 0.9) is above the clip norm at every step, so the clip clips;
     torch without it lands far outside the bound."""
     grads = gradients(fmnist, dtype)
@@ -119,7 +120,6 @@ def test_port_recipes_match_torch_within_roundoff(fmnist, recipe, dtype):
     jax_states = trajectory("jax", recipe, grads, dtype)
     ratios = worst_ratio(jax_states, torch_states, dtype, recipe)
     assert max(ratios.values()) <= 1, ratios
-    unclipped = trajectory("torch", replace(recipe, clip_norm=0.0), grads, dtype)
     # resumed halfway in jax from torch's weights and optimizer state: the schedule's position
     # (past the warm-up), Adam's count and the buffers carry over, onto the same trajectory
     half = STEPS // 2
@@ -135,6 +135,7 @@ def test_port_recipes_match_torch_within_roundoff(fmnist, recipe, dtype):
     assert max(ratios.values()) <= 1, ratios
     # not vacuous; Adam is blind to a gradient's scale, so in float32 the clip shows only through
     # the coefficient's change from step to step (measured: 90 to 160 times the bound)
+    unclipped = trajectory("torch", replace(recipe, clip_norm=0.0), grads, dtype)
     assert min(worst_ratio(unclipped, torch_states, dtype, recipe).values()) > 10
 
 
