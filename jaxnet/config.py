@@ -7,6 +7,7 @@ The defaults are the PyTorch quickstart tutorial's recipe.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import itertools
 import json
 import re
@@ -18,7 +19,7 @@ from jaxnet.layout import BUILT_IN, Layout
 OPTIMIZERS = ("sgd", "adam", "adamw", "adadelta")
 MODELS = ("mlp", "cnn")
 PREDICT_CHUNK = 1000  # images per forward in Backend.predict: bounds the CNN's feature maps
-SCHEDULES = ("constant", "cosine", "step")
+SCHEDULES = ("constant", "cosine", "step", "warmup-cosine")
 DTYPES = ("float32", "float64")
 BACKENDS = ("jax", "torch")
 DEVICES = ("auto", "cpu", "cuda")
@@ -239,6 +240,25 @@ class OptimConfig:
     multiplies by ``gamma`` every ``step_size`` steps (0: ``total_steps // 3``).
     ``total_steps`` is filled in by the training run from the data size, batch size and
     epochs. ``rho`` is Adadelta's decay of its running averages.
+
+    The pieces a port's recipe adds (their defaults leave a recipe as it was):
+
+    - ``clip_norm > 0``: torch's ``clip_grad_norm_(model.parameters(), clip_norm)`` between
+      ``backward()`` and ``step()``: every gradient times
+      ``min(clip_norm / (total_norm + 1e-6), 1)``, ``total_norm`` the 2-norm of all of them
+      together, before weight decay or momentum see them.
+    - ``schedule="warmup-cosine"`` with ``warmup_steps = W``: ``LambdaLR`` with the factor
+      of Hugging Face's ``get_cosine_schedule_with_warmup``: ``t / W`` for ``t < W``, then
+      ``0.5 (1 + cos(pi (t - W) / (T - W)))`` down to 0 at ``T = total_steps``.
+    - ``no_decay``: torch state-dict key patterns (``fnmatch``, case-sensitive: ``"*.bias"``,
+      ``"*bn*"``, ``"*ln_*"``, ``"*wte.*"``) of the parameters that get no weight decay: a
+      second torch parameter group with ``weight_decay=0``, an optax mask on the JAX side.
+      A pattern may match nothing (a recipe is a policy for many models); ``jaxnet train``
+      refuses one that matches nothing in its model.
+
+    Example:
+        >>> OptimConfig(name="adamw", lr=6e-4, weight_decay=0.1, clip_norm=1.0,
+        ...             schedule="warmup-cosine", warmup_steps=100, no_decay=("*.bias",))
     """
 
     name: str = "sgd"
@@ -253,6 +273,9 @@ class OptimConfig:
     gamma: float = 0.1
     step_size: int = 0
     rho: float = 0.9
+    clip_norm: float = 0.0
+    warmup_steps: int = 0
+    no_decay: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:
@@ -278,6 +301,24 @@ class OptimConfig:
         if self.weight_decay < 0:
             raise JaxnetError(f"weight decay must be >= 0, got {self.weight_decay}")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        if not self.clip_norm >= 0 or self.clip_norm == float("inf"):
+            raise JaxnetError(f"clip norm must be finite and >= 0 (0: no clipping), got {self.clip_norm}")
+        if self.warmup_steps < 0:
+            raise JaxnetError(f"warm-up steps must be >= 0, got {self.warmup_steps}")
+        if self.warmup_steps and self.schedule != "warmup-cosine":
+            raise JaxnetError("warm-up steps need the warmup-cosine schedule")
+        if isinstance(self.no_decay, str) or not all(isinstance(p, str) and p for p in self.no_decay):
+            raise JaxnetError(f"no_decay must be a sequence of name patterns, got {self.no_decay!r}")
+        object.__setattr__(self, "no_decay", tuple(self.no_decay))  # hashable (a cache key)
+
+    def decays(self, name: str) -> bool:
+        """Whether the parameter torch calls ``name`` gets weight decay (no ``no_decay`` pattern
+        matches it)."""
+        return not any(fnmatch.fnmatchcase(name, pattern) for pattern in self.no_decay)
+
+    def unmatched(self, names: list[str]) -> list[str]:
+        """The ``no_decay`` patterns that match none of ``names`` (a typo, or another model's)."""
+        return [p for p in self.no_decay if not any(fnmatch.fnmatchcase(n, p) for n in names)]
 
     @property
     def step_every(self) -> int:
@@ -292,6 +333,11 @@ class OptimConfig:
         if self.name == "adadelta":
             return ("square_avg", "acc_delta")
         return ("exp_avg", "exp_avg_sq")
+
+
+# OptimConfig fields a port's recipes added, and the defaults at which they are left out of
+# a checkpoint's JSON (which then reads back as before: missing fields take the defaults).
+ADDED_OPTIM_FIELDS: dict[str, object] = {"clip_norm": 0.0, "warmup_steps": 0, "no_decay": ()}
 
 
 @dataclass(frozen=True)
@@ -315,7 +361,13 @@ class TrainConfig:
             raise JaxnetError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
+        """The recipe as JSON; optimizer fields added since format 2 are left out at their
+        defaults, so an older recipe's checkpoint is byte for byte what it was."""
+        raw = dataclasses.asdict(self)
+        for name, default in ADDED_OPTIM_FIELDS.items():
+            if raw["optimizer"][name] == default:
+                del raw["optimizer"][name]
+        return json.dumps(raw)
 
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
@@ -357,6 +409,9 @@ FLAGS: dict[str, object] = {
     "schedule": "constant",
     "gamma": 0.1,
     "step_size": 0,
+    "clip_norm": 0.0,
+    "warmup_steps": 0,
+    "no_decay": (),
     "batch_size": 64,
     "epochs": 10,
     "seed": 0,
@@ -365,7 +420,18 @@ FLAGS: dict[str, object] = {
     "train_limit": 0,
 }
 
-OPTIM_FLAGS = ("lr", "momentum", "nesterov", "weight_decay", "schedule", "gamma", "step_size")
+OPTIM_FLAGS = (
+    "lr",
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "schedule",
+    "gamma",
+    "step_size",
+    "clip_norm",
+    "warmup_steps",
+    "no_decay",
+)
 
 # The CNN's defaults where they differ from the tutorial's: PyTorch's examples/mnist (Adadelta
 # lr 1.0, StepLR gamma 0.7 after every epoch, 14 epochs); ``jaxnet train --model cnn`` sets
@@ -395,3 +461,35 @@ RECIPES = {
 CNN_RECIPE = OptimConfig(name="adadelta", lr=1.0, rho=0.9, eps=1e-6, schedule="step", gamma=0.7)
 CNN_RECIPES = {"adadelta-step": CNN_RECIPE}  # the parity report's recipes for the CNN
 ALL_RECIPES = {**RECIPES, **CNN_RECIPES}  # any runs on either model
+
+# Recipes of the models people port (the ResNet and the GPT of the port issues), kept out of
+# RECIPES so that the default parity report runs what it did. ``total_steps`` is set per run.
+# Parameter names are torchvision's ResNet (``bn1``, ``layer1.0.bn2``, and the BatchNorm of a
+# shortcut, ``layer2.0.downsample.1``) and nanoGPT's (``transformer.wte``, ``.wpe``,
+# ``transformer.h.0.ln_1``, ``transformer.ln_f``); on other models the patterns that match
+# nothing do nothing.
+PORT_RECIPES = {
+    # torchvision's CIFAR-style recipe: SGD momentum 0.9 Nesterov, wd 5e-4 on weights only
+    # (none on BatchNorm or biases), cosine to 0 over the run
+    "sgd-nesterov-masked-cosine": OptimConfig(
+        name="sgd",
+        lr=0.1,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=5e-4,
+        schedule="cosine",
+        no_decay=("*.bias", "*bn*", "*.downsample.1.*"),
+    ),
+    # nanoGPT's: AdamW betas (0.9, 0.95), wd 0.1 off LayerNorm, biases and embeddings, global
+    # gradient norm clipped at 1.0, linear warm-up then cosine
+    "adamw-warmup-cosine-clip": OptimConfig(
+        name="adamw",
+        lr=6e-4,
+        betas=(0.9, 0.95),
+        weight_decay=0.1,
+        schedule="warmup-cosine",
+        warmup_steps=5,
+        clip_norm=1.0,
+        no_decay=("*.bias", "*ln_*", "*wte.*", "*wpe.*"),
+    ),
+}

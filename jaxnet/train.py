@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -87,10 +89,18 @@ def torch_lr_table(cfg: OptimConfig) -> np.ndarray:
 
     ``CosineAnnealingLR(T_max=T)`` (eta_min 0) multiplies by
     ``(1 + cos(pi t / T)) / (1 + cos(pi (t - 1) / T))`` at each step; ``StepLR`` by ``gamma``
-    every ``step_every`` steps. The same double operations in the same order, so the same bits.
+    every ``step_every`` steps; ``warmup-cosine`` is ``LambdaLR``'s ``lr * factor(t)`` with
+    :func:`warmup_cosine_factor`. The same double operations in the same order, so the same bits.
     """
     if cfg.total_steps < 1:
         raise ValueError(f"schedule {cfg.schedule!r} needs total_steps >= 1")
+    if cfg.schedule == "warmup-cosine":  # closed form: LambdaLR's base_lr * lr_lambda(last_epoch)
+        return np.array(
+            [
+                cfg.lr * warmup_cosine_factor(t, cfg.warmup_steps, cfg.total_steps)
+                for t in range(cfg.total_steps + 1)
+            ]
+        )
     lrs, total = [cfg.lr], cfg.total_steps
     for t in range(1, total + 1):
         if cfg.schedule == "cosine":
@@ -101,7 +111,68 @@ def torch_lr_table(cfg: OptimConfig) -> np.ndarray:
     return np.array(lrs)
 
 
-def make_optimizer(cfg: OptimConfig, dtype: str = "float32") -> optax.GradientTransformation:
+def warmup_cosine_factor(step: int, warmup: int, total: int) -> float:
+    """The learning-rate factor of linear warm-up then cosine decay, written as Hugging Face's
+    ``get_cosine_schedule_with_warmup`` writes it (``num_cycles=0.5``), in double::
+
+        t < W:  t / max(1, W)
+        else:   max(0, 0.5 * (1 + cos(pi * 0.5 * 2 * (t - W) / max(1, T - W))))
+
+    ``torchref.warmup_cosine_factor`` is the reference's copy (torchref imports no jaxnet);
+    the tests hold the two tables equal bit for bit.
+
+    Example:
+        >>> [warmup_cosine_factor(t, 2, 4) for t in range(5)]
+        [0.0, 0.5, 1.0, 0.5, 0.0]
+    """
+    if step < warmup:
+        return float(step) / float(max(1, warmup))
+    progress = float(step - warmup) / float(max(1, total - warmup))
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * 0.5 * 2.0 * progress)))
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """``torch.nn.utils.clip_grad_norm_(parameters, max_norm)`` as an optax transformation.
+
+    torch computes ``total = ||(||g_1||, ..., ||g_n||)||`` (each gradient's 2-norm, then the
+    2-norm of those), ``coef = max_norm / (total + 1e-6)``, which ``Tensor.__rtruediv__``
+    evaluates as ``total_plus.reciprocal() * max_norm``, clamps it to at most 1 and multiplies
+    every gradient by it, always (a coefficient of 1 leaves them as they were). All of it in
+    the gradients' dtype. ``optax.clip_by_global_norm`` differs: no 1e-6, the norm of the
+    concatenation, and ``g * max_norm / total`` only where ``total > max_norm``; for a norm
+    near 1 the 1e-6 alone moves the float64 update by 1e-6 of itself.
+
+    It goes first in the chain: torch clips what ``backward()`` left in ``.grad``, before
+    the optimizer adds weight decay or momentum. Stateless.
+
+    Example:
+        >>> tx = optax.chain(clip_by_global_norm(1.0), optax.scale_by_learning_rate(0.1))
+    """
+
+    def update(updates, state, params=None):
+        del params
+        norms = [jnp.sqrt(jnp.sum(g * g)) for g in jax.tree.leaves(updates)]  # torch._foreach_norm
+        total = jnp.sqrt(jnp.sum(jnp.stack(norms) ** 2))  # vector_norm of the stacked norms
+        # reciprocal then product, kept apart: XLA would fold (1 / a) * b into one division
+        coef = jnp.minimum(jax.lax.optimization_barrier(1 / (total + 1e-6)) * max_norm, 1.0)
+        return jax.tree.map(lambda g: g * coef, updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def decay_mask(cfg: OptimConfig, layout: Layout = BUILT_IN) -> Callable[[Any], Any]:
+    """The params-shaped tree of bools optax's ``mask=`` takes: True where the parameter's torch
+    name (by ``layout``) matches none of ``cfg.no_decay`` (:meth:`OptimConfig.decays`)."""
+
+    def mask(tree):
+        return jax.tree_util.tree_map_with_path(lambda path, _: cfg.decays(layout.torch_name(path)), tree)
+
+    return mask
+
+
+def make_optimizer(
+    cfg: OptimConfig, dtype: str = "float32", layout: Layout = BUILT_IN
+) -> optax.GradientTransformation:
     """optax chains with torch.optim's semantics.
 
     - sgd: ``g += wd * p`` (coupled decay, before momentum), ``buf = m * buf + g`` (the
@@ -111,20 +182,26 @@ def make_optimizer(cfg: OptimConfig, dtype: str = "float32") -> optax.GradientTr
     - adamw: :func:`scale_by_adam` then decoupled ``+ wd * p``, both scaled by ``lr``, as in torch.
     - adadelta: coupled decay ``g += wd * p``, then :func:`scale_by_adadelta` (``rho``, eps
       inside both square roots); ``p -= lr * delta``.
+    - ``clip_norm``: :func:`clip_by_global_norm` first, on the gradients as given.
+    - ``no_decay``: the decay masked off the parameters whose torch names (by ``layout``)
+      match a pattern, as torch's second parameter group with ``weight_decay=0``.
 
     Example:
         >>> tx = make_optimizer(OptimConfig(name="sgd", lr=0.1, momentum=0.9))
     """
     b1, b2 = cfg.betas
     parts: list[optax.GradientTransformation] = []
+    mask = decay_mask(cfg, layout) if cfg.no_decay else None
+    if cfg.clip_norm:
+        parts.append(clip_by_global_norm(cfg.clip_norm))
     if cfg.name in ("sgd", "adam", "adadelta") and cfg.weight_decay:
-        parts.append(optax.add_decayed_weights(cfg.weight_decay))
+        parts.append(optax.add_decayed_weights(cfg.weight_decay, mask))
     if cfg.name == "sgd" and cfg.momentum:
         parts.append(optax.trace(decay=cfg.momentum, nesterov=cfg.nesterov))
     if cfg.name in ("adam", "adamw"):
         parts.append(scale_by_adam(b1=b1, b2=b2, eps=cfg.eps))
     if cfg.name == "adamw" and cfg.weight_decay:
-        parts.append(optax.add_decayed_weights(cfg.weight_decay))
+        parts.append(optax.add_decayed_weights(cfg.weight_decay, mask))
     if cfg.name == "adadelta":
         parts.append(scale_by_adadelta(rho=cfg.rho, eps=cfg.eps))
     parts.append(optax.scale_by_learning_rate(make_schedule(cfg, dtype)))

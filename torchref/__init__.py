@@ -17,6 +17,7 @@ from torchref.train import (
     test_loop,
     train_loop,
     train_step,
+    warmup_cosine_factor,
 )
 
 __all__ = [
@@ -35,4 +36,5 @@ __all__ = [
     "train_loop",
     "train_step",
     "tutorial_loader",
+    "warmup_cosine_factor",
 ]

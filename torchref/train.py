@@ -7,6 +7,9 @@ independent of jaxnet. Optimizer state goes out and comes in as a dict of numpy 
 
 from __future__ import annotations
 
+import fnmatch
+import functools
+import math
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -46,13 +49,45 @@ def make_optimizer(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     rho: float = 0.9,
+    no_decay: tuple[str, ...] = (),
+    clip_norm: float = 0.0,
 ) -> torch.optim.Optimizer:
     """``torch.optim.SGD`` / ``Adam`` / ``AdamW`` / ``Adadelta`` with every hyperparameter explicit.
 
     ``rho`` is Adadelta's only (its running-average decay); ``eps`` is passed as given, so an
     Adadelta caller wants torch's 1e-6, not the Adam default here.
+
+    ``no_decay``: ``fnmatch`` patterns of parameter names (``model.named_parameters()``) put in
+    a second parameter group with ``weight_decay=0``, the usual recipe::
+
+        decay = [p for n, p in model.named_parameters() if not any(fnmatchcase(n, pat) ...)]
+        groups = [{"params": decay}, {"params": rest, "weight_decay": 0.0}]
+
+    ``clip_norm > 0``: ``nn.utils.clip_grad_norm_(model.parameters(), clip_norm)`` before every
+    ``step()``, registered as the optimizer's step pre-hook: where a training loop calls it
+    (after ``backward()``), and so also for gradients set by hand before ``step()``.
     """
-    params = model.parameters()
+    named = list(model.named_parameters())
+    every = [p for _, p in named]
+    params: list = every
+    if no_decay:
+        off = [any(fnmatch.fnmatchcase(n, pattern) for pattern in no_decay) for n, _ in named]
+        groups = [
+            {"params": [p for p, o in zip(every, off, strict=True) if not o]},
+            {"params": [p for p, o in zip(every, off, strict=True) if o], "weight_decay": 0.0},
+        ]
+        params = [g for g in groups if g["params"]]  # torch refuses an empty group
+    optimizer = _optimizer(params, name, lr, momentum, nesterov, weight_decay, betas, eps, rho)
+    if clip_norm:
+
+        def clip(opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+            nn.utils.clip_grad_norm_(every, clip_norm)
+
+        optimizer.register_step_pre_hook(clip)
+    return optimizer
+
+
+def _optimizer(params, name, lr, momentum, nesterov, weight_decay, betas, eps, rho) -> torch.optim.Optimizer:
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
     if name == "adam":
@@ -64,6 +99,19 @@ def make_optimizer(
     raise ValueError(f"unknown optimizer {name!r}")
 
 
+def warmup_cosine_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up then cosine decay to 0, the ``lr_lambda`` of Hugging Face's
+    ``get_cosine_schedule_with_warmup(optimizer, warmup, total)`` (``num_cycles=0.5``)::
+
+        t < W:  t / W
+        else:   0.5 * (1 + cos(pi * (t - W) / (T - W)))
+    """
+    if step < warmup:
+        return float(step) / float(max(1, warmup))
+    progress = float(step - warmup) / float(max(1, total - warmup))
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * 0.5 * 2.0 * progress)))
+
+
 def make_scheduler(
     optimizer: torch.optim.Optimizer,
     schedule: str = "constant",
@@ -71,16 +119,22 @@ def make_scheduler(
     gamma: float = 0.1,
     step: int = 0,
     step_size: int = 0,
+    warmup_steps: int = 0,
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
     """A per-step scheduler (call ``.step()`` after every optimizer step), fast-forwarded to ``step``.
 
     ``cosine``: ``CosineAnnealingLR(T_max=total_steps)``, to 0. ``step``: ``StepLR`` with
-    ``step_size`` (0: ``total_steps // 3``). Fast-forwarding replays the scheduler's own recursion, so
-    a resumed run gets the same learning rates as an uninterrupted one.
+    ``step_size`` (0: ``total_steps // 3``). ``warmup-cosine``: ``LambdaLR`` with
+    :func:`warmup_cosine_factor` (``warmup_steps`` up, the rest down to 0 at ``total_steps``).
+    Fast-forwarding replays the scheduler's own recursion, so a resumed run gets the same
+    learning rates as an uninterrupted one.
     """
     if schedule == "constant":
         return None
-    if schedule == "cosine":
+    if schedule == "warmup-cosine":
+        factor = functools.partial(warmup_cosine_factor, warmup=warmup_steps, total=total_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    elif schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     elif schedule == "step":
         sched = torch.optim.lr_scheduler.StepLR(

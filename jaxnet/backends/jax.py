@@ -29,7 +29,7 @@ from jaxnet import train as jtrain
 from jaxnet.config import PREDICT_CHUNK, AnyModel, OptimConfig
 from jaxnet.distributed import Rank
 from jaxnet.errors import JaxnetError
-from jaxnet.layout import keys
+from jaxnet.layout import Layout, keys
 
 
 def _in_mode(method: Callable) -> Callable:
@@ -69,13 +69,15 @@ def clear_caches(model: bool = True) -> None:
             jitted.clear_cache()
 
 
-def _optimizer(graphdef, cfg: OptimConfig, dtype: str, mesh: Mesh | None, loss: str) -> tuple:
-    """``(tx, step, scan, apply)`` for ``cfg``, built and jitted once per model, dtype and mesh."""
+def _optimizer(graphdef, cfg: OptimConfig, dtype: str, mesh: Mesh | None, loss: str, layout: Layout) -> tuple:
+    """``(tx, step, scan, apply)`` for ``cfg``, built and jitted once per model, dtype and mesh
+    (and the layout that names the parameters, where ``no_decay`` reads the names)."""
     if cfg.schedule == "constant":  # the run's length does not enter the program
         cfg = replace(cfg, total_steps=0)
-    key = (graphdef, cfg, dtype, mesh, loss)
+    key = (graphdef, cfg, dtype, mesh, loss, repr(layout) if cfg.no_decay else None)
     if key not in _COMPILED:
-        tx = jtrain.make_optimizer(cfg, dtype)
+        # the layout only where it is read: planted faults stand in for make_optimizer(cfg, dtype)
+        tx = jtrain.make_optimizer(cfg, dtype, layout) if cfg.no_decay else jtrain.make_optimizer(cfg, dtype)
         shard = None
         if mesh is not None:  # each gathered batch split over the mesh's "batch" axis
             shard = functools.partial(
@@ -259,7 +261,7 @@ class JaxBackend:
         self, cfg: OptimConfig, state: dict[str, np.ndarray] | None = None, step: int = 0
     ) -> None:
         self.tx, self._step, self._scan, self._apply = _optimizer(
-            self.graphdef, cfg, self.dtype, self.mesh, self.config.loss
+            self.graphdef, cfg, self.dtype, self.mesh, self.config.loss, self.layout
         )
         self.load_optimizer_state(state, step)
 

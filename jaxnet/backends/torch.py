@@ -210,6 +210,8 @@ class TorchBackend:
             cfg.betas,
             cfg.eps,
             cfg.rho,
+            no_decay=cfg.no_decay,
+            clip_norm=cfg.clip_norm,
         )
         self.load_optimizer_state(state, step)
 
@@ -221,7 +223,13 @@ class TorchBackend:
         if state:
             torchref.load_optimizer_state(self.model, self.optimizer, state, step)
         self.scheduler = torchref.make_scheduler(
-            self.optimizer, self.cfg.schedule, self.cfg.total_steps, self.cfg.gamma, step, self.cfg.step_size
+            self.optimizer,
+            self.cfg.schedule,
+            self.cfg.total_steps,
+            self.cfg.gamma,
+            step,
+            self.cfg.step_size,
+            warmup_steps=self.cfg.warmup_steps,
         )
         self.step = step
 

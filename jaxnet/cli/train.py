@@ -57,6 +57,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     recipe.add_argument("--step-size", type=nonneg_int,
                         help="steps between the step schedule's decays (default: a third of the run; "
                         "one epoch with --model cnn)")  # fmt: skip
+    recipe.add_argument("--clip-norm", type=finite_float,
+                        help="clip the gradients' global 2-norm to this, as torch's clip_grad_norm_ before "
+                        "every step (default: 0, no clipping)")  # fmt: skip
+    recipe.add_argument("--warmup-steps", type=nonneg_int,
+                        help="steps of linear warm-up from 0 before the cosine decay; needs --schedule "
+                        "warmup-cosine (default: 0)")  # fmt: skip
+    recipe.add_argument("--no-decay", nargs="+", metavar="PATTERN",
+                        help="no weight decay for the parameters whose torch names match any of these "
+                        "patterns ('*.bias'; fnmatch, case-sensitive) (default: decay on every parameter)")  # fmt: skip
     recipe.add_argument("--batch-size", type=positive_int, help=f"(default: {FLAGS['batch_size']})")
     recipe.add_argument("--epochs", type=positive_int,
                         help=f"total epochs, counting a resumed run's (default: {FLAGS['epochs']})")  # fmt: skip
@@ -101,6 +110,8 @@ def recipe(args: argparse.Namespace, resumed: TrainConfig | None, model: str = "
         JaxnetError: an invalid value, or a flag that contradicts the checkpoint.
     """
     given = {k: getattr(args, k) for k in FLAGS if getattr(args, k) is not None}
+    if "no_decay" in given:  # as the checkpoint's recipe holds it, for the comparison below
+        given["no_decay"] = tuple(given["no_decay"])
     if resumed is None:
         if model != "cnn":
             return TrainConfig.from_flat(given)
@@ -118,12 +129,26 @@ def recipe(args: argparse.Namespace, resumed: TrainConfig | None, model: str = "
                 f"--{key.replace('_', '-')} {value} differs from the checkpoint's {current[key]}"
             )
     opt = resumed.optimizer
-    spans_run = opt.schedule == "cosine" or (opt.schedule == "step" and not opt.step_size)
+    spans_run = opt.schedule in ("cosine", "warmup-cosine") or (opt.schedule == "step" and not opt.step_size)
     if given.get("epochs", resumed.epochs) != resumed.epochs and spans_run:
         raise JaxnetError(
             f"--epochs cannot change with the {opt.schedule} schedule: it decays over the whole run"
         )
     return TrainConfig.from_flat(current | given)
+
+
+def check_no_decay(cfg: TrainConfig, config: AnyModel) -> None:
+    """On the command line the model is known: a ``--no-decay`` pattern that matches none of
+    its parameters is a typo (a recipe's patterns may match nothing: they serve many models).
+
+    Raises:
+        JaxnetError: naming the pattern and some of the model's parameter names.
+    """
+    names = list(config.param_shapes())
+    for pattern in cfg.optimizer.unmatched(names):
+        raise JaxnetError(
+            f"--no-decay {pattern!r} matches no parameter of the {config.kind} ({', '.join(names[:4])}, ...)"
+        )
 
 
 def model_config(
@@ -179,6 +204,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     config = model_config(args, parser, resumed.config if resumed else None)
     try:
         cfg = recipe(args, resumed.train_config if resumed else None, config.kind)
+        check_no_decay(cfg, config)
     except JaxnetError as err:
         parser.error(str(err))
     if args.save is not None:
