@@ -104,13 +104,14 @@ def _step(graphdef, tx, loss, params, stats, rest, opt_state, x, y):
 _COMPILED: dict[tuple, tuple] = {}
 
 
-def _optimizer(graphdef, cfg: OptimConfig, dtype: str, loss) -> tuple:
+def _optimizer(graphdef, cfg: OptimConfig, dtype: str, loss, layout) -> tuple:
     """``(tx, step, apply)`` for one port, recipe and dtype, jitted once."""
     if cfg.schedule == "constant":
         cfg = replace(cfg, total_steps=0)
-    key = (graphdef, cfg, dtype, loss)
+    key = (graphdef, cfg, dtype, loss, repr(layout) if cfg.no_decay else None)
     if key not in _COMPILED:
-        tx = jtrain.make_optimizer(cfg, dtype)
+        # the layout only where it is read (decay masks by torch name): faults stand in for make_optimizer(cfg, dtype)
+        tx = jtrain.make_optimizer(cfg, dtype, layout) if cfg.no_decay else jtrain.make_optimizer(cfg, dtype)
         _COMPILED[key] = (
             tx,
             jax.jit(functools.partial(_step, graphdef, tx, loss)),
@@ -288,7 +289,7 @@ class JaxPortBackend:
     @_in_mode
     def set_optimizer(self, cfg: OptimConfig, state=None, step: int = 0) -> None:
         loss = (self.config.loss, self.config.ignore_index)
-        self.tx, self._step, self._apply = _optimizer(self.graphdef, cfg, self.dtype, loss)
+        self.tx, self._step, self._apply = _optimizer(self.graphdef, cfg, self.dtype, loss, self.layout)
         self._step_cfg = (cfg, loss)
         self.load_optimizer_state(state, step)
 
@@ -316,7 +317,7 @@ class JaxPortBackend:
     def train_steps(self, batches: list[np.ndarray]) -> np.ndarray:
         assert self.tx is not None and self._data is not None, "set_optimizer and set_train_data first"
         cfg, loss = self._step_cfg
-        step = _optimizer(self.graphdef, cfg, self.dtype, loss)[1]  # this mode's graphdef
+        step = _optimizer(self.graphdef, cfg, self.dtype, loss, self.layout)[1]  # this mode's graphdef
         images, labels = self._data
         losses = []
         for idx in batches:
