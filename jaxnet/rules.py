@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from jaxnet.errors import JaxnetError
-from jaxnet.layout import Layout
+from jaxnet.layout import Layout, keys
 
 Arrays = dict[str, np.ndarray]
 Shapes = dict[str, tuple[int, ...]]
@@ -221,6 +221,25 @@ class PortLayout(Layout):
 
     kinds: dict[str, str] = field(default_factory=dict)
     rules: dict[str, Rule] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)  # NNX leaf path -> the torch key it lands in
+
+    def torch_name(self, path) -> str:
+        """The torch key an NNX leaf lands in (``attn.query.bias`` -> ``attn.in_proj_bias``), once
+        :meth:`leaf_names` filled ``names``; else the plain renaming."""
+        parts = path.split(".") if isinstance(path, str) else keys(path)
+        return self.names.get(".".join(parts)) or super().torch_name(parts)
+
+    def leaf_names(self, shapes: Shapes) -> dict[str, str]:
+        """``{NNX leaf path: torch key}``, found by running each rule on a one-hot group: the
+        torch tensor that comes out non-zero is where the leaf lands (any rule, the user's too)."""
+        owners = {p: self.split_nnx(p) for p in shapes}
+        out = {}
+        for path, (owner, below) in owners.items():
+            group = {b: np.zeros(shapes[q]) for q, (o, b) in owners.items() if o == owner}
+            group[below] = np.ones(shapes[path])
+            hit = [k for k, v in self.rules[owner].to_torch(group).items() if np.any(v)]
+            out[path] = (f"{owner}.{hit[0]}" if owner else hit[0]) if hit else path
+        return out
 
     def owner(self, module: str) -> str | None:
         """The torch module whose rule places what sits at ``module`` (itself or an ancestor)."""

@@ -11,6 +11,7 @@ first failing row must name the module where it acts.
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 
 import jax
 import jax.numpy as jnp
@@ -22,13 +23,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxnet import parity
-from jaxnet.config import OptimConfig
+from jaxnet.config import PORT_RECIPES
 from jaxnet.errors import JaxnetError
 from jaxnet.nn import TorchBatchNorm, dot_product_attention
 from jaxnet.rules import RULES, conv_transpose, linear
 from parity_tests.port_models import NNXBN, NNXBlock, TorchBlock, TorchBN, token_batch
-
-SGD = OptimConfig(name="sgd", lr=0.1, momentum=0.9)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +58,8 @@ def first_failure(report) -> str:
 def test_batchnorm_port_passes_in_both_dtypes_with_train_mode_steps(images):
     """Eval and train mode forwards, the running statistics (after a forward and after every
     step, num_batches_tracked exactly), gradients, and SGD steps in train mode."""
-    report = parity.compare(*bn_pair(), *images, channels_last=True, optimizer=SGD, steps=2)
+    recipe = PORT_RECIPES["sgd-nesterov-masked-cosine"]  # Nesterov, decay off BatchNorm and biases, cosine
+    report = parity.compare(*bn_pair(), *images, channels_last=True, optimizer=recipe, steps=2)
     assert report.passed, parity.summary(report)
     quantities = {r.quantity for r in report.rows}
     assert {
@@ -76,8 +76,14 @@ def test_transformer_block_passes_with_ids_and_a_padding_mask():
     """Two inputs (int64 ids, a bool mask) keep their dtypes; sequence cross-entropy with
     ignore_index; the tied head is one parameter; AdamW steps."""
     inputs, targets = token_batch()
-    opt = OptimConfig(name="adamw", lr=1e-2, weight_decay=0.1)
-    report = parity.compare(*block_pair(), inputs, targets, optimizer=opt, steps=2)
+    # nanoGPT's recipe: AdamW, warm-up then cosine, clipping at 1.0, decay off norms, biases, embeddings
+    opt = replace(
+        PORT_RECIPES["adamw-warmup-cosine-clip"],
+        lr=1e-2,
+        warmup_steps=1,
+        no_decay=("*.bias", "ln*", "wte.*", "wpe.*"),
+    )
+    report = parity.compare(*block_pair(), inputs, targets, optimizer=opt, steps=3)
     assert report.passed, parity.summary(report)
     assert "ids" not in report.environment["inputs"] and "int64" in report.environment["inputs"]
     grads = {r.quantity for r in report.rows if r.kind == "gradient"}

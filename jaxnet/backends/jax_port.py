@@ -187,6 +187,10 @@ class JaxPortBackend:
             cast = lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a  # noqa: E731
             self.params, self.stats = jax.tree.map(cast, params), jax.tree.map(cast, stats)
             self.rest = rest
+        shapes = {k: tuple(v.shape) for k, v in (_dotted(self.params) | _dotted(self.stats)).items()}
+        self.layout = replace(
+            self.layout, names=self.layout.leaf_names(shapes)
+        )  # decay masks read torch names
         self.tracked = {k: 0 for k in config.integer_keys}  # num_batches_tracked, torch's counters
         if state is not None:
             self.load_state_dict(state)
