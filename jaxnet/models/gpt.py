@@ -66,6 +66,7 @@ from flax import nnx
 from flax.nnx.nn.attention import dot_product_attention_weights
 
 from jaxnet.errors import CheckpointError, JaxnetError
+from jaxnet.models.state import load_nested
 
 
 @dataclass(frozen=True)
@@ -294,21 +295,10 @@ def to_torch_state(tree: dict) -> dict[str, np.ndarray]:
 
 
 def load_torch_state(model: GPT, state: dict[str, np.ndarray]) -> GPT:
-    """Load torch's state dict into ``model`` in place (keys and shapes checked) and return it."""
-    tree = from_torch_state(state, model.config.n_head)
-    new = jax.tree_util.tree_flatten_with_path(tree)[0]
-    old = dict(jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(model, nnx.Param)))[0])
-    new_keys = {jax.tree_util.keystr(k) for k, _ in new}
-    old_keys = {jax.tree_util.keystr(k): v for k, v in old.items()}
-    if new_keys != old_keys.keys():
-        missing, extra = sorted(old_keys.keys() - new_keys), sorted(new_keys - old_keys.keys())
-        raise CheckpointError(
-            f"GPT state dict does not fit the model: missing {missing[:3]}, extra {extra[:3]}"
-        )
-    for k, v in new:
-        if np.shape(v) != np.shape(old_keys[jax.tree_util.keystr(k)]):
-            raise CheckpointError(
-                f"GPT state dict: {jax.tree_util.keystr(k)} has shape {np.shape(v)}, the model {np.shape(old_keys[jax.tree_util.keystr(k)])}"
-            )
-    nnx.update(model, jax.tree.map(jnp.asarray, tree))
-    return model
+    """Load torch's state dict into ``model`` in place (keys and shapes checked) and return it.
+
+    ``model`` may be abstract (``nnx.eval_shape(lambda: GPT(...))``): every parameter is
+    replaced, in the dtype of ``state`` (its dropouts' RNG streams stay abstract, so such a
+    model runs in eval mode only, until given ``rngs``).
+    """
+    return load_nested(model, from_torch_state(state, model.config.n_head), "GPT")

@@ -55,6 +55,7 @@ import numpy as np
 from flax import nnx
 
 from jaxnet.errors import CheckpointError
+from jaxnet.models.state import load_nested
 
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu"): N(0, 2 / (O * kh * kw)),
 # a plain normal (JAX's "normal"; its "truncated_normal" would cut at two standard deviations).
@@ -78,8 +79,8 @@ def batch_norm(channels: int, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.BatchNorm
         channels, momentum=0.9, epsilon=1e-5, use_fast_variance=False, param_dtype=dtype, rngs=rngs
     )
     # Flax keeps the running statistics in float32 whatever param_dtype is: keep them in dtype.
-    bn.mean.value = bn.mean.value.astype(dtype)
-    bn.var.value = bn.var.value.astype(dtype)
+    bn.mean = nnx.BatchStat(jnp.zeros((channels,), dtype))
+    bn.var = nnx.BatchStat(jnp.ones((channels,), dtype))
     return bn
 
 
@@ -252,28 +253,9 @@ def to_torch_state(tree: dict, num_batches_tracked: int | None = None) -> dict[s
 
 
 def load_torch_state(model: ResNet, state: dict[str, np.ndarray]) -> ResNet:
-    """Load torch's state dict into ``model`` in place (shapes checked; dtypes as given) and return it."""
-    tree = from_torch_state(state)
-    current = nnx.to_pure_dict(nnx.state(model))
-    flat_new = dict(_flat(tree))
-    flat_old = dict(_flat(current))
-    if flat_new.keys() != flat_old.keys():
-        missing, extra = sorted(flat_old.keys() - flat_new.keys()), sorted(flat_new.keys() - flat_old.keys())
-        raise CheckpointError(
-            f"ResNet state dict does not fit the model: missing {missing[:3]}, extra {extra[:3]}"
-        )
-    for key, value in flat_new.items():
-        if value.shape != flat_old[key].shape:
-            raise CheckpointError(
-                f"ResNet state dict: {key} has shape {value.shape}, the model {flat_old[key].shape}"
-            )
-    nnx.update(model, jax.tree.map(jnp.asarray, tree))
-    return model
+    """Load torch's state dict into ``model`` in place (keys and shapes checked) and return it.
 
-
-def _flat(tree: dict, prefix: str = ""):
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            yield from _flat(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", np.asarray(value)
+    ``model`` may be abstract (``nnx.eval_shape(lambda: ResNet(...))``): every parameter and
+    statistic is replaced, in the dtype of ``state``.
+    """
+    return load_nested(model, from_torch_state(state), "ResNet")
