@@ -222,3 +222,35 @@ def test_gpt_mapping_round_trip_and_the_tied_head(gpts):
     state["lm_head.weight"] = state["lm_head.weight"] + 1.0
     with pytest.raises(CheckpointError, match=r"lm_head\.weight differs from wte\.weight"):
         jgpt.from_torch_state(state, GPT_CONFIG["n_head"])
+
+
+# --------------------------------------------------------------------------- weight decay
+
+
+@pytest.mark.parametrize("family", ["resnet", "gpt"])
+def test_weight_decay_falls_on_the_same_tensors(family):
+    """torch's parameter groups and the port's optax mask name the same tensors (through the
+    mapping): the ResNet's conv and Linear weights; the GPT's projections, not its embeddings."""
+    if family == "resnet":
+        model, port = tresnet.ResNet(CHANNELS, 1), jresnet
+        abstract = nnx.eval_shape(lambda: jresnet.ResNet(CHANNELS, 1, rngs=nnx.Rngs(0)))
+    else:
+        model, port = tgpt.GPT(tgpt.GPTConfig(**GPT_CONFIG)), jgpt
+        abstract = nnx.eval_shape(lambda: jgpt.GPT(jgpt.GPTConfig(**GPT_CONFIG), rngs=nnx.Rngs(0)))
+    decayed = {id(p) for p in port_groups(model, family)[0]["params"]}
+    torch_names = {name for name, p in model.named_parameters() if id(p) in decayed}
+    params = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
+    mask = port.decay_mask(params)
+    as_arrays = jax.tree.map(lambda m, p: np.full(p.shape, m), mask, params)  # the mask in torch's keys
+    jax_names = {k for k, v in port.to_torch_state(as_arrays).items() if v.all() and k != "lm_head.weight"}
+    assert jax_names == torch_names
+    expected = (
+        {"conv1.weight", "fc.weight"}
+        if family == "resnet"
+        else {"h.0.attn.in_proj_weight", "h.1.mlp.c_fc.weight"}
+    )
+    assert expected <= jax_names and not {"fc.bias", "bn1.weight", "wte.weight", "wpe.weight"} & jax_names
+
+
+def port_groups(model, family: str) -> list[dict]:
+    return (tresnet if family == "resnet" else tgpt).param_groups(model, 0.1)

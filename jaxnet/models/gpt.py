@@ -302,3 +302,16 @@ def load_torch_state(model: GPT, state: dict[str, np.ndarray]) -> GPT:
     model runs in eval mode only, until given ``rngs``).
     """
     return load_nested(model, from_torch_state(state, model.config.n_head), "GPT")
+
+
+def decay_mask(params) -> object:
+    """Where weight decay applies, as a pytree of bools shaped like ``params`` (an ``nnx.State``
+    of parameters, or its pure dict): the Linear and attention kernels; not LayerNorm, biases or the embeddings (the tied head is ``wte``). For ``optax.add_decayed_weights(wd, mask=...)``
+    or ``optax.adamw(..., mask=...)``; the same tensors as ``torchref.models.gpt.param_groups``.
+    """
+    return jax.tree_util.tree_map_with_path(lambda path, _: _leaf(path) == "kernel", params)
+
+
+def _leaf(path) -> str:
+    names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+    return [n for n in names if n != "value"][-1]

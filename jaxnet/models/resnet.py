@@ -259,3 +259,16 @@ def load_torch_state(model: ResNet, state: dict[str, np.ndarray]) -> ResNet:
     statistic is replaced, in the dtype of ``state``.
     """
     return load_nested(model, from_torch_state(state), "ResNet")
+
+
+def decay_mask(params) -> object:
+    """Where weight decay applies, as a pytree of bools shaped like ``params`` (an ``nnx.State``
+    of parameters, or its pure dict): the conv and Linear kernels; not BatchNorm's scale and bias, not the Linear bias. For ``optax.add_decayed_weights(wd, mask=...)``
+    or ``optax.adamw(..., mask=...)``; the same tensors as ``torchref.models.resnet.param_groups``.
+    """
+    return jax.tree_util.tree_map_with_path(lambda path, _: _leaf(path) == "kernel", params)
+
+
+def _leaf(path) -> str:
+    names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+    return [n for n in names if n != "value"][-1]

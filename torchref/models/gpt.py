@@ -138,3 +138,17 @@ class GPT(nn.Module):
         for block in self.h:
             x = block(x, mask, padding_mask)
         return self.lm_head(self.ln_f(x))
+
+
+def param_groups(model: GPT, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: ``weight_decay`` on the Linear and attention projection weights,
+    none on LayerNorm, biases and the embeddings (the tied ``wte``/``lm_head`` weight is one
+    parameter, an embedding: ``named_parameters()`` lists it once, as ``wte.weight``).
+
+    Example:
+        >>> opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.99))
+    """
+    embeddings = {id(model.wte.weight), id(model.wpe.weight)}
+    decay = [p for p in model.parameters() if p.ndim > 1 and id(p) not in embeddings]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1 or id(p) in embeddings]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -121,3 +121,15 @@ class ResNet(nn.Module):
         x = self.layer3(self.layer2(self.layer1(x)))
         x = torch.flatten(self.avgpool(x), 1)
         return self.fc(x)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """torch optimizer parameter groups: ``weight_decay`` on the conv and Linear weights, none on
+    BatchNorm's weight and bias or on biases (the 1-D parameters), as the CIFAR recipes do.
+
+    Example:
+        >>> opt = torch.optim.SGD(param_groups(model, 5e-4), lr=0.1, momentum=0.9, nesterov=True)
+    """
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
