@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,7 @@ FILES = tuple(SHA256)
 CORPUS_SHA256 = "6fea030c51c651f7fb40cc75a1c4ebecb2ba75390c3f5c0efa72810af20ee322"  # 538,458 bytes
 VALIDATION_EVERY = 10  # fortune i is validation when i % 10 == 9
 _STREAM = 0x74657874  # "text": keeps batches' draws apart from data.epoch_order's (seed, epoch)
+_SAMPLE_STREAM = 0x73616D70  # "samp": the sampler's uniforms
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,60 @@ def eval_windows(ids: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarr
     index = np.arange(count)[:, None] * block_size + np.arange(block_size + 1)
     windows = np.asarray(ids)[index]
     return windows[:, :-1], windows[:, 1:]
+
+
+def generate(
+    logits_fn: Callable[[np.ndarray], np.ndarray],
+    prompt: np.ndarray,
+    new_tokens: int,
+    *,
+    block_size: int,
+    seed: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+) -> np.ndarray:
+    """Sample ``new_tokens`` ids after ``prompt`` from any framework's model, the same way.
+
+    ``logits_fn`` maps int64 ids ``[1, block_size]`` to logits ``[1, block_size, V]`` (a
+    torch or a JAX model, wrapped to take and give numpy). It always gets one fixed-size
+    window: the last ``block_size`` ids, right-padded with id 0 while the text is shorter;
+    in a causal model the padding cannot reach the position read, the last real one, and one
+    shape means one compilation in JAX. The next id is drawn by inverting the float64 CDF of
+    ``softmax(logits / temperature)`` (restricted to the ``top_k`` largest) at a uniform from
+    ``(seed, step)``: both frameworks draw the same ids wherever their logits agree to
+    rounding (a draw at a CDF boundary within rounding could go either way).
+    ``temperature=0`` takes the argmax.
+
+    Raises:
+        DataError: an empty prompt, ``new_tokens < 0``, ``temperature < 0`` or ``top_k < 1``.
+    """
+    prompt = np.asarray(prompt, np.int64).ravel()
+    if len(prompt) == 0 or new_tokens < 0 or temperature < 0 or (top_k is not None and top_k < 1):
+        raise DataError(
+            f"generate needs a non-empty prompt, new_tokens >= 0, temperature >= 0 and top_k >= 1, "
+            f"got {len(prompt)} ids, {new_tokens}, {temperature}, {top_k}"
+        )
+    ids = list(prompt)
+    uniforms = np.random.default_rng([seed, _SAMPLE_STREAM]).random(new_tokens)
+    for step in range(new_tokens):
+        context = ids[-block_size:]
+        window = np.zeros((1, block_size), np.int64)
+        window[0, : len(context)] = context
+        logits = np.asarray(logits_fn(window), np.float64)[0, len(context) - 1]
+        ids.append(_draw(logits, temperature, top_k, uniforms[step]))
+    return np.asarray(ids[len(prompt) :], np.int64)
+
+
+def _draw(logits: np.ndarray, temperature: float, top_k: int | None, u: float) -> int:
+    """The id whose CDF interval holds ``u``, under ``softmax(logits / temperature)`` (top-k)."""
+    if temperature == 0:
+        return int(np.argmax(logits))
+    z = logits / temperature
+    if top_k is not None and top_k < len(z):
+        z = np.where(z < np.sort(z)[-top_k], -np.inf, z)
+    p = np.exp(z - z.max())
+    cdf = np.cumsum(p)
+    return int(min(np.searchsorted(cdf, u * cdf[-1], side="right"), len(z) - 1))
 
 
 def read_text(directory: Path) -> str:

@@ -99,3 +99,35 @@ def test_a_flip_is_a_flip_and_a_crop_a_shift(fmnist):
     # crop first, then mirror the crop (torchvision's order: RandomCrop, then RandomHorizontalFlip)
     both = augment.crop_and_flip(x, np.zeros(n, int), np.full(n, 2 * p), np.ones(n, bool))
     assert np.array_equal(both, expected[:, :, ::-1])
+
+
+def copy_last(block_size: int):
+    """A causal 'model' whose every position predicts its own token (logits 10 at it, 0 elsewhere)."""
+
+    def logits_fn(window: np.ndarray) -> np.ndarray:
+        assert window.shape == (1, block_size) and window.dtype == np.int64  # one shape, always
+        return 10.0 * np.eye(5)[window]
+
+    return logits_fn
+
+
+def test_generate_reads_the_last_real_position_of_a_fixed_window():
+    out = text.generate(copy_last(4), np.array([1, 3]), 6, block_size=4, seed=0, temperature=0)
+    assert out.tolist() == [3] * 6  # not 0, the right padding's id
+    out = text.generate(copy_last(4), np.array([2, 2, 4, 1, 4, 3]), 2, block_size=4, seed=0, top_k=1)
+    assert out.tolist() == [3, 3]  # a prompt longer than the window: its last block_size ids
+
+
+def test_generate_draws_from_the_softmax_by_seed():
+    probs = np.array([0.5, 0.25, 0.125, 0.125])
+    fixed = lambda w: np.broadcast_to(np.log(probs), (*w.shape, 4))  # noqa: E731
+    out = text.generate(fixed, np.array([0]), 2000, block_size=8, seed=1)
+    assert np.array_equal(out[:100], text.generate(fixed, np.array([0]), 100, block_size=8, seed=1))
+    assert not np.array_equal(out[:100], text.generate(fixed, np.array([0]), 100, block_size=8, seed=2))
+    freq = np.bincount(out, minlength=4) / len(out)
+    assert np.all(np.abs(freq - probs) <= 5 * np.sqrt(probs * (1 - probs) / len(out)))  # 5 sigma
+    hot = text.generate(fixed, np.array([0]), 500, block_size=8, seed=1, temperature=0.25)
+    # p^4 renormalised: 0.5^4 / (0.5^4 + 0.25^4 + 2 * 0.125^4) = 0.934; 5 sigma over 500 draws: 0.055
+    assert np.mean(hot == 0) > 0.934 - 0.055
+    with pytest.raises(DataError, match="non-empty prompt"):
+        text.generate(fixed, np.array([], np.int64), 1, block_size=8, seed=0)
