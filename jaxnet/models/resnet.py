@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxnet.errors import CheckpointError
+from jaxnet.errors import CheckpointError, JaxnetError
 from jaxnet.models.state import load_nested
 
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu"): N(0, 2 / (O * kh * kw)),
@@ -144,7 +144,7 @@ class ResNet(nnx.Module):
         rngs: nnx.Rngs,
     ) -> None:
         if len(channels) != 3 or blocks < 1:
-            raise CheckpointError(
+            raise JaxnetError(
                 f"need 3 stage widths and blocks >= 1, got channels={channels}, blocks={blocks}"
             )
         c0, c1, c2 = (int(c) for c in channels)
@@ -198,8 +198,8 @@ def from_torch_state(state: dict[str, np.ndarray]) -> dict:
     """
     state = {k: np.asarray(v) for k, v in state.items()}
     used = {k for k in state if k.endswith("num_batches_tracked")}
-    out: dict = {"conv1": _conv_from_torch(state, "conv1"), "bn1": _bn_from_torch(state, "bn1")}
     try:
+        out: dict = {"conv1": _conv_from_torch(state, "conv1"), "bn1": _bn_from_torch(state, "bn1")}
         for stage in ("layer1", "layer2", "layer3"):
             count = len({k.split(".")[1] for k in state if k.startswith(stage + ".")})
             blocks = {}
