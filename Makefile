@@ -8,6 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
+TEXT   := /usr/share/games/fortunes/zippy
 ARGS   ?=
 
 .PHONY: train test lint format data bench parity examples clean
@@ -18,12 +19,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[torch,dev]'
 	touch $(STAMP)
 
-# The Debian package where apt is usable; otherwise jaxnet downloads into ~/.cache on first use.
+# The Debian packages where apt is usable: Fashion-MNIST (otherwise jaxnet downloads it into
+# ~/.cache on first use) and the GPT's text corpus, fortunes (no download: jaxnet.text needs it).
 data:
 	@if [ -f $(DATA) ]; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
 	else echo "dataset-fashion-mnist not installed: jaxnet will download Fashion-MNIST into its cache"; fi
+	@if [ -f $(TEXT) ]; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && apt-get install -y -qq fortunes; \
+	else echo "fortunes not installed: the GPT's text corpus needs it (apt-get install fortunes, as root)"; fi
 
 train: $(STAMP) data
 	$(BIN)/jaxnet train --save runs/checkpoint --metrics runs/metrics.jsonl --plot runs/metrics.png $(ARGS)
