@@ -18,11 +18,11 @@ Three settings are chosen where torch and Flax defaults differ:
 - ``use_fast_variance=False``: the batch variance as ``mean((x - mean)^2)``, as torch
   computes it, not ``mean(x^2) - mean^2``, which cancels where ``|mean| >> std``.
 
-One difference is left as Flax has it: the running variance is updated with the *biased*
-batch variance (divided by ``n = N*H*W``), torch's with the unbiased one (``n - 1``). After
-a train-mode step from the same state, ``torch_var - m*old = (flax_var - m*old) * n/(n-1)``
-per channel (``m`` the old average's weight): small for real batches (``n >= 49 * N`` here),
-and exactly that relation is what ``parity_tests/test_models.py`` checks.
+And one where plain ``nnx.BatchNorm`` departs from torch: it updates the running variance
+with the *biased* batch variance (divided by ``n = N*H*W``), torch with the unbiased one
+(``n - 1``), so after a train-mode step the two differ by ``n/(n-1)`` in the new batch's
+share. The port uses :class:`jaxnet.nn.TorchBatchNorm` (``nnx.BatchNorm`` with torch's
+update); ``parity.compare`` catches the plain one at the first ``running_var`` row.
 
 Weight mapping (:func:`from_torch_state`, numpy only)::
 
@@ -56,6 +56,7 @@ from flax import nnx
 
 from jaxnet.errors import CheckpointError, JaxnetError
 from jaxnet.models.state import load_nested
+from jaxnet.nn import TorchBatchNorm
 
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu"): N(0, 2 / (O * kh * kw)),
 # a plain normal (JAX's "normal"; its "truncated_normal" would cut at two standard deviations).
@@ -74,14 +75,10 @@ def torch_linear_init(fan_in: int) -> nnx.Initializer:
 
 
 def batch_norm(channels: int, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    """``nn.BatchNorm2d(channels)`` in Flax's words (see the module docstring for each setting)."""
-    bn = nnx.BatchNorm(
-        channels, momentum=0.9, epsilon=1e-5, use_fast_variance=False, param_dtype=dtype, rngs=rngs
-    )
-    # Flax keeps the running statistics in float32 whatever param_dtype is: keep them in dtype.
-    bn.mean = nnx.BatchStat(jnp.zeros((channels,), dtype))
-    bn.var = nnx.BatchStat(jnp.ones((channels,), dtype))
-    return bn
+    """``nn.BatchNorm2d(channels)`` in Flax's words: :class:`jaxnet.nn.TorchBatchNorm`, an
+    ``nnx.BatchNorm`` (momentum 0.9 = torch's 0.1, eps 1e-5, two-pass variance, statistics in
+    ``dtype``) whose running variance takes torch's unbiased batch variance."""
+    return TorchBatchNorm(channels, param_dtype=dtype, rngs=rngs)
 
 
 def conv(cin: int, cout: int, size: int, stride: int, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Conv:
