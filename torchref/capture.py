@@ -44,7 +44,7 @@ def capture(
                 while key in outputs:
                     n += 1
                     key = f"{leaf}#{n}"
-                outputs[key] = value
+                outputs[key] = value.detach().clone()  # an in-place op after it (ReLU(inplace=True)) would change it
             return output
 
         return record
