@@ -175,7 +175,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     resumed = checkpoint.load(args.resume) if args.resume else None
     if resumed is not None and resumed.train_config is None:
-        raise JaxnetError(f"{args.resume}: holds weights only, no training state to resume")
+        raise JaxnetError(f"{args.resume}: weights only (no {checkpoint.STATE}), no training state to resume")
     config = model_config(args, parser, resumed.config if resumed else None)
     try:
         cfg = recipe(args, resumed.train_config if resumed else None, config.kind)
