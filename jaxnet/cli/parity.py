@@ -10,11 +10,13 @@ sign flip). Exit status 0 only if every row passes.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from jaxnet.argtypes import nonneg_int, positive_int
 from jaxnet.cli._common import add_data_dir
 from jaxnet.config import ALL_RECIPES, DEVICES, MODELS
+from jaxnet.errors import JaxnetError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -57,10 +59,13 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     if args.plant is not None and args.plant not in faults.FAULTS:
         parser.error(f"--plant: unknown fault {args.plant!r} (one of {', '.join(faults.FAULTS)})")
-    if args.model != "mlp" and (args.devices > 1 or args.plant):
-        parser.error(
-            "--devices and --plant are for --model mlp (the planted faults and data-parallel rows are the MLP's)"
-        )
+    if args.model != "mlp" and args.devices > 1:
+        parser.error("--devices is for --model mlp (the data-parallel rows are the MLP's)")
+    if args.plant is not None:
+        args.optimizer = plant_recipes(args.plant, args.model, args.optimizer, faults.FAULTS)
+        fault = faults.FAULTS[args.plant]
+        where = f"step recipes: {args.optimizer}" if fault.recipes else "the forward and probe rows run it"
+        print(f"planted {args.plant} ({fault.description}) in the JAX side; {where}", file=sys.stderr)
     with faults.planted(args.plant) if args.plant else contextlib.nullcontext():
         report = _report(args, data, parity)
     if args.devices > 1:
@@ -86,10 +91,37 @@ def _report(args, data, parity):
         model=args.model,
         dtypes=("float32", "float64") if args.dtype == "both" else (args.dtype,),
         steps=args.steps,
-        recipes=None if args.optimizer == "all" else (args.optimizer,),
+        recipes=None if args.optimizer == "all" else tuple(args.optimizer.split(",")),
         epoch_recipe=None if epoch == "none" else epoch,
         device=args.device,
         matmul_precision=args.matmul_precision,
         seed=args.seed,
         train_limit=args.train_limit,
     )
+
+
+def plant_recipes(name: str, model: str, optimizer: str, catalogue: dict) -> str:
+    """The step recipes (``--optimizer``'s value, comma-joined) a run with fault ``name`` planted
+    must run, so that the fault's code runs: its own recipes for a fault of an optimizer or a
+    schedule (with ``all``, the default), the ones asked for when they include one of its own.
+
+    Raises:
+        JaxnetError: the model or the recipe asked for never reaches the fault's code (the
+            report would pass with the fault in place); the message says why.
+    """
+    fault = catalogue[name]
+    if model not in fault.models:
+        raise JaxnetError(
+            f"--plant {name}: a fault of the {' and '.join(fault.models)} JAX code ({fault.description}), "
+            f"which --model {model} never runs"
+        )
+    if not fault.recipes:  # in the forward pass or the loss: every report runs it
+        return optimizer
+    if optimizer == "all":
+        return ",".join(fault.recipes)
+    if optimizer not in fault.recipes:
+        raise JaxnetError(
+            f"--plant {name}: {fault.description} bites only in the {' or '.join(fault.recipes)} steps, "
+            f"which --optimizer {optimizer} does not run (drop --optimizer to run them)"
+        )
+    return optimizer
