@@ -1,0 +1,76 @@
+"""What the project claims about itself, checked: version floors, every flag explained."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from jaxnet import versions
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _floors_in_pyproject() -> dict[str, str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    specs = [*project["dependencies"], *project["optional-dependencies"]["torch"]]
+    return {
+        m[1]: m[2] for s in specs if (m := re.fullmatch(r"([\w-]+)>=([\w.]+)", s)) and m[1] in versions.FLOORS
+    }
+
+
+def test_the_floors_are_pyprojects_and_installed_versions_meet_them():
+    assert _floors_in_pyproject() == versions.FLOORS
+    assert versions.too_old(versions.installed()) == []
+
+
+def test_versions_compare_as_numbers_not_strings():
+    assert versions.parse("2.13.0+cpu") == (2, 13, 0) and versions.parse("0.12.8rc1") == (0, 12, 8)
+    old = {"jax": "0.9.9", "flax": "0.12.10", "optax": "0.2.8", "torch": None}  # 0.12.10 > 0.12.8
+    assert versions.too_old(old) == ["jax 0.9.9 (needs >= 0.10.2)"]
+
+
+def test_an_old_jax_is_one_line_naming_what_is_needed(tmp_path):
+    """A real interpreter that finds jax 0.5.0's metadata first on its path (what pip leaves
+    behind for an old install): the command stops before any framework loads."""
+    dist = tmp_path / "jax-0.5.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: jax\nVersion: 0.5.0\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    result = subprocess.run(
+        [sys.executable, "-m", "jaxnet", "plot", "absent.jsonl", "--output", str(tmp_path / "p.png")],
+        capture_output=True, text=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "jaxnet: error: jax 0.5.0 (needs >= 0.10.2): upgrade with pip install -c constraints.txt "
+        "-e '.[torch]' (or make, which does)"
+    ]
+
+
+def _parsers() -> dict[str, argparse.ArgumentParser]:
+    from jaxnet.cli import build_parser
+    from jaxnet.parity import calibrate
+
+    top = build_parser()
+    [sub] = [a for a in top._actions if isinstance(a, argparse._SubParsersAction)]
+    return {
+        "jaxnet": top,
+        **{f"jaxnet {n}": p for n, p in sub.choices.items()},
+        "calibrate": calibrate.parser(),
+    }
+
+
+@pytest.mark.parametrize("name", list(_parsers()))
+def test_every_flag_is_explained(name):
+    parser = _parsers()[name]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) or action.help == argparse.SUPPRESS:
+            continue
+        assert action.help and action.help.strip(), f"{name} {'/'.join(action.option_strings)}: no help"
