@@ -74,3 +74,14 @@ def test_every_flag_is_explained(name):
         if isinstance(action, argparse._SubParsersAction) or action.help == argparse.SUPPRESS:
             continue
         assert action.help and action.help.strip(), f"{name} {'/'.join(action.option_strings)}: no help"
+
+
+def test_every_environment_variable_jaxnet_reads_is_in_the_readme():
+    """Every ``os.environ`` name in jaxnet's code (and every ``JAXNET_*`` string) is listed."""
+    code = "\n".join(p.read_text() for p in (ROOT / "jaxnet").rglob("*.py"))
+    read = set(re.findall(r"\bJAXNET_[A-Z_]+\b", code))
+    read |= set(re.findall(r"environ(?:\.get\(|\[)\"([A-Z_]+)\"", code))
+    read |= set(re.findall(r"\"([A-Z_]+)\" (?:not )?in os\.environ", code))
+    readme = (ROOT / "README.md").read_text()
+    assert {"JAXNET_DATA", "JAXNET_CACHE", "JAXNET_MIRROR", "JAXNET_COMPILE_CACHE"} <= read  # the scan works
+    assert sorted(v for v in read if f"`{v}`" not in readme) == []

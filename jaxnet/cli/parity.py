@@ -3,8 +3,11 @@
 Every row passes when its error is at most K times the noise floor measured in the same run
 (torch's float32 result against its float64 result, scaled to the row's dtype; per element
 for optimizer steps). Steps are compared teacher-forced (both sides step from torch's state)
-and free-running (each its own trajectory; a divergence must be explained by a ReLU tie or a
-sign flip). Exit status 0 only if every row passes.
+and free-running (each its own trajectory; where the gap leaves its accumulated bound, a
+cause must be found: a ReLU tie, a 2x2 max-pool tie (the CNN), or a near-zero gradient that a
+normalised update (Adam, Adadelta) turns into a full-size step of either sign; then the run is
+judged on outcomes). Exit status 0 only if every row passes. --plant FAULT puts a realistic
+porting bug in the JAX side and runs the recipes it lives in, so that a row must catch it.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--plant", metavar="FAULT",
                    help="run with a realistic porting bug planted in the JAX side, to see which row "
-                   "catches it (names: jaxnet/parity/faults.py, e.g. adam-eps-1e-7)")  # fmt: skip
+                   "catches it; the default --optimizer all runs the fault's own recipes, and a model or "
+                   "recipe that never runs it is refused (names: jaxnet/parity/faults.py, e.g. adam-eps-1e-7)")  # fmt: skip
     p.add_argument("--devices", type=positive_int, default=1,
                    help="also run the same training data-parallel on N devices in each framework (JAX's "
                    "device mesh, torch's DistributedDataParallel) and compare with one device (default: %(default)s)")  # fmt: skip
