@@ -85,3 +85,28 @@ def test_every_environment_variable_jaxnet_reads_is_in_the_readme():
     readme = (ROOT / "README.md").read_text()
     assert {"JAXNET_DATA", "JAXNET_CACHE", "JAXNET_MIRROR", "JAXNET_COMPILE_CACHE"} <= read  # the scan works
     assert sorted(v for v in read if f"`{v}`" not in readme) == []
+
+
+def test_the_readmes_figures_are_those_the_saved_reports_measured():
+    from jaxnet import docs_check
+
+    assert docs_check.problems() == []
+
+
+@pytest.mark.parametrize(
+    ("quoted", "edited", "named"),
+    [
+        ("-1.1e-8 in torch", "-2.6e-7 in torch", "pre-activation -2.6e-7"),  # the stale figure of issue 20
+        ("182/182 rows pass", "181/182 rows pass", "181/182"),
+        ("(gap 7.4e-3", "(gap 7.5e-3", "gap 7.5e-3"),
+        ("There are twelve.", "There are eleven.", "the code has"),
+        ("over 8 seeds", "over 12 seeds", "calibration seeds"),
+    ],
+)
+def test_the_figure_check_fails_on_a_hand_edited_figure(quoted, edited, named):
+    from jaxnet import docs_check
+
+    readme = (ROOT / "README.md").read_text()
+    assert quoted in readme
+    found = docs_check.problems(readme.replace(quoted, edited))
+    assert found and all(named in line for line in found), found
