@@ -54,26 +54,16 @@ def test_an_old_jax_is_one_line_naming_what_is_needed(tmp_path):
     ]
 
 
-def _parsers() -> dict[str, argparse.ArgumentParser]:
-    from jaxnet.cli import build_parser
+def test_the_calibrators_flags_are_explained():
+    """As ``jaxnet``'s commands' (test_cli): every flag has help, and a default is shown."""
     from jaxnet.parity import calibrate
 
-    top = build_parser()
-    [sub] = [a for a in top._actions if isinstance(a, argparse._SubParsersAction)]
-    return {
-        "jaxnet": top,
-        **{f"jaxnet {n}": p for n, p in sub.choices.items()},
-        "calibrate": calibrate.parser(),
-    }
-
-
-@pytest.mark.parametrize("name", list(_parsers()))
-def test_every_flag_is_explained(name):
-    parser = _parsers()[name]
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction) or action.help == argparse.SUPPRESS:
+    for action in calibrate.parser()._actions:
+        if action.help == argparse.SUPPRESS or action.dest == "help":
             continue
-        assert action.help and action.help.strip(), f"{name} {'/'.join(action.option_strings)}: no help"
+        assert action.help and action.help.strip(), f"calibrate {action.option_strings}: no help"
+        if action.default is not None:
+            assert "default" in action.help, f"calibrate {action.option_strings}: default not shown"
 
 
 def test_every_environment_variable_jaxnet_reads_is_in_the_readme():

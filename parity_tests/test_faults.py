@@ -70,11 +70,20 @@ def test_the_command_runs_each_faults_own_recipes_or_refuses(name):
             plant_recipes(name, model, "all", faults.FAULTS)
 
 
-def test_a_recipe_that_skips_the_fault_is_refused_in_one_line(capsys):
-    argv = ["parity", "--plant", "adadelta-eps-outside-sqrt", "--optimizer", "adam-l2"]
-    assert main(argv) == 2
+@pytest.mark.parametrize(
+    ("argv", "reason"),
+    [
+        (
+            ["--plant", "adadelta-eps-outside-sqrt", "--optimizer", "adam-l2"],
+            "bites only in the adadelta-step",
+        ),
+        (["--plant", "sum-loss", "--model", "cnn"], "which --model cnn never runs"),
+    ],
+)
+def test_a_run_that_would_skip_the_fault_is_refused_in_one_line(capsys, argv, reason):
+    assert main(["parity", *argv]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith("jaxnet: error: --plant adadelta-eps-outside-sqrt: ") and "adadelta-step" in line
+    assert line.startswith(f"jaxnet: error: --plant {argv[1]}: ") and reason in line, line
 
 
 def test_a_planted_fault_fails_the_free_running_row_too(fmnist):
