@@ -356,8 +356,8 @@ def _check_family(path: Path, model: dict[str, np.ndarray], config: AnyModel) ->
         found = "unknown"
     if found != config.kind:
         raise CheckpointError(
-            f"{path}: {'an' if found[0] in 'aeiou' else 'a'} {found} model's weights, but {STATE} "
-            f"names a {config.kind} (parts of two checkpoints?)"
+            f"{path}: weights of the {found} model, but {STATE} names the {config.kind} model "
+            "(parts of two checkpoints?)"
         )
 
 

@@ -138,7 +138,7 @@ def test_a_mutated_checkpoint_is_refused_or_resumed_bit_identically(
         (OPTIMIZER, None, r"optimizer\.safetensors: missing; state\.json names adam at step 2"),
         (OPTIMIZER, "other-seed", r"optimizer\.safetensors: SHA-256 \w+\.\.\., but state\.json records"),
         (OPTIMIZER, "cnn", r"optimizer\.safetensors: adadelta's state, but state\.json names adam"),
-        (MODEL, "cnn", r"model\.safetensors: a cnn model's weights, but state\.json names a mlp"),
+        (MODEL, "cnn", r"model\.safetensors: weights of the cnn model, but state\.json names the mlp model"),
         (STATE, "other-seed", r"model\.safetensors: SHA-256 \w+\.\.\., but state\.json records"),
     ],
 )

@@ -29,8 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the dtypes whose rows to report (default: %(default)s)")  # fmt: skip
     p.add_argument("--steps", type=positive_int, default=100,
                    help="optimizer steps per recipe, teacher-forced and free-running (default: %(default)s)")  # fmt: skip
-    p.add_argument("--optimizer", choices=(*ALL_RECIPES, "all"), default="all",
-                   help="recipe of the step rows (default: %(default)s of the model's: the MLP's four, the CNN's adadelta-step)")  # fmt: skip
+    p.add_argument("--optimizer", choices=(*ALL_RECIPES, "all", "none"), default="all",
+                   help="recipe of the step rows, or none: forward, gradient and probe rows only "
+                   "(default: %(default)s of the model's: the MLP's four, the CNN's adadelta-step)")  # fmt: skip
     p.add_argument("--epoch-optimizer", choices=(*ALL_RECIPES, "none"),
                    help="recipe of the free-running epoch, or none (default: sgd for the MLP, none for the CNN)")  # fmt: skip
     p.add_argument("--train-limit", type=nonneg_int, default=0,
@@ -95,7 +96,7 @@ def _report(args, data, parity):
         model=args.model,
         dtypes=("float32", "float64") if args.dtype == "both" else (args.dtype,),
         steps=args.steps,
-        recipes=None if args.optimizer == "all" else tuple(args.optimizer.split(",")),
+        recipes={"all": None, "none": ()}.get(args.optimizer, tuple(args.optimizer.split(","))),
         epoch_recipe=None if epoch == "none" else epoch,
         device=args.device,
         matmul_precision=args.matmul_precision,
