@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tomllib
@@ -100,3 +101,44 @@ def test_the_figure_check_fails_on_a_hand_edited_figure(quoted, edited, named):
     assert quoted in readme
     found = docs_check.problems(readme.replace(quoted, edited))
     assert found and all(named in line for line in found), found
+
+
+PLACEHOLDERS = {r"\{(\w+),[\w,]+\}": r"\1", r"--backend B\b": "--backend jax", r"\bPATH\b": "runs/checkpoint",
+                r"\b[NP]\b": "2", r"\b(NAME|FAULT)\b": "sum-loss"}  # fmt: skip
+
+
+def _readme_commands() -> list[str]:
+    """Every ``jaxnet`` command line of the README: its sh blocks, and its inline commands
+    with placeholders filled in (``B``: jax, ``N``: 2, ``{jax,torch}``: jax, ...); inline
+    ones with optional parts (``[...]``, ``...``) and bare command names are left out."""
+    readme = (ROOT / "README.md").read_text()
+    lines = [
+        line.split("#")[0].strip()
+        for block in re.findall(r"```sh\n(.*?)```", readme, re.S)
+        for line in block.splitlines()
+        if re.search(r"(^|-m )jaxnet ", line)
+    ]
+    for span in re.findall(r"`(jaxnet [a-z][^`]*)`", readme):
+        span = " ".join(span.split())
+        if re.search(r"\[|\.\.\.|\\\|", span) or len(span.split()) < 3:
+            continue
+        for pattern, value in PLACEHOLDERS.items():
+            span = re.sub(pattern, value, span)
+        lines.append(span)
+    return sorted(set(lines))
+
+
+def test_every_command_the_readme_shows_is_one_the_cli_accepts(capsys):
+    """No stale flag or choice: each line parses with the command line's own parser."""
+    from jaxnet.cli import build_parser
+
+    commands = _readme_commands()
+    assert len(commands) >= 20 and any(c.startswith("torchrun") for c in commands)  # the scan works
+    parser = build_parser()
+    for command in commands:
+        words = shlex.split(command)
+        args = words[words.index("jaxnet") + 1 :]
+        try:
+            parser.parse_args(args)
+        except SystemExit:
+            pytest.fail(f"README: {command}: {capsys.readouterr().err.strip().splitlines()[-1]}")
