@@ -15,6 +15,7 @@ import contextlib
 import functools
 import io
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -148,3 +149,14 @@ def test_each_refusal_names_the_part_and_why(runs, tmp_path, part, donor, messag
     _mutate(case, part, "missing" if donor is None else "swap", 0.0, runs[donor] if donor else case)
     with pytest.raises(checkpoint.CheckpointError, match=message):
         checkpoint.load(case)
+
+
+def test_a_library_resume_without_the_optimizer_state_is_refused(runs, fmnist):
+    """``run.train(resume=...)`` from a Checkpoint built in code, its Adam state left out: refused
+    before a step, not continued with a fresh optimizer."""
+    ckpt = checkpoint.load(runs["adam"])
+    ckpt.optimizer = {}
+    cfg = replace(ckpt.train_config, epochs=2)
+    backend = get_backend("torch", ckpt.config, state=ckpt.model)
+    with pytest.raises(checkpoint.CheckpointError, match=r"no optimizer state to resume adam at step 2"):
+        run.train(backend, fmnist, cfg, resume=ckpt, log=lambda _: None, progress=False)
