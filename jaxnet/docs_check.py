@@ -14,7 +14,8 @@ edited by hand, or a report re-run without its paragraph, fails the suite
   those of ``docs/calibration.md`` or, for a fault added after it,
   ``docs/faults-after-calibration-cpu.json``;
 - the calibration's seed count (the README, ``docs/calibration.md``'s command and the
-  calibrator's default).
+  calibrator's default);
+- the training results' outcomes (``docs/train-*.jsonl``, the runs' ``--metrics`` files).
 
 Numbers are compared at the precision the README prints them (2 or 3 significant figures).
 """
@@ -128,10 +129,58 @@ def constants(readme: str, docs: Path) -> list[str]:
     return found
 
 
+# Figures the README quotes from runs whose output was not kept; each is named in the README.
+UNSAVED = {"torch": "the tutorial recipe's torch run (README: training results)"}
+
+
+def _metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def training_results(readme: str, docs: Path) -> list[str]:
+    """The training-results outcomes (accuracy, correct, loss) against the runs' saved
+    ``--metrics`` files (``docs/train-*.jsonl``); the seconds columns are the machine's load."""
+    found = []
+    section = readme.split("## Training results", 1)[-1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (jax|torch) \| ([\d.]+)% \((\d+) / 10000\) \| ([\d.]+) \|", section, re.M)
+    if "jax" not in {b for b, *_ in rows}:
+        found.append("README training results: no jax row")
+    for backend, accuracy, correct, loss in rows:
+        if backend in UNSAVED:
+            continue
+        last = _metrics(docs / f"train-tutorial-{backend}.jsonl")[-1]
+        if (accuracy, int(correct), loss) != (
+            f"{100 * last['accuracy']:.1f}",
+            last["correct"],
+            f"{last['test_loss']:.6f}",
+        ):
+            found.append(
+                f"README training results, {backend}: {accuracy}% ({correct}), loss {loss}; "
+                f"docs/train-tutorial-{backend}.jsonl: {last['correct']}, loss {last['test_loss']:.6f}"
+            )
+    quoted = re.search(
+        r"reaches \*\*([\d.]+)% test accuracy\*\*\s+\(([\d.]+)% after epoch (\d+); ([\d.]+)% after (\d+)[;)]",
+        section,
+    )
+    adamw = _metrics(docs / "train-adamw-jax.jsonl")
+    if quoted is None:
+        found.append("README training results: no AdamW sentence")
+    else:
+        top, top2, end, mid, at = quoted.groups()
+        wanted = (f"{100 * adamw[-1]['accuracy']:.1f}", f"{100 * adamw[-1]['accuracy']:.2f}", str(len(adamw)),
+                  f"{100 * adamw[int(at) - 1]['accuracy']:.1f}")  # fmt: skip
+        if (top, top2, end, mid) != wanted:
+            found.append(
+                f"README AdamW: {top}% / {top2}% after {end}, {mid}% after {at}; docs/train-adamw-jax.jsonl: {wanted}"
+            )
+    return found
+
+
 def problems(readme: str | None = None, docs: Path = ROOT / "docs") -> list[str]:
     """Every disagreement between ``readme`` (default: README.md) and the saved outputs."""
     text = (ROOT / "README.md").read_text() if readme is None else readme
-    return [*parity_figures(text, docs), *fault_table(text, docs), *constants(text, docs)]
+    checks = (parity_figures, fault_table, constants, training_results)
+    return [line for check in checks for line in check(text, docs)]
 
 
 def main() -> int:
