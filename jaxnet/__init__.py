@@ -39,5 +39,9 @@ def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'jaxnet' has no attribute {name!r}")
     module, attr = _EXPORTS[name]
+    if module not in ("jaxnet.errors", "jaxnet.config"):  # those need no framework
+        from jaxnet import versions
+
+        versions.check()
     imported = importlib.import_module(module)
     return imported if attr is None else getattr(imported, attr)

@@ -19,7 +19,9 @@ and metadata in one safetensors file), plain safetensors state dicts, and a tuto
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +32,9 @@ from jaxnet.config import AnyModel, CNNConfig, ModelConfig, TrainConfig, model_f
 from jaxnet.errors import CheckpointError, JaxnetError
 
 FORMAT = "jaxnet-checkpoint"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: state.json records the parts' SHA-256; 2 (read too) did not
+READABLE_VERSIONS = (2, 3)
+TRAIN_EXAMPLES = 60000  # Fashion-MNIST's training split: what an epoch of train_limit 0 covers
 MODEL, OPTIMIZER, STATE = "model.safetensors", "optimizer.safetensors", "state.json"
 OPT_PREFIX = "optimizer."  # format 1 kept optimizer tensors in the model file under this prefix
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -131,11 +135,23 @@ def init_state_dict(config: AnyModel, seed: int, dtype: str = "float32") -> dict
 
 
 def save(path: str | Path, ckpt: Checkpoint) -> None:
-    """Validate ``ckpt`` and write it as a checkpoint directory at ``path``, atomically."""
+    """Validate ``ckpt`` and write it as a checkpoint directory at ``path``, atomically.
+
+    ``state.json`` records each part's SHA-256 and one of its own fields (``checksum``), so a
+    part copied from another run, or damaged, is refused on load (:func:`load`).
+    """
     path = check_save_path(path)
     dtype = validate_state_dict(ckpt.model, ckpt.config)
     if ckpt.train_config is not None:
         validate_optimizer_state(ckpt.optimizer, ckpt.config, ckpt.train_config, dtype)
+    elif ckpt.optimizer:
+        raise CheckpointError("optimizer state without a training config to name its optimizer")
+    parts = {MODEL: files.safetensors_bytes(ckpt.model, {"format": "pt"})}
+    if ckpt.optimizer:
+        name = ckpt.train_config.optimizer.name
+        parts[OPTIMIZER] = files.safetensors_bytes(
+            ckpt.optimizer, {"optimizer": name, "step": str(ckpt.step)}
+        )
     state = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -144,12 +160,20 @@ def save(path: str | Path, ckpt: Checkpoint) -> None:
         "epoch": ckpt.epoch,
         "step": ckpt.step,
         "backend": ckpt.backend,
+        "sha256": {name: hashlib.sha256(blob).hexdigest() for name, blob in parts.items()},
     }
+    state["checksum"] = _checksum(state)
     with files.atomic_directory(path) as tmp:
-        files.atomic_write(tmp / MODEL, files.safetensors_bytes(ckpt.model, {"format": "pt"}))
-        if ckpt.optimizer:
-            files.atomic_write(tmp / OPTIMIZER, files.safetensors_bytes(ckpt.optimizer, {}))
+        for name, blob in parts.items():
+            files.atomic_write(tmp / name, blob)
         files.atomic_write(tmp / STATE, (json.dumps(state, indent=1, sort_keys=True) + "\n").encode())
+
+
+def _checksum(state: dict) -> str:
+    """SHA-256 of ``state.json``'s fields but ``checksum`` itself, as canonical JSON: a changed
+    value (a flipped digit of the learning rate) is refused instead of resumed."""
+    rest = {k: v for k, v in state.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def check_save_path(path: str | Path) -> Path:
@@ -223,31 +247,144 @@ def load(path: str | Path) -> Checkpoint:
 
 
 def _load_directory(path: Path) -> Checkpoint:
-    if not (path / MODEL).is_file():
+    """All or nothing: every part is read and checked against ``state.json`` (its family, its
+    step, its SHA-256) before anything is returned, so no run resumes half of a checkpoint."""
+    model_path, opt_path, state_path = path / MODEL, path / OPTIMIZER, path / STATE
+    if not model_path.is_file():
         raise CheckpointError(f"{path}: no {MODEL} in this directory (is it a checkpoint?)")
-    model, _ = _read_safetensors(path / MODEL)
-    if not (path / STATE).is_file():  # weights alone
-        return Checkpoint(model=model, config=infer_config(model))
-    try:
-        state = json.loads((path / STATE).read_text())
-        if state.get("format") != FORMAT or state.get("format_version") != FORMAT_VERSION:
+    if not state_path.is_file():
+        if opt_path.exists():
             raise CheckpointError(
-                f"{path / STATE}: format {state.get('format')!r} version {state.get('format_version')!r}, "
-                f"expected {FORMAT!r} version {FORMAT_VERSION}"
+                f"{state_path}: missing, yet {OPTIMIZER} is here: a training state without its "
+                f"description (for the weights alone, pass {model_path})"
+            )
+        model, _ = _read_part(model_path)[:2]
+        return Checkpoint(model=model, config=infer_config(model))
+    state, config, train_config, epoch, step, backend = _read_state(state_path)
+    hashes = state.get("sha256", {}) if state["format_version"] >= 3 else None
+    if hashes is not None and not isinstance(hashes, dict):
+        raise CheckpointError(f"{state_path}: bad training state ('sha256' is not a mapping)")
+
+    model, _, digest = _read_part(model_path)
+    _check_family(model_path, model, config)
+    _check_digest(model_path, digest, hashes)
+    dtype = _in_part(model_path, validate_state_dict, model, config)
+
+    optimizer: dict[str, np.ndarray] = {}
+    names = train_config.optimizer.state_names if train_config else ()
+    expected = bool(names) and step > 0  # the optimizer keeps state from its first step on
+    if expected and not opt_path.is_file():
+        raise CheckpointError(
+            f"{opt_path}: missing; {STATE} names {train_config.optimizer.name} at step {step}, whose "
+            f"state ({', '.join(names)}) this file holds: a resume without it would restart the "
+            f"optimizer (for the weights alone, pass {model_path})"
+        )
+    if opt_path.exists():
+        what = f"{train_config.optimizer.name} at step {step}" if train_config else "no training config"
+        if not expected:
+            raise CheckpointError(
+                f"{opt_path}: present, but {STATE} names {what}, which keeps no optimizer state "
+                "(parts of two checkpoints?)"
+            )
+        optimizer, metadata, digest = _read_part(opt_path)
+        if "step" in metadata and metadata["step"] != str(step):
+            raise CheckpointError(
+                f"{opt_path}: the optimizer state of step {metadata['step']}, but {STATE} is at step {step}"
+            )
+        if "optimizer" in metadata and metadata["optimizer"] != train_config.optimizer.name:
+            raise CheckpointError(
+                f"{opt_path}: {metadata['optimizer']}'s state, but {STATE} names {train_config.optimizer.name}"
+            )
+        _check_digest(opt_path, digest, hashes)
+        _in_part(opt_path, validate_optimizer_state, optimizer, config, train_config, dtype)
+    return Checkpoint(model, config, optimizer, train_config, epoch, step, backend)
+
+
+def _read_state(state_path: Path) -> tuple:
+    """``state.json``'s dict, model config, train config, epoch, step and backend, each checked."""
+    try:
+        state = json.loads(state_path.read_text())
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{state_path}: bad training state (not a JSON object)")
+        if state.get("format") != FORMAT or state.get("format_version") not in READABLE_VERSIONS:
+            raise CheckpointError(
+                f"{state_path}: format {state.get('format')!r} version {state.get('format_version')!r}, "
+                f"expected {FORMAT!r} version {' or '.join(map(str, READABLE_VERSIONS))}"
+            )
+        if state["format_version"] >= 3 and state.get("checksum") != _checksum(state):
+            raise CheckpointError(
+                f"{state_path}: its fields do not match its checksum (edited or damaged; a resume "
+                "from it would not continue the run that wrote it)"
             )
         config = model_from_json(json.dumps(state["model_config"]))
         train = state.get("train_config")
         train_config = TrainConfig.from_json(json.dumps(train)) if train else None
         epoch, step, backend = int(state["epoch"]), int(state["step"]), str(state.get("backend", ""))
-    except (KeyError, TypeError, ValueError, JaxnetError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError, JaxnetError) as err:
         if isinstance(err, CheckpointError):
             raise
-        raise CheckpointError(f"{path / STATE}: bad training state ({err})") from None
-    optimizer = _read_safetensors(path / OPTIMIZER)[0] if (path / OPTIMIZER).is_file() else {}
-    dtype = validate_state_dict(model, config)
+        raise CheckpointError(f"{state_path}: bad training state ({err})") from None
     if train_config is not None:
-        validate_optimizer_state(optimizer, config, train_config, dtype)
-    return Checkpoint(model, config, optimizer, train_config, epoch, step, backend)
+        n = min(train_config.train_limit or TRAIN_EXAMPLES, TRAIN_EXAMPLES)
+        per_epoch = math.ceil(n / train_config.batch_size)
+        if step < 0 or epoch != step // per_epoch or step > train_config.epochs * per_epoch:
+            raise CheckpointError(
+                f"{state_path}: step {step} and epoch {epoch} disagree ({per_epoch} steps an epoch, "
+                f"{train_config.epochs} epochs)"
+            )
+    return state, config, train_config, epoch, step, backend
+
+
+def _read_part(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str], str]:
+    """A part's tensors, metadata and SHA-256 (of the bytes read, so the three agree)."""
+    try:
+        blob = path.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"{path}: unreadable ({err.strerror or err})") from None
+    try:
+        from safetensors.numpy import load as load_bytes
+
+        tensors = load_bytes(blob)
+        header_len = int.from_bytes(blob[:8], "little")
+        metadata = json.loads(blob[8 : 8 + header_len]).get("__metadata__") or {}
+    except Exception as err:  # safetensors raises its own error types for a damaged file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable safetensors file ({first})") from None
+    return tensors, metadata, hashlib.sha256(blob).hexdigest()
+
+
+def _check_family(path: Path, model: dict[str, np.ndarray], config: AnyModel) -> None:
+    """The weights must be of the model ``state.json`` names (not a CNN's beside an MLP's state)."""
+    if set(model) == set(config.param_shapes()):
+        return
+    try:
+        found = infer_config(model).kind
+    except CheckpointError:
+        found = "unknown"
+    if found != config.kind:
+        raise CheckpointError(
+            f"{path}: weights of the {found} model, but {STATE} names the {config.kind} model "
+            "(parts of two checkpoints?)"
+        )
+
+
+def _check_digest(path: Path, digest: str, hashes: dict | None) -> None:
+    if hashes is None:  # format 2 recorded none
+        return
+    recorded = hashes.get(path.name)
+    if recorded != digest:
+        said = f"records {str(recorded)[:12]}..." if recorded else "records none"
+        raise CheckpointError(
+            f"{path}: SHA-256 {digest[:12]}..., but {STATE} {said} (a file from another run, or damaged)"
+        )
+
+
+def _in_part(path: Path, check, *args):
+    """``check(*args)``, its error prefixed with the part it is about."""
+    try:
+        return check(*args)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
 
 
 def _load_file(path: Path) -> Checkpoint:

@@ -115,6 +115,7 @@ def train(
         save, metrics, log = None, None, _quiet
     step = 0
     if resume is not None:
+        check_optimizer_state(resume, cfg)
         backend.load_state_dict(resume.model)
         step = resume.step
     backend.set_optimizer(cfg.optimizer, resume.optimizer if resume else None, step)
@@ -258,8 +259,24 @@ class _Bar:
             self._progress.stop()
 
 
+def check_optimizer_state(ckpt: ckpt_io.Checkpoint, cfg: TrainConfig) -> None:
+    """A resume past step 0 with an optimizer that keeps state needs that state: without it the
+    run would go on with a fresh optimizer, silently off the trajectory it claims to continue.
+
+    Raises:
+        CheckpointError: naming the optimizer, the step and the state that is missing.
+    """
+    names = cfg.optimizer.state_names
+    if ckpt.step > 0 and names and not ckpt.optimizer:
+        raise CheckpointError(
+            f"no optimizer state to resume {cfg.optimizer.name} at step {ckpt.step} "
+            f"({', '.join(names)} of every parameter)"
+        )
+
+
 def check_resume(ckpt: ckpt_io.Checkpoint, config: ModelConfig, cfg: TrainConfig) -> None:
     """A resumed run must use the checkpoint's model; the dtype must match its tensors."""
+    check_optimizer_state(ckpt, cfg)
     if ckpt.config != config:
         raise CheckpointError(f"checkpoint model {ckpt.config} differs from the requested {config}")
     if str(ckpt.dtype) != cfg.dtype:

@@ -110,7 +110,7 @@ def test_convert_pth_to_safetensors_and_back(tutorial_pth, tmp_path, capsys):
         (["parity", "--plant", "no-such-bug"], "--plant: unknown fault 'no-such-bug'"),
         (["train", "--model", "cnn", "--hidden", "256"], "--hidden sizes the MLP"),
         (["train", "--step-size", "-1"], "argument --step-size: must be >= 0"),
-        (["parity", "--model", "cnn", "--plant", "sum-loss"], "--devices and --plant are for --model mlp"),
+        (["parity", "--model", "cnn", "--devices", "2"], "--devices is for --model mlp"),
     ],
 )
 def test_invalid_flags_get_argparse_errors(args, message, capsys):

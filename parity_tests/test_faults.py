@@ -4,10 +4,15 @@ named by its first failing row, and leaves nothing behind once removed.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from jaxnet import parity
 from jaxnet.cli import main
+from jaxnet.cli.parity import plant_recipes
+from jaxnet.config import ALL_RECIPES, MODELS
+from jaxnet.errors import JaxnetError
 from jaxnet.parity import faults
 from parity_tests.conftest import problems
 
@@ -32,17 +37,53 @@ def test_the_fault_catalogue_is_covered():
 
 
 @pytest.mark.parametrize("name", list(EXPECTED_FIRST_FAILURE))
-def test_each_planted_fault_fails_the_float32_rows_alone(fmnist, name):
-    with faults.planted(name) as fault:
-        report = parity.run(fmnist, dtypes=("float32",), steps=3, recipes=fault.recipes, epoch_recipe=None)
-    first = report.first_failure()
-    assert first is not None, f"{name} went unnoticed"
+def test_each_planted_fault_fails_the_float32_rows_alone_through_the_command(capsys, name):
+    """``jaxnet parity --plant NAME`` with the default ``--optimizer all``: the command picks the
+    fault's own recipes, so the fault runs and fails its row. A fault of the forward pass or the
+    loss needs no recipe (``--optimizer none`` keeps its run short)."""
+    fault = faults.FAULTS[name]
+    recipe = [] if fault.recipes else ["--optimizer", "none"]
+    # 3 steps: decay-after-momentum differs from step 2 on
+    argv = ["parity", "--dtype", "float32", "--steps", "3", "--epoch-optimizer", "none", "--plant", name]
+    assert main([*argv, *recipe]) == 1, f"{name} went unnoticed"
+    first = re.search(r"first failure: (.+?) / (.+) \((\w+), ([^x]+)x its bound\)", capsys.readouterr().out)
+    assert first is not None, f"{name}: no failing row"
     section, quantity = EXPECTED_FIRST_FAILURE[name]
-    assert first.section.startswith(section) and first.quantity.startswith(quantity), (
-        first.section,
-        first.quantity,
-    )
-    assert first.ratio > 1 and first.dtype == "float32"
+    assert first[1].startswith(section) and first[2].startswith(quantity), (first[1], first[2])
+    assert float(first[4]) > 1 and first[3] == "float32"
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_FIRST_FAILURE))
+def test_the_command_runs_each_faults_own_recipes_or_refuses(name):
+    """What ``--plant`` makes of ``--model`` and ``--optimizer``: never a run that skips the fault."""
+    fault = faults.FAULTS[name]
+    own = ",".join(fault.recipes)
+    assert plant_recipes(name, "mlp", "all", faults.FAULTS) == (own or "all")
+    for recipe in (*ALL_RECIPES, "none"):
+        if not fault.recipes or recipe in fault.recipes:
+            assert plant_recipes(name, "mlp", recipe, faults.FAULTS) == recipe
+        else:
+            with pytest.raises(JaxnetError, match=rf"bites only in the .*--optimizer {recipe} does not run"):
+                plant_recipes(name, "mlp", recipe, faults.FAULTS)
+    for model in set(MODELS) - set(fault.models):
+        with pytest.raises(JaxnetError, match=rf"--model {model} never runs"):
+            plant_recipes(name, model, "all", faults.FAULTS)
+
+
+@pytest.mark.parametrize(
+    ("argv", "reason"),
+    [
+        (
+            ["--plant", "adadelta-eps-outside-sqrt", "--optimizer", "adam-l2"],
+            "bites only in the adadelta-step",
+        ),
+        (["--plant", "sum-loss", "--model", "cnn"], "which --model cnn never runs"),
+    ],
+)
+def test_a_run_that_would_skip_the_fault_is_refused_in_one_line(capsys, argv, reason):
+    assert main(["parity", *argv]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"jaxnet: error: --plant {argv[1]}: ") and reason in line, line
 
 
 def test_a_planted_fault_fails_the_free_running_row_too(fmnist):
@@ -61,9 +102,3 @@ def test_the_planted_fault_is_gone_afterwards(fmnist):
         pass
     report = parity.run(fmnist, dtypes=("float32",), steps=2, recipes=("adam-l2",), epoch_recipe=None)
     assert report.passed, problems(report)
-
-
-def test_the_command_fails_on_a_planted_fault(capsys):
-    assert main(["parity", "--dtype", "float32", "--steps", "2", "--optimizer", "adam-l2", "--epoch-optimizer",
-                 "none", "--plant", "adam-eps-1e-7"]) == 1  # fmt: skip
-    assert "first failure: step (2, teacher-forced) / adam-l2: " in capsys.readouterr().out

@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from jaxnet import distributed, process
+from jaxnet import distributed, process, versions
 from jaxnet.errors import JaxnetError
 
 COMMANDS = ("train", "eval", "predict", "parity", "bench", "plot", "convert")
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jaxnet: warning: torch was imported before {', '.join(late)} could be set; "
               "its results may not be bit-reproducible", file=sys.stderr)  # fmt: skip
     try:
+        versions.check()  # an old framework: one line naming what is needed, not an AttributeError
         code = args.run(args, parser)
     except JaxnetError as err:
         print(f"jaxnet: error: {err}", file=sys.stderr)

@@ -3,18 +3,23 @@
 Every row passes when its error is at most K times the noise floor measured in the same run
 (torch's float32 result against its float64 result, scaled to the row's dtype; per element
 for optimizer steps). Steps are compared teacher-forced (both sides step from torch's state)
-and free-running (each its own trajectory; a divergence must be explained by a ReLU tie or a
-sign flip). Exit status 0 only if every row passes.
+and free-running (each its own trajectory; where the gap leaves its accumulated bound, a
+cause must be found: a ReLU tie, a 2x2 max-pool tie (the CNN), or a near-zero gradient that a
+normalised update (Adam, Adadelta) turns into a full-size step of either sign; then the run is
+judged on outcomes). Exit status 0 only if every row passes. --plant FAULT puts a realistic
+porting bug in the JAX side and runs the recipes it lives in, so that a row must catch it.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from jaxnet.argtypes import nonneg_int, positive_int
 from jaxnet.cli._common import add_data_dir
 from jaxnet.config import ALL_RECIPES, DEVICES, MODELS
+from jaxnet.errors import JaxnetError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,8 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the dtypes whose rows to report (default: %(default)s)")  # fmt: skip
     p.add_argument("--steps", type=positive_int, default=100,
                    help="optimizer steps per recipe, teacher-forced and free-running (default: %(default)s)")  # fmt: skip
-    p.add_argument("--optimizer", choices=(*ALL_RECIPES, "all"), default="all",
-                   help="recipe of the step rows (default: %(default)s of the model's: the MLP's four, the CNN's adadelta-step)")  # fmt: skip
+    p.add_argument("--optimizer", choices=(*ALL_RECIPES, "all", "none"), default="all",
+                   help="recipe of the step rows, or none: forward, gradient and probe rows only "
+                   "(default: %(default)s of the model's: the MLP's four, the CNN's adadelta-step)")  # fmt: skip
     p.add_argument("--epoch-optimizer", choices=(*ALL_RECIPES, "none"),
                    help="recipe of the free-running epoch, or none (default: sgd for the MLP, none for the CNN)")  # fmt: skip
     p.add_argument("--train-limit", type=nonneg_int, default=0,
@@ -39,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--plant", metavar="FAULT",
                    help="run with a realistic porting bug planted in the JAX side, to see which row "
-                   "catches it (names: jaxnet/parity/faults.py, e.g. adam-eps-1e-7)")  # fmt: skip
+                   "catches it; the default --optimizer all runs the fault's own recipes, and a model or "
+                   "recipe that never runs it is refused (names: jaxnet/parity/faults.py, e.g. adam-eps-1e-7)")  # fmt: skip
     p.add_argument("--devices", type=positive_int, default=1,
                    help="also run the same training data-parallel on N devices in each framework (JAX's "
                    "device mesh, torch's DistributedDataParallel) and compare with one device (default: %(default)s)")  # fmt: skip
@@ -57,10 +64,13 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     if args.plant is not None and args.plant not in faults.FAULTS:
         parser.error(f"--plant: unknown fault {args.plant!r} (one of {', '.join(faults.FAULTS)})")
-    if args.model != "mlp" and (args.devices > 1 or args.plant):
-        parser.error(
-            "--devices and --plant are for --model mlp (the planted faults and data-parallel rows are the MLP's)"
-        )
+    if args.model != "mlp" and args.devices > 1:
+        parser.error("--devices is for --model mlp (the data-parallel rows are the MLP's)")
+    if args.plant is not None:
+        args.optimizer = plant_recipes(args.plant, args.model, args.optimizer, faults.FAULTS)
+        fault = faults.FAULTS[args.plant]
+        where = f"step recipes: {args.optimizer}" if fault.recipes else "the forward and probe rows run it"
+        print(f"planted {args.plant} ({fault.description}) in the JAX side; {where}", file=sys.stderr)
     with faults.planted(args.plant) if args.plant else contextlib.nullcontext():
         report = _report(args, data, parity)
     if args.devices > 1:
@@ -86,10 +96,37 @@ def _report(args, data, parity):
         model=args.model,
         dtypes=("float32", "float64") if args.dtype == "both" else (args.dtype,),
         steps=args.steps,
-        recipes=None if args.optimizer == "all" else (args.optimizer,),
+        recipes={"all": None, "none": ()}.get(args.optimizer, tuple(args.optimizer.split(","))),
         epoch_recipe=None if epoch == "none" else epoch,
         device=args.device,
         matmul_precision=args.matmul_precision,
         seed=args.seed,
         train_limit=args.train_limit,
     )
+
+
+def plant_recipes(name: str, model: str, optimizer: str, catalogue: dict) -> str:
+    """The step recipes (``--optimizer``'s value, comma-joined) a run with fault ``name`` planted
+    must run, so that the fault's code runs: its own recipes for a fault of an optimizer or a
+    schedule (with ``all``, the default), the ones asked for when they include one of its own.
+
+    Raises:
+        JaxnetError: the model or the recipe asked for never reaches the fault's code (the
+            report would pass with the fault in place); the message says why.
+    """
+    fault = catalogue[name]
+    if model not in fault.models:
+        raise JaxnetError(
+            f"--plant {name}: a fault of the {' and '.join(fault.models)} JAX code ({fault.description}), "
+            f"which --model {model} never runs"
+        )
+    if not fault.recipes:  # in the forward pass or the loss: every report runs it
+        return optimizer
+    if optimizer == "all":
+        return ",".join(fault.recipes)
+    if optimizer not in fault.recipes:
+        raise JaxnetError(
+            f"--plant {name}: {fault.description} bites only in the {' or '.join(fault.recipes)} steps, "
+            f"which --optimizer {optimizer} does not run (drop --optimizer to run them)"
+        )
+    return optimizer

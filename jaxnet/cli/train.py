@@ -1,10 +1,13 @@
-"""Train the tutorial model (defaults: the tutorial's recipe), or with ``--model cnn`` the CNN of
-PyTorch's ``examples/mnist`` (defaults: that example's recipe), with either backend.
+"""Train the tutorial model (defaults: the tutorial's recipe, SGD lr 1e-3, batch 64, 10 epochs,
+with the batches shuffled every epoch; --no-shuffle is the tutorial's fixed order), or with
+``--model cnn`` the CNN of PyTorch's ``examples/mnist`` (defaults: that example's recipe), with
+either backend.
 
 Prints the tutorial's lines (a loss every 100 batches, the Test Error block after each
 epoch). With --save, a checkpoint is written after every epoch and on Ctrl-C; --resume
-continues one, in either backend, on the same trajectory. A NaN or inf loss stops the run
-and keeps the last good checkpoint.
+continues one, in either backend, on the same trajectory, or refuses in one line a checkpoint
+whose parts (weights, optimizer state, state.json) do not belong together. A NaN or inf loss
+stops the run and keeps the last good checkpoint.
 """
 
 from __future__ import annotations
@@ -200,7 +203,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     resumed = checkpoint.load(args.resume) if args.resume else None
     if resumed is not None and resumed.train_config is None:
-        raise JaxnetError(f"{args.resume}: holds weights only, no training state to resume")
+        raise JaxnetError(f"{args.resume}: weights only (no {checkpoint.STATE}), no training state to resume")
     config = model_config(args, parser, resumed.config if resumed else None)
     try:
         cfg = recipe(args, resumed.train_config if resumed else None, config.kind)

@@ -30,6 +30,7 @@ class Fault:
     target: object  # the module whose attribute is swapped
     attribute: str
     wrong: Callable[[Callable], Callable]  # the correct function -> the faulty one
+    models: tuple[str, ...] = ("mlp",)  # the models whose parity run reaches the swapped code
 
 
 def _transposed(correct):

@@ -1,0 +1,195 @@
+"""Check the figures the README quotes against the saved outputs they come from (docs/*).
+
+    python -m jaxnet.docs_check          # prints each disagreement; exit status 1 if any
+
+Each check reads one kind of claim out of README.md and the file that measured it, so a figure
+edited by hand, or a report re-run without its paragraph, fails the suite
+(``parity_tests/test_claims.py``):
+
+- the ReLU-tie pre-activations and the free-running gap of the parity report
+  (``docs/parity-cpu.json``'s trajectory notes), and its ``N/N rows`` and seconds (both
+  reports, the MLP's and the CNN's);
+- K (``jaxnet.parity.verdict.K``);
+- the planted-fault table: one row per fault of ``jaxnet.parity.faults``, each row's figures
+  those of ``docs/calibration.md`` or, for a fault added after it,
+  ``docs/faults-after-calibration-cpu.json``;
+- the calibration's seed count (the README, ``docs/calibration.md``'s command and the
+  calibrator's default);
+- the training results' outcomes (``docs/train-*.jsonl``, the runs' ``--metrics`` files).
+
+Numbers are compared at the precision the README prints them (2 or 3 significant figures).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NUMBER = r"-?\d+(?:\.\d+)?(?:e[+-]?\d+)?"
+
+
+def _same(quoted: str, measured: float) -> bool:
+    """``quoted`` is ``measured`` rounded to the significant figures ``quoted`` shows."""
+    mantissa = quoted.lower().split("e")[0].lstrip("-")
+    digits = len(mantissa.replace(".", "").lstrip("0")) or 1
+    return float(quoted) == float(f"{measured:.{digits}g}")
+
+
+def parity_figures(readme: str, docs: Path) -> list[str]:
+    """Tie pre-activations, gap and row counts against the parity reports' JSON."""
+    found = []
+    report = json.loads((docs / "parity-cpu.json").read_text())
+    notes = " ".join(r["note"] for r in report["rows"] if r["note"])
+    ties = re.findall(rf"pre-activation torch ({NUMBER}), jax ({NUMBER})", notes)
+    for torch_x, jax_x in re.findall(rf"pre-activation\s+({NUMBER}) in\s+torch, ({NUMBER}) in\s+jax", readme):
+        if not any(_same(torch_x, float(t)) and _same(jax_x, float(j)) for t, j in ties):
+            found.append(
+                f"README: pre-activation {torch_x} in torch, {jax_x} in jax; docs/parity-cpu.json: "
+                + (", ".join(f"{t} / {j}" for t, j in ties) or "no tie")
+            )
+    gaps = re.findall(rf"gap ({NUMBER}) rose above the accumulated bound ({NUMBER}) at step (\d+)", notes)
+    for step, gap, bound in re.findall(rf"at step (\d+) \(gap ({NUMBER}) against ({NUMBER})\)", readme):
+        if not any(s == step and _same(gap, float(g)) and _same(bound, float(b)) for g, b, s in gaps):
+            found.append(f"README: gap {gap} against {bound} at step {step}; docs/parity-cpu.json: {gaps}")
+    for name, pattern in (
+        ("parity-cpu.json", rf"(\d+)/(\d+) rows pass, in ({NUMBER}) s"),
+        ("parity-cnn-cpu.json", rf"(\d+)/(\d+) rows within their bounds in ({NUMBER}) s"),
+    ):
+        saved = json.loads((docs / name).read_text())
+        rows, passing = len(saved["rows"]), sum(bool(r["passed"]) for r in saved["rows"])
+        quoted = re.findall(pattern, readme)
+        if not quoted:
+            found.append(f"README: no '{pattern}' sentence for docs/{name}")
+        for ok, total, seconds in quoted:
+            if (int(ok), int(total)) != (passing, rows) or round(saved["seconds"]) != round(float(seconds)):
+                found.append(
+                    f"README: {ok}/{total} rows in {seconds} s; docs/{name}: {passing}/{rows} in "
+                    f"{saved['seconds']:.0f} s"
+                )
+    return found
+
+
+def fault_table(readme: str, docs: Path) -> list[str]:
+    """One README row per planted fault, with the figures its saved run measured."""
+    from jaxnet.parity.faults import FAULTS
+
+    found = []
+    section = readme.split("## Planted faults", 1)[-1].split("\n## ", 1)[0]
+    rows = {
+        m[0]: m for m in re.findall(r"^\| ([\w-]+): [^|]+\| ([^|]+) \| (\S+) \| (\S+) \|$", section, re.M)
+    }
+    if set(rows) != set(FAULTS):
+        found.append(
+            f"README fault table: {len(rows)} rows, jaxnet.parity.faults: {len(FAULTS)} faults "
+            f"(missing: {sorted(set(FAULTS) - set(rows))}, unknown: {sorted(set(rows) - set(FAULTS))})"
+        )
+    m = re.search(r"There are (\w+)\.", section)
+    words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen"]  # fmt: skip
+    if m is None or m[1] not in words or words.index(m[1]) != len(FAULTS):
+        found.append(f"README: 'There are {m[1] if m else '?'}.' planted faults; the code has {len(FAULTS)}")
+    measured = {}
+    calibration = (docs / "calibration.md").read_text()
+    for name, row, f32, f64 in re.findall(
+        r"^\| ([\w-]+): [^|]+\| ([^|]+) \| (\S+) \| (\S+) \|$", calibration, re.M
+    ):
+        measured[name] = (row, f32, f64)
+    later = json.loads((docs / "faults-after-calibration-cpu.json").read_text())["faults"]
+    for name, result in later.items():
+        measured[name] = (
+            f"{result['float32'][0]} ",
+            f"{result['float32'][1]:.3g}",
+            f"{result['float64'][1]:.3g}",
+        )
+    for name, (_, row, f32, f64) in rows.items():
+        if name not in measured:
+            found.append(f"README fault table: {name} has no saved measurement")
+        elif (row.strip(), f32, f64) != (measured[name][0].strip(), *measured[name][1:]):
+            found.append(f"README fault table: {name} {row.strip()} {f32} {f64}; measured {measured[name]}")
+    return found
+
+
+def constants(readme: str, docs: Path) -> list[str]:
+    """K, and the calibration's seeds as the README, the calibration and the calibrator say."""
+    from jaxnet.parity import calibrate
+    from jaxnet.parity.verdict import K
+
+    found = [f"README: K = {k}; jaxnet.parity.verdict.K = {K:g}" for k in re.findall(r"K = (\d+)", readme)
+             if float(k) != K]  # fmt: skip
+    seeds = {int(s) for s in re.findall(r"over (\d+) seeds", readme)}
+    documented = {int(s) for s in re.findall(r"--seeds (\d+)", (docs / "calibration.md").read_text())}
+    default = calibrate.parser().get_default("seeds")
+    if len(seeds | documented | {default}) != 1:
+        found.append(
+            f"calibration seeds: README {sorted(seeds)}, docs/calibration.md {sorted(documented)}, "
+            f"the calibrator's default {default}"
+        )
+    return found
+
+
+# Figures the README quotes from runs whose output was not kept; each is named in the README.
+UNSAVED = {"torch": "the tutorial recipe's torch run (README: training results)"}
+
+
+def _metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def training_results(readme: str, docs: Path) -> list[str]:
+    """The training-results outcomes (accuracy, correct, loss) against the runs' saved
+    ``--metrics`` files (``docs/train-*.jsonl``); the seconds columns are the machine's load."""
+    found = []
+    section = readme.split("## Training results", 1)[-1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (jax|torch) \| ([\d.]+)% \((\d+) / 10000\) \| ([\d.]+) \|", section, re.M)
+    if "jax" not in {b for b, *_ in rows}:
+        found.append("README training results: no jax row")
+    for backend, accuracy, correct, loss in rows:
+        if backend in UNSAVED:
+            continue
+        last = _metrics(docs / f"train-tutorial-{backend}.jsonl")[-1]
+        if (accuracy, int(correct), loss) != (
+            f"{100 * last['accuracy']:.1f}",
+            last["correct"],
+            f"{last['test_loss']:.6f}",
+        ):
+            found.append(
+                f"README training results, {backend}: {accuracy}% ({correct}), loss {loss}; "
+                f"docs/train-tutorial-{backend}.jsonl: {last['correct']}, loss {last['test_loss']:.6f}"
+            )
+    quoted = re.search(
+        r"reaches \*\*([\d.]+)% test accuracy\*\*\s+\(([\d.]+)% after epoch (\d+); ([\d.]+)% after (\d+)[;)]",
+        section,
+    )
+    adamw = _metrics(docs / "train-adamw-jax.jsonl")
+    if quoted is None:
+        found.append("README training results: no AdamW sentence")
+    else:
+        top, top2, end, mid, at = quoted.groups()
+        wanted = (f"{100 * adamw[-1]['accuracy']:.1f}", f"{100 * adamw[-1]['accuracy']:.2f}", str(len(adamw)),
+                  f"{100 * adamw[int(at) - 1]['accuracy']:.1f}")  # fmt: skip
+        if (top, top2, end, mid) != wanted:
+            found.append(
+                f"README AdamW: {top}% / {top2}% after {end}, {mid}% after {at}; docs/train-adamw-jax.jsonl: {wanted}"
+            )
+    return found
+
+
+def problems(readme: str | None = None, docs: Path = ROOT / "docs") -> list[str]:
+    """Every disagreement between ``readme`` (default: README.md) and the saved outputs."""
+    text = (ROOT / "README.md").read_text() if readme is None else readme
+    checks = (parity_figures, fault_table, constants, training_results)
+    return [line for check in checks for line in check(text, docs)]
+
+
+def main() -> int:
+    found = problems()
+    for line in found:
+        print(line)
+    print(f"{len(found)} disagreement(s) between README.md and docs/", file=sys.stderr)
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
