@@ -15,7 +15,9 @@ with the tutorial's recipe (SGD, lr 1e-3, batch 64):
 
 - ``cnn-torch-plain``: ``examples/mnist``'s ``train()`` loop over pre-made tensors;
 - ``cnn-torch-jaxnet``, ``cnn-jax-jaxnet``: jaxnet's backends (one jitted step per batch in
-  JAX: a ``lax.scan`` over conv steps runs slower on XLA's CPU backend).
+  JAX: a ``lax.scan`` over conv steps runs slower on XLA's CPU backend);
+- ``cnn-jax-fastconv``: the same JAX path, its ``nnx.Conv`` layers computing as im2col + one
+  GEMM with their own gradient (:mod:`jaxnet.fastconv`).
 
 Epoch times are medians of ``--epochs`` timed epochs after a warm-up one (its extra time is
 reported as compile). The limits are the machine's, the same for every path
@@ -42,7 +44,7 @@ import time
 from jaxnet.config import CNNConfig, ModelConfig
 
 PATHS = ("torch-tutorial", "torch-plain", "torch-jaxnet", "jax-plain", "jax-jaxnet-step", "jax-jaxnet-scan")
-CNN_PATHS = ("cnn-torch-plain", "cnn-torch-jaxnet", "cnn-jax-jaxnet")
+CNN_PATHS = ("cnn-torch-plain", "cnn-torch-jaxnet", "cnn-jax-jaxnet", "cnn-jax-fastconv")
 BATCH = 64
 TRIALS = 7
 

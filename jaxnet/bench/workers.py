@@ -80,6 +80,13 @@ def _epoch_fn(path: str, train_limit: int, test_limit: int = 0):
         backend = JaxBackend(config, scan=False, state=state)
     else:
         backend = get_backend(path.split("-")[0], config, state=state)
+    if path == "jax-fastconv":  # the same backend, its nnx.Conv layers on jaxnet.fastconv
+        from flax import nnx
+
+        from jaxnet import fastconv
+
+        model = fastconv.enable(nnx.merge(backend.graphdef, backend.params))
+        backend.graphdef, backend.params = nnx.split(model, nnx.Param)
     backend.set_optimizer(opt)
     backend.set_train_data(x, labels)
     return (lambda: backend.train_steps(batches)), (lambda: backend.evaluate(test_x, test_y))
