@@ -70,6 +70,7 @@ PARITY_SETTINGS = {
 }  # fmt: skip
 BENCH_SETTINGS = {"full": {"epochs": 2, "train_limit": 6400}, "tiny": {"epochs": 1, "train_limit": 640}}
 DP_STEPS = {"full": 10, "tiny": 2}
+TF32_KEY = "torch cuda.matmul.allow_tf32 / cudnn.allow_tf32"  # cuDNN's convolutions: TF32 unless turned off
 MIN_PART_S = 20  # a part is skipped rather than started with less budget than this
 
 
@@ -201,7 +202,7 @@ def part_data_parallel(device: str, size: str, gpus: int) -> dict:
 
 
 def _settings_text(s: dict) -> str:
-    return ", ".join(f"{k} {v if not isinstance(v, tuple) else '/'.join(v)}" for k, v in s.items())
+    return ", ".join(f"{k} {'/'.join(v) if isinstance(v, list | tuple) else v}" for k, v in s.items())
 
 
 def run_child(name: str, device: str, size: str, out: Path, result_file: Path, gpus: int) -> None:
@@ -372,7 +373,8 @@ class Check:
         for p in self.results:
             if p.name.startswith("parity-") and p.result:
                 lines += [f"## {p.name}", "", f"{p.result['summary']}; settings: {_settings_text(p.result['settings'])};"
-                          f" float32 matmul arithmetic: {p.result['environment'].get('float32 matmul arithmetic in force')};"
+                          f" float32 matmul arithmetic: {p.result['environment'].get('float32 matmul arithmetic in force')}"
+                          f" (torch allow_tf32, matmul / cuDNN: {p.result['environment'].get(TF32_KEY)});"
                           f" report: parity-{p.name[7:]}-{self.tag}.md", ""]  # fmt: skip
                 lines += [f"- FAIL {f}" for f in p.result["failed"]] + ([""] if p.result["failed"] else [])
             if p.name == "bench" and p.result:
