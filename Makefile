@@ -11,7 +11,7 @@ DATA   := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 TEXT   := /usr/share/games/fortunes/zippy
 ARGS   ?=
 
-.PHONY: train test lint format data bench parity examples clean
+.PHONY: train test lint format data bench parity examples device-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,13 @@ parity: $(STAMP) data
 
 bench: $(STAMP) data
 	$(BIN)/jaxnet bench $(ARGS)
+
+# The accelerator check: the system python (a GPU machine is lent bare, with jax, torch and the
+# rest preinstalled and no network), the data from $JAXNET_DATA or .devdata/ (the four .gz
+# files, carried along), results to docs/*-gpu.* (docs/*-cpu.*, tiny settings, without a GPU).
+DEVICE_OUT ?= docs
+device-check:
+	PYTHONPATH=$(CURDIR) $(PYTHON) -m jaxnet.devicecheck --out $(DEVICE_OUT) $(ARGS)
 
 examples: $(STAMP) data
 	$(BIN)/python -m examples.build

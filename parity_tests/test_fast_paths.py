@@ -83,18 +83,35 @@ def test_every_bench_path_runs_and_the_table_shows_limits_and_plain_loops(capsys
     correct, loss = evaluate()
     assert 0 <= correct <= 100 and np.isfinite(loss)
     assert all(r["epoch_s"] > 0 and r["eval_s"] > 0 for r in results)
-    peaks = {fw: workers.limits(fw, trials=1) for fw in ("torch", "jax")}
-    assert all(p["square_2048"] > 0 and p["model_mix"] > 0 for p in peaks.values())
+    peaks = {fw: workers.limits(fw, trials=1, models=("mlp",)) for fw in ("torch", "jax")}
+    assert all(
+        p["square_2048"] > 0 and min(min(k.values()) for k in p["kernels"].values()) > 0
+        for p in peaks.values()
+    )
+    results.append({"path": "jax-jaxnet-scan", "error": "bench worker --worker jax-jaxnet-scan failed: boom"})
     report = bench.summarise(peaks, results, epochs=1, n=128, startup={"jaxnet eval": 1.0})
     bench.print_table(report)
     out = capsys.readouterr().out
-    assert "this model's GEMM mix" in out and "x plain loop" in out and "jaxnet eval" in out
-    by_path = {r["path"]: r for r in report["results"]}
+    assert (
+        "the mlp's step floor" in out and "FMA peak" in out and "x plain loop" in out and "jaxnet eval" in out
+    )
+    assert "boom" in out  # a failed worker is a row with its error
+    # one floor for every path: per kernel the fastest framework, summed over a step's kernels
+    floor = report["floors"]["mlp"]
+    for name, kernel in floor["kernels"].items():
+        assert kernel["seconds"] == min(peaks[fw]["kernels"][name]["gemm"] for fw in peaks)
+    assert floor["step_s"] == sum(floor["kernels"][f"gemm {m}x{k}x{n}"]["seconds"] for m, k, n in [
+        (64, 784, 512), (784, 64, 512), (64, 512, 512), (512, 64, 512), (64, 512, 512),
+        (64, 512, 10), (512, 64, 10), (64, 10, 512)])  # fmt: skip
+    by_path = {r["path"]: r for r in report["results"] if "error" not in r}
+    assert (
+        by_path["torch-plain"]["pct_floor"] == 100 * floor["step_s"] * 2 / by_path["torch-plain"]["epoch_s"]
+    )
     assert by_path["torch-plain"]["vs_plain"] == by_path["jax-plain"]["vs_plain"] == 1.0
     assert by_path["cnn-torch-plain"]["vs_plain"] == 1.0
     cnn = by_path["cnn-torch-jaxnet"]  # its baseline is the CNN's plain loop, not the MLP's
     assert cnn["vs_plain"] == by_path["cnn-torch-plain"]["epoch_s"] / cnn["epoch_s"]
-    assert cnn["pct_model_peak"] is None  # the model-mix limit is the MLP's GEMM shapes
+    assert cnn["pct_floor"] is None  # the CNN's kernels were not timed here
     macs = [26 * 26 * 9 * 32, 24 * 24 * 9 * 32 * 64, 12 * 12 * 64 * 128, 128 * 10]
     assert report["cnn_epoch_gflop"] == 2 * 128 * (2 * sum(macs) + sum(macs[1:])) / 1e9
     assert (

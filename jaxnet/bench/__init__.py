@@ -15,13 +15,20 @@ with the tutorial's recipe (SGD, lr 1e-3, batch 64):
 
 - ``cnn-torch-plain``: ``examples/mnist``'s ``train()`` loop over pre-made tensors;
 - ``cnn-torch-jaxnet``, ``cnn-jax-jaxnet``: jaxnet's backends (one jitted step per batch in
-  JAX: a ``lax.scan`` over conv steps runs slower on XLA's CPU backend).
+  JAX: a ``lax.scan`` over conv steps runs slower on XLA's CPU backend);
+- ``cnn-jax-fastconv``: the same JAX path, its ``nnx.Conv`` layers computing as im2col + one
+  GEMM with their own gradient (:mod:`jaxnet.fastconv`).
 
 Epoch times are medians of ``--epochs`` timed epochs after a warm-up one (its extra time is
-reported as compile). The limits are the best of several trials: float32 GEMM at 2048^3,
-and the mix of GEMM shapes one training step of this model performs, each in torch and in
-XLA. Start-up is the wall time of whole commands (``jaxnet eval``, ``jaxnet predict``)
-against a bare ``import jax, flax.nnx, optax``.
+reported as compile). The limits are the machine's, the same for every path
+(:mod:`jaxnet.bench.limits`): every GEMM and convolution of one training step timed in torch
+and in XLA (best of several trials; a convolution also as its im2col GEMMs), the fastest of
+any framework per kernel summed into the step's floor; and the cores' float32 FMA peak,
+derived from /proc/cpuinfo with its derivation printed. Every path's row gives its share of
+its model's floor and of the FMA peak; a 2048^3 GEMM per framework is shown beside.
+Start-up is the wall time of whole commands (``jaxnet eval``, ``jaxnet predict``) against a
+bare ``import jax, flax.nnx, optax``. A worker that fails is a row with its error; the
+others still run.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ import time
 from jaxnet.config import CNNConfig, ModelConfig
 
 PATHS = ("torch-tutorial", "torch-plain", "torch-jaxnet", "jax-plain", "jax-jaxnet-step", "jax-jaxnet-scan")
-CNN_PATHS = ("cnn-torch-plain", "cnn-torch-jaxnet", "cnn-jax-jaxnet")
+CNN_PATHS = ("cnn-torch-plain", "cnn-torch-jaxnet", "cnn-jax-jaxnet", "cnn-jax-fastconv")
 BATCH = 64
 TRIALS = 7
 
@@ -64,17 +71,6 @@ def epoch_gflop(config: ModelConfig | CNNConfig, n: int) -> float:
     return 2 * n * (2 * sum(macs) + sum(macs[1:])) / 1e9
 
 
-def step_gemms(config: ModelConfig, batch: int) -> list[tuple[int, int, int]]:
-    """(m, k, n) of every matrix product in one training step."""
-    shapes = []
-    for layer, (fan_in, fan_out) in enumerate(config.linear_shapes):
-        shapes.append((batch, fan_in, fan_out))  # forward
-        shapes.append((fan_in, batch, fan_out))  # weight gradient
-        if layer:
-            shapes.append((batch, fan_out, fan_in))  # input gradient
-    return shapes
-
-
 # ---------------------------------------------------------------------------- the run and its table
 
 
@@ -82,7 +78,8 @@ def _spawn(*args: str) -> dict:
     cmd = [sys.executable, "-m", "jaxnet.bench.workers", *args]
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     if out.returncode != 0:
-        raise RuntimeError(f"bench worker {args} failed:\n{out.stderr[-2000:]}")
+        lines = out.stderr.strip().splitlines() or [f"exit status {out.returncode}"]
+        return {"error": f"bench worker {' '.join(args)} failed: {lines[-1][:300]}"}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -119,10 +116,12 @@ def startup() -> dict[str, float]:
 def run_bench(
     paths: tuple[str, ...], epochs: int, train_limit: int, with_startup: bool = True, devices: int = 1
 ) -> dict:
-    peaks = {fw: _spawn("--limits", fw) for fw in ("torch", "jax")}
-    results = [
-        _spawn("--worker", p, "--epochs", str(epochs), "--train-limit", str(train_limit)) for p in paths
-    ]
+    models = tuple(dict.fromkeys("cnn" if is_cnn(p) else "mlp" for p in paths))
+    peaks = {fw: _spawn("--limits", fw, "--models", *models) for fw in ("torch", "jax")}
+    results = []
+    for p in paths:
+        result = _spawn("--worker", p, "--epochs", str(epochs), "--train-limit", str(train_limit))
+        results.append(result if "error" not in result else {"path": p, **result})
     if devices > 1:
         results += [
             data_parallel(backend, n, epochs, train_limit)
@@ -153,24 +152,35 @@ def data_parallel(backend: str, devices: int, epochs: int, train_limit: int) -> 
 
 
 def summarise(peaks: dict, results: list[dict], epochs: int, n: int, startup: dict[str, float]) -> dict:
-    """Derived columns: throughput, GFLOP/s, share of each framework's peaks, x its plain loop
-    (of the same model and framework). The model-mix limit is the MLP's GEMM shapes: CNN rows
-    show the square-GEMM share only."""
+    """Derived columns: throughput, GFLOP/s, the share of the model's floor (the fastest kernel
+    of any framework per GEMM and convolution of a step, times the steps of an epoch) and of
+    the cores' FMA peak, x its plain loop (of the same model and framework). Failed workers
+    (an ``error`` key) stay as rows without numbers."""
+    from jaxnet.bench import limits
+
     gflop = {cnn: epoch_gflop(CNNConfig() if cnn else ModelConfig(), n) for cnn in (False, True)}
+    steps = -(-n // BATCH)
+    kernels = {fw: p["kernels"] for fw, p in peaks.items() if "kernels" in p}
+    floors = {}
+    for cnn in (False, True):
+        config = CNNConfig() if cnn else ModelConfig()
+        if kernels and all(k.name in t for k in limits.step_kernels(config) for t in kernels.values()):
+            floors["cnn" if cnn else "mlp"] = limits.floors(kernels, config) | {"epoch_s": None}
+    for floor in floors.values():
+        floor["epoch_s"] = floor["step_s"] * steps
+    fma_text, fma = limits.fma_peak()
+    ok = [r for r in results if "error" not in r]
     plain = {
-        (is_cnn(r["path"]), framework_of(r["path"])): r["epoch_s"]
-        for r in results
-        if r["path"].endswith("-plain")
+        (is_cnn(r["path"]), framework_of(r["path"])): r["epoch_s"] for r in ok if r["path"].endswith("-plain")
     }
-    one = {
-        r["path"].split("-")[0]: r["epoch_s"] for r in results if r["path"].endswith(("-ddp-1", "-mesh-1"))
-    }
-    for r in results:
+    one = {r["path"].split("-")[0]: r["epoch_s"] for r in ok if r["path"].endswith(("-ddp-1", "-mesh-1"))}
+    for r in ok:
         framework, cnn = framework_of(r["path"]), is_cnn(r["path"])
+        floor = floors.get("cnn" if cnn else "mlp")
         r["samples_per_s"] = n / r["epoch_s"]
         r["gflops"] = gflop[cnn] / r["epoch_s"]
-        r["pct_square_peak"] = 100 * r["gflops"] / peaks[framework]["square_2048"]
-        r["pct_model_peak"] = None if cnn else 100 * r["gflops"] / peaks[framework]["model_mix"]
+        r["pct_floor"] = None if floor is None else 100 * floor["epoch_s"] / r["epoch_s"]
+        r["pct_fma_peak"] = 100 * r["gflops"] / fma if fma == fma else None
         key = (cnn, framework)
         r["vs_plain"] = plain[key] / r["epoch_s"] if key in plain else None
         if r["path"].endswith(("-ddp-1", "-mesh-1")) or not r["path"][-1].isdigit():
@@ -179,6 +189,8 @@ def summarise(peaks: dict, results: list[dict], epochs: int, n: int, startup: di
             r["vs_one_device"] = one[framework] / r["epoch_s"]
     return {
         "peak_gflops": peaks,
+        "floors": floors,
+        "fma_peak": {"gflops": fma, "derivation": fma_text},
         "epoch_gflop": gflop[False],
         "cnn_epoch_gflop": gflop[True],
         "samples": n,
@@ -194,30 +206,55 @@ def print_table(report: dict) -> None:
     from rich.table import Table
 
     console = Console() if Console().is_terminal else Console(width=200)
-    peaks = Table(
-        title=f"this machine's limits, best of {TRIALS} (GFLOP/s, float32)", caption=report["machine"]
-    )
-    for col in ("framework", "GEMM 2048^3", "this model's GEMM mix (batch 64)"):
-        peaks.add_column(col, justify="left" if col == "framework" else "right")
-    for fw, p in report["peak_gflops"].items():
-        peaks.add_row(fw, f"{p['square_2048']:.0f}", f"{p['model_mix']:.0f}")
-    console.print(peaks)
-    title = (f"{report['samples']} samples/epoch, {report['epoch_gflop']:.1f} GFLOP/epoch (the CNN: "
-             f"{report['cnn_epoch_gflop']:.1f}), median of {report['epochs']} epochs")  # fmt: skip
-    table = Table(title=title)
-    cols = ("path", "epoch s", "samples/s", "GFLOP/s", "% GEMM peak", "% model-mix peak", "x plain loop",
-            "x one device", "compile s", "eval 10k s", "peak RSS MB")  # fmt: skip
-    for col in cols:
-        table.add_column(col, justify="left" if col == "path" else "right")
 
     def num(x, fmt: str) -> str:
         return "-" if x is None or x != x else format(x, fmt)  # None or NaN: not measured on this path
 
+    fma = report["fma_peak"]
+    console.print(f"float32 FMA peak of the cores (derived): {fma['derivation']}")
+    peaks = report["peak_gflops"]
+    for fw, p in peaks.items():
+        if "error" in p:
+            console.print(f"{fw} limits: {p['error']}", style="bold red")
+        else:
+            share = (
+                f", {100 * p['square_2048'] / fma['gflops']:.0f}% of the FMA peak"
+                if fma["gflops"] == fma["gflops"]
+                else ""
+            )
+            console.print(f"{fw} on {p['device']}: GEMM 2048^3 {p['square_2048']:.0f} GFLOP/s{share}")
+    for model, floor in report.get("floors", {}).items():
+        kernels = Table(title=f"the {model}'s step floor: the fastest kernel of any framework per product, "
+                        f"best of {TRIALS} (ms, batch {BATCH})")  # fmt: skip
+        options = sorted({o for k in floor["kernels"].values() for o in k["options"]})
+        for col in ("kernel", *options, "floor", "GFLOP/s"):
+            kernels.add_column(col, justify="left" if col == "kernel" else "right")
+        for name, k in floor["kernels"].items():
+            cells = [num(1e3 * k["options"].get(o, float("nan")), ".3f") for o in options]
+            kernels.add_row(
+                name,
+                *cells,
+                f"{1e3 * k['seconds']:.3f} ({k['best']})",
+                f"{k['flop'] / k['seconds'] / 1e9:.0f}",
+            )
+        kernels.caption = (f"one step ({len(floor['kernels'])} kernels, repeats counted): {1e3 * floor['step_s']:.2f} ms, "
+                           f"{floor['step_gflop'] / floor['step_s']:.0f} GFLOP/s; the epoch's floor {floor['epoch_s']:.2f} s")  # fmt: skip
+        console.print(kernels)
+    title = (f"{report['samples']} samples/epoch, {report['epoch_gflop']:.1f} GFLOP/epoch (the CNN: "
+             f"{report['cnn_epoch_gflop']:.1f}), median of {report['epochs']} epochs")  # fmt: skip
+    table = Table(title=title)
+    cols = ("path", "device", "epoch s", "samples/s", "GFLOP/s", "% floor", "% FMA peak", "x plain loop",
+            "x one device", "compile s", "eval 10k s", "peak RSS MB")  # fmt: skip
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("path", "device") else "right")
     for r in report["results"]:
-        table.add_row(r["path"], f"{r['epoch_s']:.3f}", f"{r['samples_per_s']:,.0f}", f"{r['gflops']:.1f}",
-                      f"{r['pct_square_peak']:.0f}%", num(r["pct_model_peak"], ".0f"), num(r["vs_plain"], ".2f"),
-                      num(r.get("vs_one_device"), ".2f"), f"{r['compile_s']:.2f}", num(r["eval_s"], ".4f"),
-                      num(r["peak_rss_mb"], ".0f"))  # fmt: skip
+        if "error" in r:
+            table.add_row(r["path"], "error", r["error"], style="bold red")
+            continue
+        table.add_row(r["path"], r.get("device", "-"), f"{r['epoch_s']:.3f}", f"{r['samples_per_s']:,.0f}",
+                      f"{r['gflops']:.1f}", num(r["pct_floor"], ".0f"), num(r["pct_fma_peak"], ".0f"),
+                      num(r["vs_plain"], ".2f"), num(r.get("vs_one_device"), ".2f"), f"{r['compile_s']:.2f}",
+                      num(r["eval_s"], ".4f"), num(r["peak_rss_mb"], ".0f"))  # fmt: skip
     console.print(table)
     if report["startup_s"]:
         start = Table(title="start-up: command to exit, median of 3 (s)")

@@ -15,59 +15,36 @@ import time
 
 import numpy as np
 
-from jaxnet.bench import BATCH, CNN_PATHS, PATHS, TRIALS, is_cnn, model_of, step_gemms
-from jaxnet.config import CNN_RECIPE, ModelConfig, OptimConfig
+from jaxnet.bench import BATCH, CNN_PATHS, PATHS, TRIALS, framework_of, is_cnn, model_of
+from jaxnet.config import CNN_RECIPE, CNNConfig, ModelConfig, OptimConfig
 
 
-def limits(framework: str, trials: int = TRIALS) -> dict[str, float]:
-    """float32 GFLOP/s, best of ``trials``: a 2048^3 GEMM, and 50 training steps' worth of this
-    model's GEMM shapes."""
-    shapes = step_gemms(ModelConfig(), BATCH)
-    rng = np.random.default_rng(0)
-    pairs = [(rng.random((m, k), np.float32), rng.random((k, n), np.float32)) for m, k, n in shapes]
-    square = rng.random((2048, 2048), np.float32)
+def limits(framework: str, trials: int = TRIALS, models: tuple[str, ...] = ("mlp", "cnn")) -> dict:
+    """This framework's kernels, best of ``trials``: float32 GFLOP/s of a 2048^3 GEMM, and the
+    seconds of every GEMM and convolution a training step of ``models`` performs
+    (:func:`jaxnet.bench.limits.time_kernels`), on the framework's default device."""
+    from jaxnet.bench import limits as machine
+
+    configs = tuple(CNNConfig() if m == "cnn" else ModelConfig() for m in models)
+    square = np.random.default_rng(0).random((2048, 2048), np.float32)
     if framework == "torch":
         import torch
 
-        pairs_t = [(torch.from_numpy(a), torch.from_numpy(b)) for a, b in pairs]
         square_t = torch.from_numpy(square)
-
-        def run_square():
-            torch.mm(square_t, square_t)
-
-        def run_mix():
-            for _ in range(50):
-                for a, b in pairs_t:
-                    torch.mm(a, b)
+        run_square, device = (lambda: torch.mm(square_t, square_t)), "cpu"
     else:
         import jax
         import jax.numpy as jnp
 
-        mm = jax.jit(jnp.dot)
-        pairs_j = [(jnp.asarray(a), jnp.asarray(b)) for a, b in pairs]
-        square_j = jnp.asarray(square)
-        mix = jax.jit(lambda ps: [jnp.dot(a, b) for a, b in ps])
-        mix(pairs_j)[0].block_until_ready()
-        mm(square_j, square_j).block_until_ready()
-
-        def run_square():
-            mm(square_j, square_j).block_until_ready()
-
-        def run_mix():
-            for _ in range(50):
-                jax.block_until_ready(mix(pairs_j))
-
-    def best(fn) -> float:
-        fn()
-        times = []
-        for _ in range(trials):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    mix_flop = 50 * sum(2 * m * k * n for m, k, n in shapes)
-    return {"square_2048": 2 * 2048**3 / best(run_square) / 1e9, "model_mix": mix_flop / best(run_mix) / 1e9}
+        mm, square_j = jax.jit(jnp.dot), jnp.asarray(square)
+        run_square = lambda: mm(square_j, square_j).block_until_ready()  # noqa: E731
+        first = jax.devices()[0]
+        device = first.platform if first.platform == "cpu" else f"{first.platform} ({first.device_kind})"
+    return {
+        "square_2048": 2 * 2048**3 / machine.best_time(run_square, trials) / 1e9,
+        "kernels": machine.time_kernels(framework, configs, trials),
+        "device": device,
+    }
 
 
 def _epoch_fn(path: str, train_limit: int, test_limit: int = 0):
@@ -103,6 +80,13 @@ def _epoch_fn(path: str, train_limit: int, test_limit: int = 0):
         backend = JaxBackend(config, scan=False, state=state)
     else:
         backend = get_backend(path.split("-")[0], config, state=state)
+    if path == "jax-fastconv":  # the same backend, its nnx.Conv layers on jaxnet.fastconv
+        from flax import nnx
+
+        from jaxnet import fastconv
+
+        model = fastconv.enable(nnx.merge(backend.graphdef, backend.params))
+        backend.graphdef, backend.params = nnx.split(model, nnx.Param)
     backend.set_optimizer(opt)
     backend.set_train_data(x, labels)
     return (lambda: backend.train_steps(batches)), (lambda: backend.evaluate(test_x, test_y))
@@ -217,7 +201,22 @@ def run_worker(path: str, epochs: int, train_limit: int, test_limit: int = 0) ->
         "compile_s": max(0.0, times[0] - median),
         "eval_s": statistics.median(eval_times[1:]),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "device": _device_of(path),
     }
+
+
+def _device_of(path: str) -> str:
+    """Where ``path`` computed: the plain torch loops on the CPU, the rest on the framework's
+    default device (a GPU where there is one)."""
+    if framework_of(path) == "jax":
+        import jax
+
+        return jax.devices()[0].platform
+    if path.removeprefix("cnn-") == "torch-jaxnet":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cpu"
 
 
 if __name__ == "__main__":
@@ -226,11 +225,16 @@ if __name__ == "__main__":
     worker = argparse.ArgumentParser()
     worker.add_argument("--worker", choices=PATHS + CNN_PATHS)
     worker.add_argument("--limits", choices=("torch", "jax"))
+    worker.add_argument("--models", nargs="+", choices=("mlp", "cnn"), default=("mlp", "cnn"))
     worker.add_argument("--epochs", type=int, default=3)
     worker.add_argument("--train-limit", type=int, default=0)
     w = worker.parse_args()
     from jaxnet import process
 
     process.prepare()
-    result = limits(w.limits) if w.limits else run_worker(w.worker, w.epochs, w.train_limit)
+    result = (
+        limits(w.limits, models=tuple(w.models))
+        if w.limits
+        else run_worker(w.worker, w.epochs, w.train_limit)
+    )
     print(json.dumps(result))
