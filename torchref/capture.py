@@ -44,7 +44,8 @@ def capture(
                 while key in outputs:
                     n += 1
                     key = f"{leaf}#{n}"
-                outputs[key] = value.detach().clone()  # an in-place op after it (ReLU(inplace=True)) would change it
+                # a copy: an in-place op after the module (ReLU(inplace=True)) would change it
+                outputs[key] = value.detach().clone()
             return output
 
         return record
