@@ -4,8 +4,7 @@ times its bound the error is).
 
     python -m parity_tests.pitfalls          # about a minute on 2 cores
 
-The pitfalls are those of ``test_port_engine.PITFALLS`` (the test holds that each fails at the
-right module in float32; this table records by how much, in both dtypes).
+The pitfalls are those of ``test_port_engine.PITFALLS`` .
 """
 
 from __future__ import annotations
@@ -16,7 +15,8 @@ from pathlib import Path
 
 from jaxnet import data, parity
 from parity_tests.port_models import TorchBN, token_batch
-from parity_tests.test_port_engine import PITFALLS, block_pair, unscaled_attention
+from parity_tests.test_port_engine import block_pair
+from parity_tests.test_port_pitfalls import PITFALLS, unscaled_attention
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

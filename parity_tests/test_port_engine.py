@@ -10,7 +10,6 @@ first failing row must name the module where it acts.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import replace
 
 import jax
@@ -25,7 +24,7 @@ from hypothesis import strategies as st
 from jaxnet import parity
 from jaxnet.config import PORT_RECIPES
 from jaxnet.errors import JaxnetError
-from jaxnet.nn import TorchBatchNorm, dot_product_attention
+from jaxnet.nn import TorchBatchNorm
 from jaxnet.rules import RULES, conv_transpose, linear
 from parity_tests.port_models import NNXBN, NNXBlock, TorchBlock, TorchBN, token_batch
 
@@ -89,65 +88,6 @@ def test_transformer_block_passes_with_ids_and_a_padding_mask():
     grads = {r.quantity for r in report.rows if r.kind == "gradient"}
     assert {"attn.in_proj_weight", "attn.out_proj.weight", "wte.weight"} <= grads
     assert "head.weight" not in grads  # tied: the embedding's one parameter
-
-
-# ---------------------------------------------------------------------------- planted pitfalls
-
-PITFALLS = {
-    # name: (pair builder, what fails first)
-    "batchnorm momentum 0.99 (nnx's default) for torch's 0.1": (
-        lambda: bn_pair(momentum=0.99),
-        "running bn1.running_mean",
-    ),
-    "batchnorm running variance biased (plain nnx.BatchNorm)": (
-        lambda: bn_pair(bn=functools.partial(nnx.BatchNorm, use_fast_variance=False)),
-        "running bn1.running_var",
-    ),
-    "'SAME' padding on a stride-2 conv (torch pads symmetrically)": (
-        lambda: bn_pair(padding="SAME"),
-        "conv2",
-    ),
-    "attention mask polarity inverted": (lambda: block_pair(invert_mask=True), "attn"),
-    "GELU tanh approximation (jax.nn.gelu's default)": (lambda: block_pair(gelu_approximate=True), "proj"),
-    "LayerNorm eps 1e-6 (Flax's default) for torch's 1e-5": (lambda: block_pair(ln_eps=1e-6), "ln1"),
-    "Embedding padding_idx row still receiving gradient": (
-        lambda: block_pair(torch_kw={"padding_idx": 0}),
-        "wte.weight",
-    ),
-}
-
-
-@pytest.mark.parametrize("name", list(PITFALLS))
-def test_each_pitfall_fails_in_float32_at_the_module_where_it_acts(name, images):
-    build, where = PITFALLS[name]
-    pair = build()
-    if isinstance(pair[0], TorchBN):
-        report = parity.compare(*pair, *images, channels_last=True, dtypes=("float32",), steps=0)
-    else:
-        inputs, targets = token_batch()
-        if "padding_idx" in name:
-            inputs[0][:, 0] = 0  # the padding token occurs
-        report = parity.compare(*pair, inputs, targets, dtypes=("float32",), steps=0)
-    assert first_failure(report) == where, parity.summary(report)
-    assert (
-        report.environment["first difference"].startswith(f"{where} (float32)")
-        or where in report.environment["first difference"]
-    )
-
-
-def unscaled_attention(query, key, value, bias=None, mask=None, **kw):
-    """A port that forgot the 1/sqrt(head_dim) scale."""
-    return dot_product_attention(
-        query * jnp.sqrt(query.shape[-1]).astype(query.dtype), key, value, bias, mask, **kw
-    )
-
-
-def test_unscaled_attention_logits_fail_at_the_attention():
-    pair = block_pair()
-    pair[1].attn.attention_fn = unscaled_attention
-    inputs, targets = token_batch()
-    report = parity.compare(*pair, inputs, targets, dtypes=("float32",), steps=0)
-    assert first_failure(report) == "attn"
 
 
 # ---------------------------------------------------------------------------- refusals

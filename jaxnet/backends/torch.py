@@ -37,13 +37,18 @@ def torch_device(device: str) -> torch.device:
 @contextlib.contextmanager
 def matmul_precision(precision: str) -> Iterator[None]:
     """torch's float32 matmul precision (``"highest"``, ``"high"``: TF32) for the block, then
-    whatever was set before (``set_float32_matmul_precision`` is process-wide)."""
-    before = torch.get_float32_matmul_precision()
+    whatever was set before (``set_float32_matmul_precision`` is process-wide). ``"highest"``
+    turns cuDNN's TF32 convolutions off too (``cudnn.allow_tf32`` is on by default, and
+    ``set_float32_matmul_precision`` leaves it so)."""
+    before, cudnn = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
     torch.set_float32_matmul_precision(precision)
+    if precision == "highest":
+        torch.backends.cudnn.allow_tf32 = False
     try:
         yield
     finally:
         torch.set_float32_matmul_precision(before)
+        torch.backends.cudnn.allow_tf32 = cudnn
 
 
 def tensor(x: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -65,8 +65,8 @@ def in_force(device: str) -> Arithmetic:
         precision = torch.get_float32_matmul_precision()
         if precision == "medium":
             torch_mode = "bfloat16"
-        elif precision == "high" or torch.backends.cuda.matmul.allow_tf32:
-            torch_mode = "tf32"
+        elif precision == "high" or torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32:
+            torch_mode = "tf32"  # cuDNN's convolutions in TF32 (its default) count too
     return Arithmetic(jax_mode, torch_mode)
 
 

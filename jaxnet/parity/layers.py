@@ -104,6 +104,10 @@ def forward_and_gradient(
                 rows["forward"] += _running_rows(setup, ref, ref64, side, x, dtype, suffix)
             keep = np.array([i for i in range(batch.size(y)) if i not in tied], dtype=np.int64)
             note = f"{len(tied)} example(s) at a tie left out" if tied else ""
+            if len(keep) == 0:  # every example at a tie: nothing left to compare the loss on
+                row = verdict.count("forward" + suffix, "loss: every example at a tie", dtype, 1, 0, 0, note)
+                rows["forward"].append(replace(row, kind="loss"))
+                continue
             kept = {k: m[keep] for k, m in masks.items()} if masks else None
             xk, yk = batch.take(x, keep), batch.take(y, keep)
             loss32, g32 = ref.loss_and_grads(xk, batch.cast(yk, "float32"), kept)
