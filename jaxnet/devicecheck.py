@@ -35,6 +35,7 @@ import io
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -250,8 +251,10 @@ def _tail(log: Path, chars: int = 3000) -> str:
 
 
 def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1].strip()[:300] if lines else ""
+    """The error's own line: the last that names an exception (JAX prints a note after it)."""
+    lines = [line for line in text.strip().splitlines() if line.strip() and not line.startswith("-----")]
+    errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Exit)\b.*", line.strip())]
+    return (errors or lines or [""])[-1].strip()[:300]
 
 
 def data_dir(explicit: str | None) -> Path:

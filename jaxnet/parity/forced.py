@@ -21,6 +21,7 @@ import numpy as np
 
 from jaxnet import batch
 from jaxnet.backends import Backend
+from jaxnet.errors import JaxnetError
 from jaxnet.numerics import rel_error, unit_roundoff
 from jaxnet.parity import verdict
 from jaxnet.parity.free import FreePair
@@ -181,7 +182,13 @@ def _untied(sides: Sides, start: dict, step: int, x, factors: dict[str, float]) 
         names, pools = sides.relu_inputs, sides.pool_inputs
         floors = {n: verdict.ladder_floor(acts32[n], acts64[n], dtype, factors[dtype]) for n in names + pools}
         tied |= verdict.tied_examples(acts_j, acts_t, acts32, acts64, names, floors, pools)[0]
-    return np.array([i for i in range(batch.size(x)) if i not in tied], dtype=np.int64)
+    keep = np.array([i for i in range(batch.size(x)) if i not in tied], dtype=np.int64)
+    if len(keep) == 0:
+        raise JaxnetError(
+            f"every example of step {step + 1} sits at a ReLU or max-pool tie at these floors (coarse "
+            "arithmetic such as TF32 widens them): nothing is left to compare the step on"
+        )
+    return keep
 
 
 def _reference_float64(ref64: Backend, start: dict, step: int, x, y, grads32: dict, buffers=()):
