@@ -57,7 +57,9 @@ def digest(*parts) -> str:
 
 
 class _Tracked:
-    """The state digest of one backend: every load, optimizer change and step folds into it."""
+    """A torch backend's queries and state changes, the state folded into a digest as it
+    changes (every load, optimizer change and step). Subclasses say what a query returns
+    (:meth:`_ask`) and what a change does besides (:meth:`_apply`)."""
 
     def __init__(self, name: str, dtype: str, role: str) -> None:
         self.role = f"{name}|{dtype}|{role}"
@@ -72,21 +74,13 @@ class _Tracked:
     def _fold(self, what: str, *args) -> None:
         self.state = digest(self.state, what, args)
 
-
-class Recorder(_Tracked):
-    """A torch backend whose answers are written to ``answers`` as the engine asks."""
-
-    def __init__(self, inner, answers: dict, name: str, dtype: str, role: str) -> None:
-        super().__init__(name, dtype, role)
-        self.inner, self.answers = inner, answers
-        self.name, self.dtype, self.config = inner.name, inner.dtype, inner.config
-
     def _ask(self, method: str, *args):
-        self.inner.training = self.training
-        result = getattr(self.inner, method)(*args)
-        self.answers[self._key(method, *args)] = result
-        return result
+        raise NotImplementedError
 
+    def _apply(self, method: str, *args) -> None:
+        """The change itself (a recorder passes it on to torch; a replayer has nothing to do)."""
+
+    # the queries
     def describe(self) -> str:
         return self._ask("describe")
 
@@ -105,35 +99,54 @@ class Recorder(_Tracked):
     def buffers_after(self, x):
         return self._ask("buffers_after", x)
 
-    def load_state_dict(self, state) -> None:
-        self.inner.load_state_dict(state)
-        self._fold("load", state)
-
-    def set_optimizer(self, cfg, state=None, step: int = 0) -> None:
-        self.inner.set_optimizer(cfg, state, step)
-        self._fold("optimizer", repr(cfg), state, step)
-        self.step = step
-
-    def load_optimizer_state(self, state, step: int) -> None:
-        self.inner.load_optimizer_state(state, step)
-        self._fold("optimizer state", state, step)
-        self.step = step
-
-    def set_train_data(self, images, labels) -> None:
-        self.inner.set_train_data(images, labels)
-        self._fold("data", images, labels)
-
-    def apply_gradients(self, grads) -> None:
-        self.inner.training = self.training
-        self.inner.apply_gradients(grads)
-        self._fold("apply", grads)
-        self.step += 1
-
     def train_steps(self, batches):
         result = self._ask("train_steps", batches)
         self._fold("train", batches, self.training)
         self.step += len(batches)
         return result
+
+    # the changes
+    def load_state_dict(self, state) -> None:
+        self._apply("load_state_dict", state)
+        self._fold("load", state)
+
+    def set_optimizer(self, cfg, state=None, step: int = 0) -> None:
+        self._apply("set_optimizer", cfg, state, step)
+        self._fold("optimizer", repr(cfg), state, step)
+        self.step = step
+
+    def load_optimizer_state(self, state, step: int) -> None:
+        self._apply("load_optimizer_state", state, step)
+        self._fold("optimizer state", state, step)
+        self.step = step
+
+    def set_train_data(self, images, labels) -> None:
+        self._apply("set_train_data", images, labels)
+        self._fold("data", images, labels)
+
+    def apply_gradients(self, grads) -> None:
+        self._apply("apply_gradients", grads)
+        self._fold("apply", grads)
+        self.step += 1
+
+
+class Recorder(_Tracked):
+    """A torch backend whose answers are written to ``answers`` as the engine asks."""
+
+    def __init__(self, inner, answers: dict, name: str, dtype: str, role: str) -> None:
+        super().__init__(name, dtype, role)
+        self.inner, self.answers = inner, answers
+        self.name, self.dtype, self.config = inner.name, inner.dtype, inner.config
+
+    def _ask(self, method: str, *args):
+        self.inner.training = self.training
+        result = getattr(self.inner, method)(*args)
+        self.answers[self._key(method, *args)] = result
+        return result
+
+    def _apply(self, method: str, *args) -> None:
+        self.inner.training = self.training
+        getattr(self.inner, method)(*args)
 
 
 class Replayer(_Tracked):
@@ -157,48 +170,6 @@ class Replayer(_Tracked):
                 "record it again, or compare live"
             )
         return self.answers[key]
-
-    def describe(self) -> str:
-        return self._ask("describe")
-
-    def state_dict(self):
-        return self._ask("state_dict")
-
-    def optimizer_state(self):
-        return self._ask("optimizer_state")
-
-    def activations(self, x, masks=None):
-        return self._ask("activations", x, masks)
-
-    def loss_and_grads(self, x, y, masks=None):
-        return self._ask("loss_and_grads", x, y, masks)
-
-    def buffers_after(self, x):
-        return self._ask("buffers_after", x)
-
-    def load_state_dict(self, state) -> None:
-        self._fold("load", state)
-
-    def set_optimizer(self, cfg, state=None, step: int = 0) -> None:
-        self._fold("optimizer", repr(cfg), state, step)
-        self.step = step
-
-    def load_optimizer_state(self, state, step: int) -> None:
-        self._fold("optimizer state", state, step)
-        self.step = step
-
-    def set_train_data(self, images, labels) -> None:
-        self._fold("data", images, labels)
-
-    def apply_gradients(self, grads) -> None:
-        self._fold("apply", grads)
-        self.step += 1
-
-    def train_steps(self, batches):
-        result = self._ask("train_steps", batches)
-        self._fold("train", batches, self.training)
-        self.step += len(batches)
-        return result
 
 
 # ---------------------------------------------------------------------------- on disk
