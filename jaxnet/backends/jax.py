@@ -29,7 +29,7 @@ from jaxnet import train as jtrain
 from jaxnet.config import PREDICT_CHUNK, AnyModel, OptimConfig
 from jaxnet.distributed import Rank
 from jaxnet.errors import JaxnetError
-from jaxnet.layout import Layout, keys
+from jaxnet.layout import Layout
 
 
 def _in_mode(method: Callable) -> Callable:
@@ -127,32 +127,6 @@ _LOGITS = jax.jit(lambda graphdef, params, x: nnx.merge(graphdef, params)(x), st
 _KEYS = jax.jit(lambda key, steps: jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, steps))
 
 
-def port_module(module: nnx.Module, dtype: str) -> tuple[nnx.Module, frozenset[str]]:
-    """A copy of a user's NNX module for comparison: parameters cast to ``dtype``, dropouts in
-    eval mode without RNG streams (masks are handed to them instead), and the paths of its
-    ``nnx.Sequential`` modules (whose ``layers`` level torch names lack).
-
-    Raises:
-        JaxnetError: state other than parameters (BatchNorm statistics), not compared yet.
-    """
-    model = nnx.clone(module)
-    model.eval()
-    sequential = set()
-    for path, sub in nnx.iter_modules(model):
-        if isinstance(sub, nnx.Dropout):
-            sub.rngs = None
-        if isinstance(sub, nnx.Sequential):
-            sequential.add(".".join(map(str, path)))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    others = [".".join(keys(p)) for p, _ in jax.tree_util.tree_flatten_with_path(rest)[0]]
-    if others:
-        raise JaxnetError(
-            f"the NNX module holds state other than parameters, not compared yet: {', '.join(others[:5])}"
-        )
-    params = jax.tree.map(lambda a: a.astype(dtype), params)
-    return nnx.merge(graphdef, params), frozenset(sequential)
-
-
 class JaxBackend:
     """Flax NNX model as ``(graphdef, params)``; training runs as compiled ``lax.scan``.
 
@@ -176,7 +150,6 @@ class JaxBackend:
         state: dict[str, np.ndarray] | None = None,
         scan: bool | None = None,
         devices: int = 1,
-        module: nnx.Module | None = None,
     ) -> None:
         self.config, self.dtype, self.seed = config, dtype, seed
         self.scan = config.kind == "mlp" if scan is None else scan
@@ -187,16 +160,10 @@ class JaxBackend:
         self.rank = Rank(jax.process_index(), jax.process_count())
         self.step = 0
         self.tx = None
-        self.train_dropout = bool(config.dropouts) and module is None  # the CNN trains with dropout
+        self.train_dropout = bool(config.dropouts)  # the CNN trains with dropout
         self._data: tuple[jax.Array, jax.Array] | None = None
         with jax.enable_x64(dtype == "float64"), jax.default_device(self.device):
-            if module is not None:
-                model, sequential = port_module(module, dtype)
-                self.layout = replace(self.layout, sequential=sequential)
-                self._masks_to = {
-                    self.layout.torch_module(p.split(".")): p for p in jmodel.module_paths(model)
-                }
-            elif state is None:
+            if state is None:
                 model = jmodel.build(config, seed=seed, dtype=dtype)
             else:
                 model = nnx.eval_shape(lambda: jmodel.build(config, seed=seed, dtype=dtype))
@@ -227,11 +194,10 @@ class JaxBackend:
         return self._put(self.layout.activation_from_torch(x))
 
     def _masks(self, masks: dict[str, np.ndarray] | None) -> dict[str, jax.Array] | None:
-        """Torch-named, torch-layout dropout masks in the model's names and layout."""
+        """Torch-layout dropout masks in the model's layout (the built-in models use torch's names)."""
         if not masks:
             return None
-        names = getattr(self, "_masks_to", {})
-        return {names.get(k, k): self._put(self.layout.activation_from_torch(m)) for k, m in masks.items()}
+        return {k: self._put(self.layout.activation_from_torch(m)) for k, m in masks.items()}
 
     @_in_mode
     def state_dict(self) -> dict[str, np.ndarray]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import copy
 import os
 from collections.abc import Iterator
 
@@ -95,8 +94,8 @@ def _step_seed(seed: int, step: int, rank: int) -> int:
 
 
 class TorchBackend:
-    """A ``torchref`` model (or a user's module) with ``torch.optim``; batches sliced from
-    pre-made tensors."""
+    """A ``torchref`` model with ``torch.optim``; batches sliced from pre-made tensors (a user's
+    module: :class:`jaxnet.backends.torch_port.TorchPortBackend`)."""
 
     name = "torch"
 
@@ -109,11 +108,10 @@ class TorchBackend:
         seed: int = 0,
         state: dict[str, np.ndarray] | None = None,
         devices: int = 1,
-        module: torch.nn.Module | None = None,
     ) -> None:
         self.config, self.dtype, self.seed = config, dtype, seed
         self.loss_fn = _LOSSES[config.loss]
-        self.train_dropout = bool(config.dropouts) and module is None  # the CNN trains with dropout
+        self.train_dropout = bool(config.dropouts)  # the CNN trains with dropout
         self.rank = distributed.torch_rank()
         if devices != self.rank.world:
             raise JaxnetError(
@@ -130,12 +128,9 @@ class TorchBackend:
                     f"--devices {devices}: torch sees {torch.cuda.device_count()} CUDA device(s)"
                 )
             self.device = torch.device("cuda", local)
-        if module is not None:  # a user's module, compared: a copy, in eval mode
-            self.model = copy.deepcopy(module).to(device=self.device, dtype=_DTYPES[dtype]).eval()
-        else:
-            with torch.random.fork_rng(devices=[]):  # the caller's global RNG stays as it was
-                torch.manual_seed(seed)
-                self.model = build(config, dtype).to(self.device)
+        with torch.random.fork_rng(devices=[]):  # the caller's global RNG stays as it was
+            torch.manual_seed(seed)
+            self.model = build(config, dtype).to(self.device)
         self.net: torch.nn.Module = self.model  # what the steps call: the model, or its DDP wrapper
         if self.rank.world > 1:
             self.net = _data_parallel(self.model, self.device)
@@ -184,9 +179,7 @@ class TorchBackend:
         self.model.eval()
         x_, masks_ = self._put(x), self._masks(masks)
         with torch.no_grad():
-            if self.config.kind == "port":
-                acts = capture.activations(self.model, x_, masks_)
-            elif self.config.kind == "cnn":
+            if self.config.kind == "cnn":
                 acts = tcnn.activations(self.model, x_, masks_ and (masks_["dropout1"], masks_["dropout2"]))
             else:
                 acts = torchref.activations(self.model, x_)
