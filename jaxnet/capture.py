@@ -4,7 +4,8 @@
 ``__call__`` output under the module's path. ``nnx.Dropout`` modules can be handed their
 masks (``{module path: 0/1 array}``): they then keep what the mask keeps, scaled as their own
 draw is (``inputs / keep_prob``), so two frameworks can be compared in train mode on the
-same masks.
+same masks. The masks reach the instances through a context variable read by
+:class:`SharedMaskDropout`, which the instances (not the ``nnx.Dropout`` class) become.
 
 Example:
     >>> model = nnx.Sequential(nnx.Linear(3, 4, rngs=nnx.Rngs(0)), nnx.Linear(4, 2, rngs=nnx.Rngs(1)))
@@ -16,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 from collections.abc import Iterator
 
@@ -31,26 +33,67 @@ def module_paths(model: nnx.Module) -> dict[int, str]:
     return {id(m): ".".join(map(str, p)) for p, m in nnx.iter_modules(model)}
 
 
-@contextlib.contextmanager
-def shared_dropout(model: nnx.Module, masks: dict[str, jax.Array] | None) -> Iterator[None]:
-    """While the block runs, each ``nnx.Dropout`` with a mask in ``masks`` applies it."""
-    if not masks:
-        yield
-        return
-    paths, original = module_paths(model), nnx.Dropout.__call__
+_MASKS: contextvars.ContextVar[dict[str, jax.Array] | None] = contextvars.ContextVar(
+    "jaxnet_dropout_masks", default=None
+)
 
-    def call(self, inputs, *, deterministic=None, rngs=None):
-        mask = masks.get(paths.get(id(self), ""))
+
+class SharedMaskDropout(nnx.Dropout):
+    """An ``nnx.Dropout`` that, while :func:`shared_dropout` hands a mask to its path
+    (``mask_path``), keeps what the mask keeps, scaled as its own draw is
+    (``inputs / keep_prob``); otherwise exactly ``nnx.Dropout``. Instances become one by
+    :func:`share_masks`; the class ``nnx.Dropout`` itself is never changed."""
+
+    mask_path: str = ""
+
+    def __call__(self, inputs, *, deterministic=None, rngs=None):
+        mask = (_MASKS.get() or {}).get(self.mask_path)
         if mask is None:
-            return original(self, inputs, deterministic=deterministic, rngs=rngs)
+            return super().__call__(inputs, deterministic=deterministic, rngs=rngs)
         keep = 1.0 - self.rate
         return jax.lax.select(mask.astype(bool), inputs / keep, jnp.zeros_like(inputs))
 
-    nnx.Dropout.__call__ = call
+
+def share_masks(model: nnx.Module) -> list[tuple[nnx.Dropout, type]]:
+    """Make each ``nnx.Dropout`` instance of ``model`` a :class:`SharedMaskDropout` that knows
+    its path; returns ``(instance, its class before)`` to undo it with :func:`unshare_masks`."""
+    changed = []
+    for path, sub in nnx.iter_modules(model):
+        if isinstance(sub, nnx.Dropout):
+            changed.append((sub, type(sub)))
+            if not isinstance(sub, SharedMaskDropout):
+                object.__setattr__(sub, "__class__", SharedMaskDropout)  # this instance only
+            object.__setattr__(sub, "mask_path", ".".join(map(str, path)))
+    return changed
+
+
+def unshare_masks(changed: list[tuple[nnx.Dropout, type]]) -> None:
+    for sub, cls in changed:
+        object.__setattr__(sub, "__class__", cls)
+        if cls is not SharedMaskDropout:
+            object.__delattr__(sub, "mask_path")
+
+
+@contextlib.contextmanager
+def shared_dropout(model: nnx.Module, masks: dict[str, jax.Array] | None) -> Iterator[None]:
+    """While the block runs, each ``nnx.Dropout`` of ``model`` with a mask in ``masks`` (by
+    path) applies it. A model prepared once by :func:`share_masks` (a backend's own copy) is
+    left as it is; any other has its dropout instances made shared for the block only."""
+    if not masks:
+        yield
+        return
+    prepared = all(
+        isinstance(sub, SharedMaskDropout)
+        for _, sub in nnx.iter_modules(model)
+        if isinstance(sub, nnx.Dropout)
+    )
+    changed = [] if prepared else share_masks(model)
+    token = _MASKS.set(dict(masks))
     try:
         yield
     finally:
-        nnx.Dropout.__call__ = original
+        _MASKS.reset(token)
+        unshare_masks(changed)
 
 
 def forward(

@@ -61,3 +61,49 @@ class NNXBlock(nnx.Module):
         x = x + self.attn(h, mask=mask)
         x = x + self.proj(jax.nn.gelu(self.fc(self.ln2(x)), approximate=self.gelu_approximate))
         return self.wte.attend(self.ln_f(x))
+
+
+class NNXMLP(nnx.Module):
+    """The tutorial MLP's shape at 12x12 inputs (its square middle layer is where a weight loaded
+    untransposed still fits); ``act`` the activation between the layers."""
+
+    def __init__(self, hidden: int = 16, *, rngs: nnx.Rngs, act=jax.nn.relu) -> None:
+        self.linear_relu_stack = nnx.Sequential(
+            nnx.Linear(144, hidden, rngs=rngs),
+            act,
+            nnx.Linear(hidden, hidden, rngs=rngs),
+            act,
+            nnx.Linear(hidden, 10, rngs=rngs),
+        )
+
+    def __call__(self, x):
+        return self.linear_relu_stack(x.reshape(x.shape[0], -1))
+
+
+def max_pool(x):
+    """A 2x2 max-pool as nnx's (torch's tie rule: the gradient goes to the first maximum)."""
+    return nnx.max_pool(x, (2, 2), (2, 2))
+
+
+def reshape_max_pool(x):
+    """A 2x2 max-pool written as reshape-and-max: equal forward, but at a tie ``max``'s gradient
+    is split between the tied elements (torch gives it all to the first)."""
+    n, h, w, c = x.shape
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max((2, 4))
+
+
+class NNXCNN(nnx.Module):
+    """examples/mnist's CNN in small (channels-last): conv -> ReLU -> conv -> ReLU -> 2x2
+    max-pool -> dropout -> Linear, on 12x12 images."""
+
+    def __init__(self, c: int = 4, *, rngs: nnx.Rngs, pool=max_pool) -> None:
+        self.conv1 = nnx.Conv(1, c, (3, 3), padding=((1, 1), (1, 1)), rngs=rngs)
+        self.conv2 = nnx.Conv(c, c, (3, 3), padding=((1, 1), (1, 1)), rngs=rngs)
+        self.dropout = nnx.Dropout(0.25, rngs=rngs)
+        self.fc = nnx.Linear(c * 36, 10, rngs=rngs)
+        self.pool = pool
+
+    def __call__(self, x):
+        x = jax.nn.relu(self.conv2(jax.nn.relu(self.conv1(x))))
+        x = self.dropout(self.pool(x))
+        return self.fc(x.reshape(x.shape[0], -1))

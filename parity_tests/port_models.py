@@ -2,6 +2,7 @@
 
 - ``BNNet``: Conv2d -> BatchNorm2d -> ReLU -> Conv2d (stride 2) -> BatchNorm2d -> ReLU -> mean
   pool -> Linear, on ``[N, 1, 12, 12]`` images (channels-last port);
+- ``MLP`` and ``CNN``: the built-in pairs' shapes in small (the built-in faults through compare);
 - ``Block``: a transformer block on token ids and a padding mask: Embedding (tokens and
   positions), pre-LayerNorm causal ``nn.MultiheadAttention`` with a key padding mask, a GELU
   MLP, residuals, a final LayerNorm and a head tied to the token embedding.
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from parity_tests.nnx_ports import NNXBN, NNXBlock  # noqa: F401 (the pairs' NNX halves)
+from parity_tests.nnx_ports import NNXBN, NNXCNN, NNXMLP, NNXBlock  # noqa: F401 (the pairs' NNX halves)
 
 
 class TorchBN(nn.Module):
@@ -32,6 +33,36 @@ class TorchBN(nn.Module):
         x = torch.relu(self.bn1(self.conv1(x)))
         x = torch.relu(self.bn2(self.conv2(x)))
         return self.fc(x.mean((2, 3)))
+
+
+class TorchMLP(nn.Module):
+    """The tutorial MLP's shape at 12x12 inputs: Linear -> act -> Linear (square) -> act -> Linear."""
+
+    def __init__(self, hidden: int = 16, act=nn.ReLU) -> None:
+        super().__init__()
+        self.linear_relu_stack = nn.Sequential(
+            nn.Linear(144, hidden), act(), nn.Linear(hidden, hidden), act(), nn.Linear(hidden, 10)
+        )
+
+    def forward(self, x):
+        return self.linear_relu_stack(x.flatten(1))
+
+
+class TorchCNN(nn.Module):
+    """examples/mnist's CNN in small: conv -> ReLU -> conv -> ReLU -> 2x2 max-pool -> dropout ->
+    Linear, on 12x12 images (the port is channels-last: ``flatten={"fc": (c, 6, 6)}``)."""
+
+    def __init__(self, c: int = 4) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, c, 3, padding=1)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1)
+        self.dropout = nn.Dropout(0.25)
+        self.fc = nn.Linear(c * 36, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        x = self.dropout(torch.nn.functional.max_pool2d(x, 2))
+        return self.fc(x.flatten(1))
 
 
 class TorchBlock(nn.Module):

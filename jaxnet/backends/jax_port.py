@@ -167,6 +167,7 @@ class JaxPortBackend:
         self._data = None
         with jax.enable_x64(dtype == "float64"), jax.default_device(self.device):
             model = nnx.clone(module)
+            capture.share_masks(model)  # this copy's dropouts take the masks handed in
             sequential, classes = set(), {}
             for path, sub in nnx.iter_modules(model):
                 dotted = ".".join(map(str, path))

@@ -30,7 +30,8 @@ from jaxnet import checkpoint
 from jaxnet.config import ALL_RECIPES, CNN_RECIPES, RECIPES, AnyModel, CNNConfig, ModelConfig, OptimConfig
 from jaxnet.data import FashionMNIST, batch_slices, epoch_order
 from jaxnet.parity import environment, verdict
-from jaxnet.parity.layers import DROPOUT_NOTE, forward_and_gradient, probes, shared_masks
+from jaxnet.parity.layers import DROPOUT_NOTE, forward_and_gradient, shared_masks
+from jaxnet.parity.probes import probes
 from jaxnet.parity.report import Report, Row
 from jaxnet.parity.sections import BATCH, Run, epoch_section, steps_section
 

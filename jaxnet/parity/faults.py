@@ -190,6 +190,7 @@ FAULTS: dict[str, Fault] = {
 @contextlib.contextmanager
 def planted(name: str) -> Iterator[Fault]:
     """Run the block with fault ``name`` in the JAX side; everything is restored after."""
+    from jaxnet.backends import jax_port
     from jaxnet.backends.jax import clear_caches
 
     fault = FAULTS[name]
@@ -199,9 +200,11 @@ def planted(name: str) -> Iterator[Fault]:
         "make_schedule",
     )  # those build new step programs anyway
     clear_caches(model=traced)
+    jax_port.clear_caches()  # a port compared through compare steps with the same functions
     setattr(fault.target, fault.attribute, fault.wrong(correct))
     try:
         yield fault
     finally:
         setattr(fault.target, fault.attribute, correct)
         clear_caches(model=traced)
+        jax_port.clear_caches()

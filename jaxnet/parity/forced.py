@@ -67,6 +67,9 @@ class TeacherForced:
     noise: dict[str, dict[str, float]] = field(default_factory=dict)  # dtype -> largest gradient floor
     tied_steps: list[int] = field(default_factory=list)
     missing: dict[str, list[str]] = field(default_factory=dict)  # dtype -> tensors only one side has
+    free: dict[str, FreePair] = field(
+        default_factory=dict
+    )  # dtype -> the free-running pair stepped alongside
 
 
 def teacher_forced(
@@ -86,6 +89,7 @@ def teacher_forced(
     out = TeacherForced({}, {d: [] for d in sides.jax}, {d: [] for d in sides.jax})
     worst: dict[tuple[str, str], tuple[float, int, tuple]] = {}
     free = free or {}
+    out.free = dict(free)
     buffers = list(getattr(sides.ref.config, "buffers", ()))
     for t, idx in enumerate(batches, start=1):
         x, y = batch.take(images, idx), batch.take(labels, idx)

@@ -1,5 +1,5 @@
 """Forward and gradient rows: every layer's output, the ReLU and max-pool choices, the loss and
-every gradient on one batch, and probes at the edges (ReLU exactly at 0, extreme logits).
+every gradient on one batch (the probes at the edges are :mod:`jaxnet.parity.probes`).
 
 Both sides get the same weights and inputs; torch is the reference. A row's floor is the
 reference's own float32 error on that quantity (:func:`verdict.ladder_floor`). Examples at a
@@ -20,8 +20,6 @@ from jaxnet.numerics import rel_error
 from jaxnet.parity import verdict
 from jaxnet.parity.report import Row
 from jaxnet.parity.sections import Run
-
-EXTREME_SCALE = 1e4  # last-layer scale for the log-softmax probe: logit gaps of ~1e3
 
 DROPOUT_NOTE = (
     "compared in eval mode (off) and in train mode with the same masks handed to both sides; "
@@ -197,48 +195,3 @@ def captured_names(setup: Run, x) -> tuple[list[str], list[str]]:
     acts_t = setup.backend("torch", "float32").activations(x)
     acts_j = setup.backend("jax", setup.dtypes[0]).activations(batch.cast(x, setup.dtypes[0]))
     return list(acts_t), list(acts_j)
-
-
-def probes(setup: Run, x: np.ndarray, y: np.ndarray) -> list[Row]:
-    """Inputs at the edges: ReLU exactly at 0, and logits far beyond exp's range."""
-    ref, ref64 = setup.backend("torch", "float32"), setup.backend("torch", "float64")
-    sides = {d: setup.backend("jax", d) for d in setup.dtypes}
-    rows = []
-    everyone = [ref, ref64, *sides.values()]
-    zero_bias = {
-        k: (np.zeros_like(v) if k.endswith("bias") and k not in setup.config.buffers else v)
-        for k, v in setup.state.items()
-    }
-    zero = batch.tree_map(lambda a: np.zeros_like(a[:1]) if batch.is_float(a) else a[:1], x)
-    last = setup.config.logits_name
-    extreme = {
-        k: (v * np.float32(EXTREME_SCALE) if k.startswith(last + ".") else v) for k, v in setup.state.items()
-    }
-    for weights, probe in ((zero_bias, "relu"), (extreme, "extreme")):
-        for backend in everyone:
-            backend.load_state_dict(batch.cast(weights, backend.dtype))
-        xs, ys = (zero, batch.take(y, slice(0, 1))) if probe == "relu" else (x, y)
-        loss32, g32 = ref.loss_and_grads(xs, batch.cast(ys, "float32"))
-        loss64, g64 = ref64.loss_and_grads(batch.cast(xs, "float64"), batch.cast(ys, "float64"))
-        for dtype, side in sides.items():
-            loss_j, g_j = side.loss_and_grads(batch.cast(xs, dtype), batch.cast(ys, dtype))
-            f = setup.factors[dtype]
-            if probe == "relu":  # every pre-activation is exactly 0: relu'(0) decides these
-                g_t = g32 if dtype == "float32" else g64
-                for name in g_j:
-                    floor = verdict.ladder_floor(g32[name], g64[name], dtype, f)
-                    row = verdict.normwise(
-                        "probe", f"relu'(0): grad {name}", dtype, g_j[name], g_t[name], floor
-                    )
-                    rows.append(replace(row, kind="probe relu"))
-            else:
-                loss_t = loss32 if dtype == "float32" else loss64
-                floor = verdict.ladder_floor(np.float64(loss32), np.float64(loss64), dtype, f)
-                quantity = f"loss at extreme logits (x{EXTREME_SCALE:g})"
-                row = verdict.normwise(
-                    "probe", quantity, dtype, np.float64(loss_j), np.float64(loss_t), floor
-                )
-                rows.append(replace(row, kind="probe extreme"))
-    for backend in everyone:
-        backend.load_state_dict(setup.weights(backend.dtype))
-    return sorted(rows, key=lambda r: r.dtype != "float32")

@@ -2,30 +2,35 @@
 
 The same machinery as ``jaxnet parity`` (measured floors, teacher-forced steps, explained
 free-running divergence), on the user's two modules: the torch module's weights are carried
-onto the port by module path (:mod:`jaxnet.layout`), every named submodule's output is
+onto the port by module path (:mod:`jaxnet.parity.pairing`), every named submodule's output is
 captured on both sides (torch forward hooks, ``nnx.capture``) and compared, then the loss,
-every gradient, and optimizer steps. A report says *where* they first differ and whether
-that is rounding (within K times the measured floor) or not.
+every gradient, the probes, and optimizer steps. A report says *where* they first differ
+(:mod:`jaxnet.parity.diagnosis`) and whether that is rounding (within K times the measured
+floor) or not. Arguments are checked in :mod:`jaxnet.parity.arguments`, shared with ``record``.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from jaxnet import batch
-from jaxnet.config import PORT_LOSSES, OptimConfig, PortConfig
+from jaxnet.config import OptimConfig, PortConfig
 from jaxnet.errors import JaxnetError
+from jaxnet.parity import outcomes
+from jaxnet.parity.arguments import Arguments, TorchSide, prepare
 from jaxnet.parity.builtin import session
-from jaxnet.parity.layers import DROPOUT_NOTE, captured_names, forward_and_gradient, probes, shared_masks
-from jaxnet.parity.report import Report, Row
+from jaxnet.parity.diagnosis import diagnose
+from jaxnet.parity.layers import DROPOUT_NOTE, captured_names, forward_and_gradient, shared_masks
+from jaxnet.parity.pairing import check_names, port_config
+from jaxnet.parity.probes import probes
+from jaxnet.parity.report import Report
 from jaxnet.parity.sections import steps_section
-from jaxnet.rules import NEEDS, RULES, PortLayout, Rule, conv_transpose
-from jaxnet.rules import linear as rules_linear
+from jaxnet.rules import Rule
 
 
 def compare(
@@ -96,14 +101,14 @@ def compare(
         return compare_recorded(torch_module, nnx_module, rules=rules, loss=loss, device=device)
     from jaxnet.backends import get_backend
 
-    _check_loss(loss)
-    inputs, targets = _checked_inputs(inputs, targets, steps, batch_size)
-    torch_side = TorchSide.of(torch_module)
-    args = Arguments(loss, optimizer or OptimConfig(name="sgd", lr=0.01), steps, batch_size, dict(mapping or {}),
-                     dict(flatten or {}), channels_last, tuple(relu_inputs), tuple(pool_inputs), ignore_index, train,
-                     tuple(dtypes), matmul_precision, seed)  # fmt: skip
+    torch_side, args, inputs, targets = prepare(
+        torch_module, inputs, targets, loss=loss, optimizer=optimizer, steps=steps, batch_size=batch_size,
+        mapping=mapping, flatten=flatten, channels_last=channels_last, relu_inputs=relu_inputs,
+        pool_inputs=pool_inputs, ignore_index=ignore_index, train=train, dtypes=dtypes,
+        matmul_precision=matmul_precision, seed=seed,
+    )  # fmt: skip
     port = port_config(torch_side, args, nnx_module, rules)
-    _check_names(torch_side.state, nnx_module, port)
+    check_names(torch_side.state, nnx_module, port)
 
     def factory(name: str, dtype: str, role: str):
         module = torch_module if name == "torch" else nnx_module
@@ -112,99 +117,6 @@ def compare(
     report = engine(port, torch_side, args, inputs, targets, factory, device)
     report.environment["model"] = f"torch {torch_side.name} / nnx {type(nnx_module).__name__}"
     return report
-
-
-@dataclass(frozen=True)
-class TorchSide:
-    """What the engine needs to know of the torch module (numpy and strings: it can be recorded).
-
-    Attributes:
-        name: the module's class name.
-        state: the state dict (floats in float32, counters as they are), a tied parameter once.
-        buffers: its keys that are running statistics; ``integers`` the counters among them.
-        kinds: module path -> kind (:func:`torchref.capture.module_kinds`).
-        dropouts: ``{path: p}`` of its dropouts.
-    """
-
-    name: str
-    state: dict
-    buffers: tuple[str, ...]
-    integers: tuple[str, ...]
-    kinds: dict
-    dropouts: dict
-
-    @classmethod
-    def of(cls, module) -> TorchSide:
-        from torchref import capture  # the harness holds both frameworks
-
-        state, buffers, integers = _torch_state(module, capture)
-        _check_batchnorm(module)
-        kinds = capture.module_kinds(module)
-        return cls(
-            type(module).__name__,
-            state,
-            tuple(buffers),
-            tuple(integers),
-            kinds,
-            capture.dropout_rates(module),
-        )
-
-
-@dataclass(frozen=True)
-class Arguments:
-    """compare's arguments that shape the engine's run (recorded with a bundle)."""
-
-    loss: object
-    optimizer: OptimConfig
-    steps: int
-    batch_size: int | None
-    mapping: dict
-    flatten: dict
-    channels_last: bool
-    relu_inputs: tuple
-    pool_inputs: tuple
-    ignore_index: int
-    train: bool | None
-    dtypes: tuple
-    matmul_precision: str
-    seed: int
-
-
-def _checked_inputs(inputs, targets, steps: int, batch_size: int | None):
-    inputs, targets = batch.prepare(inputs, "inputs"), batch.prepare(targets, "targets")
-    n = batch.size(inputs)
-    if batch.size(targets) != n:
-        raise JaxnetError(f"inputs hold {n} examples but targets {batch.size(targets)}")
-    if steps < 0 or (batch_size is not None and not 0 < batch_size <= n):
-        raise JaxnetError(f"steps must be >= 0 and batch_size in 1..{n}, got {steps} and {batch_size}")
-    return inputs, targets
-
-
-def port_config(side: TorchSide, args: Arguments, nnx_module, rules: dict | None) -> PortConfig:
-    """The pair as the engine sees it: names, shapes, layout rules (the torch module's kinds,
-    the port's ConvTranspose flags, the user's rules), loss and mode."""
-    layout = PortLayout(
-        dict(args.mapping),
-        {k: tuple(v) for k, v in args.flatten.items()},
-        args.channels_last,
-        kinds=dict(side.kinds),
-        rules=_rules(
-            side.kinds, side.state, nnx_module, dict(rules or {}), dict(args.flatten), dict(args.mapping)
-        ),
-    )
-    trains = any(k == "batchnorm" for k in side.kinds.values()) if args.train is None else args.train
-    return PortConfig(
-        shapes={k: tuple(v.shape) for k, v in side.state.items()},
-        loss=args.loss,
-        relu_inputs=tuple(args.relu_inputs),
-        pool_inputs=tuple(args.pool_inputs),
-        dropouts=dict(side.dropouts),
-        layout=layout,
-        buffers=tuple(side.buffers),
-        integer_keys=tuple(side.integers),
-        trains=trains,
-        ignore_index=args.ignore_index,
-    )
 
 
 def engine(port: PortConfig, side: TorchSide, args: Arguments, inputs, targets, factory, device: str,
@@ -251,8 +163,11 @@ def engine(port: PortConfig, side: TorchSide, args: Arguments, inputs, targets, 
             opt = (
                 opt if opt.schedule == "constant" or opt.total_steps else replace(opt, total_steps=args.steps)
             )
-            step_rows, _, histories = steps_section(setup, opt.name, opt, batches, inputs, targets)
+            step_rows, tf, histories = steps_section(setup, opt.name, opt, batches, inputs, targets)
             rows += step_rows
+            if outcomes.applies(port.loss, args.steps, args.batch_size, n):
+                rows += outcomes.port_outcomes(setup, opt.name, opt, batches, inputs, targets, tf)
+                env["outcome"] = outcomes.NOTE
     env["first difference"] = diagnose(rows)
     return Report(rows, env, histories, time.perf_counter() - start)
 
@@ -261,89 +176,6 @@ TRAIN_NOTE = (
     "BatchNorm in train mode (batch statistics; the running statistics after a forward and after "
     "every step are rows); dropout off in steps"
 )
-
-
-def _check_loss(loss) -> None:
-    if isinstance(loss, str):
-        if loss not in PORT_LOSSES:
-            raise JaxnetError(
-                f"loss must be one of {PORT_LOSSES} or a (torch_loss, jax_loss) pair, got {loss!r}"
-            )
-        return
-    if not (isinstance(loss, tuple) and len(loss) == 2 and all(callable(f) for f in loss)):
-        raise JaxnetError(
-            "loss must be a name or a pair (torch_loss(outputs, targets), jax_loss(outputs, targets))"
-        )
-
-
-def _torch_state(module, capture) -> tuple[dict[str, np.ndarray], list[str], list[str]]:
-    """The state dict as numpy (floats in float32, counters as they are) without a tied
-    parameter's second name, its buffers, and which of them are integer counters."""
-    seen, state = {}, {}
-    for key, value in module.state_dict().items():
-        ptr = (value.data_ptr(), tuple(value.shape), value.dtype) if value.numel() else None
-        if ptr is not None and ptr in seen:
-            continue  # a tied parameter (a head sharing the embedding): its first name stands
-        seen[ptr] = key
-        array = value.detach().cpu().numpy()
-        state[key] = array.astype(np.float32) if np.issubdtype(array.dtype, np.floating) else array.copy()
-    buffers = [k for k in capture.persistent_buffers(module) if k in state]
-    integers = [k for k in buffers if not np.issubdtype(state[k].dtype, np.floating)]
-    return state, buffers, integers
-
-
-def _check_batchnorm(module) -> None:
-    import torch
-
-    for path, m in module.named_modules():
-        if (
-            isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-            and m.track_running_stats
-            and m.momentum is None
-        ):
-            raise JaxnetError(
-                f"torch module {path!r}: BatchNorm with momentum=None (a cumulative average) has no "
-                "nnx.BatchNorm counterpart; give it a momentum"
-            )
-
-
-def _rules(kinds, state, nnx_module, given, flatten, mapping) -> dict[str, Rule]:
-    """The rule of each torch module that holds state: the user's, else the built-in one of
-    its kind; a module with neither is a one-line error naming what it needs."""
-    out: dict[str, Rule] = {}
-    transposed = _transpose_kernels(nnx_module, mapping)
-    for path, kind in kinds.items():
-        if path in given:
-            out[path] = given[path]
-        elif kind == "linear":
-            out[path] = rules_linear(flatten.get(path))
-        elif kind == "conv_transpose":
-            out[path] = conv_transpose(transposed.get(path, False))
-        elif kind in RULES:
-            out[path] = RULES[kind]
-        else:
-            owned = [k for k in state if k.rsplit(".", 1)[0] == path or (path == "" and "." not in k)]
-            if owned:
-                raise JaxnetError(
-                    f"torch module {path!r} ({kind.removeprefix('other:')}) holds {', '.join(owned)}: {NEEDS}"
-                )
-    return out
-
-
-def _transpose_kernels(nnx_module, mapping) -> dict[str, bool]:
-    """torch path -> ``transpose_kernel`` of each ``nnx.ConvTranspose`` in the port."""
-    if nnx_module is None:  # recording: the port is not there yet
-        return {}
-    from flax import nnx
-
-    from jaxnet.layout import Layout
-
-    names = Layout(mapping)
-    return {
-        names.torch_module([str(p) for p in path]): bool(sub.transpose_kernel)
-        for path, sub in nnx.iter_modules(nnx_module)
-        if isinstance(sub, nnx.ConvTranspose)
-    }
 
 
 def _check_outputs(torch_names: list[str], jax_names: list[str]) -> None:
@@ -367,101 +199,3 @@ def _logits_module(setup, inputs, state) -> str:
         if same and f"{name}.weight" in state:
             found = name
     return found
-
-
-def _check_names(state: dict[str, np.ndarray], nnx_module, port: PortConfig) -> None:
-    """Every torch parameter has one NNX parameter of the same shape (after layout), and back."""
-    from jaxnet.backends import get_backend
-
-    _check_owners(state, nnx_module, port)
-    theirs = get_backend("jax", port, module=nnx_module).state_dict()
-    only_torch = sorted(state.keys() - theirs.keys())
-    only_jax = sorted(theirs.keys() - state.keys())
-    if only_torch or only_jax:
-        raise JaxnetError(
-            "parameters do not line up (add a mapping, torch path -> nnx path): "
-            f"torch only: {', '.join(only_torch) or '-'}; nnx only (as torch would name them): {', '.join(only_jax) or '-'}"
-        )
-    shapes = [
-        f"{k}: torch {list(state[k].shape)}, nnx {list(theirs[k].shape)} (in torch's layout)"
-        for k in state
-        if state[k].shape != theirs[k].shape
-    ]
-    if shapes:
-        raise JaxnetError("parameter shapes differ: " + "; ".join(shapes))
-
-
-def _check_owners(state: dict[str, np.ndarray], nnx_module, port: PortConfig) -> None:
-    """Every NNX parameter sits in a module torch has, and every torch module with state has an
-    NNX counterpart: else a one-line error listing both sides (in torch's names)."""
-    import jax
-    from flax import nnx
-
-    from jaxnet.layout import RENAMES, keys
-
-    layout = port.layout
-    sequential = frozenset(
-        ".".join(map(str, p)) for p, m in nnx.iter_modules(nnx_module) if isinstance(m, nnx.Sequential)
-    )
-    layout = replace(layout, sequential=sequential)
-    reached, only_jax = set(), []
-    flat = [
-        p
-        for f in (nnx.Param, nnx.BatchStat)
-        for p, _ in jax.tree_util.tree_flatten_with_path(nnx.state(nnx_module, f))[0]
-    ]
-    for path in flat:
-        parts = keys(path)
-        module = layout.torch_module(parts[:-1])
-        owner = layout.owner(module)
-        if owner is None or (owner == "" and module):
-            leaf = RENAMES.get(parts[-1], parts[-1])
-            only_jax.append(f"{module}.{leaf}" if module else leaf)
-        else:
-            reached.add(owner)
-    only_torch = [
-        k for k in state if (layout.owner(k.rsplit(".", 1)[0] if "." in k else "") or "") not in reached
-    ]
-    if only_torch or only_jax:
-        raise JaxnetError(
-            "parameters do not line up (add a mapping, torch path -> nnx path): "
-            f"torch only: {', '.join(sorted(only_torch)) or '-'}; nnx only (as torch would name them): {', '.join(sorted(only_jax)) or '-'}"
-        )
-
-
-def diagnose(rows: list[Row]) -> str:
-    """Where the sides first differ beyond rounding, and what that points at (read from each
-    row's ``kind`` and section, never from its name)."""
-    failing = [r for r in rows if not r.passed]
-    if not failing:
-        return "none: every row within K times its measured floor"
-    first = failing[0]
-    where = f"{first.quantity} ({first.dtype})"
-    mode = " in train mode" if "train mode" in first.section else ""
-    causes = {
-        "output": (
-            f"{where}: the first output that differs{mode} while every one before it agrees: that module's "
-            "weight layout (mapping, flatten, channels_last) or its operation (padding, eps, approximation, "
-            "mask, scale)"
-        ),
-        "shape": f"{where}: the output's shape differs: the module's configuration (padding, stride, features)",
-        "flip": f"{where}: a ReLU or max-pool decision flipped away from a tie: the layer that feeds it",
-        "running": (
-            f"{where}: the running statistics after a train-mode forward: BatchNorm's momentum (torch's 0.1 is "
-            "Flax's 0.9; nnx's default 0.99) or its running variance (torch: unbiased; nnx.BatchNorm: biased)"
-        ),
-        "loss": f"{where}: the outputs agree; the loss or its reduction differs (mean, ignore_index, log of softmax)",
-        "gradient": (
-            f"gradient {where}: the forward agrees, the backward does not: a custom gradient, a stop_gradient, "
-            "a row torch keeps at zero (Embedding padding_idx), or the loss's reduction"
-        ),
-        "probe relu": f"{where}: the derivative at a kink: ReLU'(0) (torch: 0; jnp.maximum(x, 0): 0.5)",
-        "probe extreme": f"{where}: the loss at extreme logits: log of softmax instead of log_softmax / logsumexp",
-    }
-    if first.kind in causes:
-        return causes[first.kind]
-    return (
-        f"{first.section}: {where}: forward and gradients agree, the optimizer step does not: the update rule "
-        "(eps placement, weight decay and its mask, bias correction, schedule, clipping) or, for a running "
-        "statistic, BatchNorm's momentum in training"
-    )

@@ -20,15 +20,9 @@ from pathlib import Path
 from jaxnet.config import OptimConfig
 from jaxnet.errors import JaxnetError
 from jaxnet.parity import bundle
-from jaxnet.parity.port import (
-    Arguments,
-    TorchSide,
-    _check_loss,
-    _check_names,
-    _checked_inputs,
-    engine,
-    port_config,
-)
+from jaxnet.parity.arguments import Arguments, TorchSide, prepare
+from jaxnet.parity.pairing import check_names, port_config
+from jaxnet.parity.port import engine
 from jaxnet.parity.report import Report
 
 
@@ -69,12 +63,12 @@ def record(
 
     if not isinstance(loss, str):
         raise JaxnetError("record needs a named loss ('cross_entropy', 'nll', 'mse'): a loss pair is code")
-    _check_loss(loss)
-    inputs, targets = _checked_inputs(inputs, targets, steps, batch_size)
-    side = TorchSide.of(torch_module)
-    args = Arguments(loss, optimizer or OptimConfig(name="sgd", lr=0.01), steps, batch_size, dict(mapping or {}),
-                     dict(flatten or {}), channels_last, tuple(relu_inputs), tuple(pool_inputs), ignore_index, train,
-                     tuple(dtypes), matmul_precision, seed)  # fmt: skip
+    side, args, inputs, targets = prepare(
+        torch_module, inputs, targets, loss=loss, optimizer=optimizer, steps=steps, batch_size=batch_size,
+        mapping=mapping, flatten=flatten, channels_last=channels_last, relu_inputs=relu_inputs,
+        pool_inputs=pool_inputs, ignore_index=ignore_index, train=train, dtypes=dtypes,
+        matmul_precision=matmul_precision, seed=seed,
+    )  # fmt: skip
     port = port_config(side, args, None, None)
     answers: dict = {}
 
@@ -124,7 +118,7 @@ def compare_recorded(path: str | Path, nnx_module, *, rules=None, loss=None, dev
         raise JaxnetError(f"{path}: damaged recorded reference ({err})") from None
     side = dataclasses.replace(side, buffers=tuple(side.buffers), integers=tuple(side.integers))
     port = port_config(side, args, nnx_module, rules)
-    _check_names(side.state, nnx_module, port)
+    check_names(side.state, nnx_module, port)
 
     def factory(name: str, dtype: str, role: str):
         if name == "torch":

@@ -193,24 +193,30 @@ def epoch_section(
     return sorted(rows, key=lambda r: r.dtype != "float32")
 
 
-def outcome_rows(recipe, dtype, outcomes, references, steps) -> list[Row]:
+def outcome_rows(
+    recipe, dtype, outcomes, references, steps, section: str = "", on: str = "test"
+) -> list[Row]:
     """jax against torch after the epoch, each measure bounded by K times its largest value
-    between torch and a correct torch run that differs only in arithmetic order."""
-    section = f"epoch ({steps} steps, free-running)"
+    between torch and a correct torch run that differs only in arithmetic order.
+
+    ``outcomes``: ``{(run, dtype): (predictions, accuracy, loss)}`` with runs ``"jax"``,
+    ``"torch"`` and those of ``references``; ``section`` defaults to the epoch's, ``on`` names
+    the examples measured."""
+    section = section or f"epoch ({steps} steps, free-running)"
     pred, acc, loss = outcomes["torch", dtype]
     pred_j, acc_j, loss_j = outcomes["jax", dtype]
     spread = [outcomes[r] for r in references]
     names = ", ".join(f"{n} {d}" for n, d in references)
     found = int(np.sum(pred_j != pred))
     floor = max(int(np.sum(p != pred)) for p, _, _ in spread)
-    rows = [verdict.count(section, f"{recipe}: test predictions differing: {found} of {len(pred)}", dtype, found,
+    rows = [verdict.count(section, f"{recipe}: {on} predictions differing: {found} of {len(pred)}", dtype, found,
                           floor, int(verdict.K * max(floor, 1)), f"floor: torch against {names}; at least 1 (a count)")]  # fmt: skip
     one = 1.0 / len(pred)  # accuracy resolves one image
     floor = max(max(abs(a - acc) for _, a, _ in spread), one)
-    rows.append(Row(section, f"{recipe}: test accuracy {acc_j:.2%} / {acc:.2%}", dtype, abs(acc_j - acc), floor,
+    rows.append(Row(section, f"{recipe}: {on} accuracy {acc_j:.2%} / {acc:.2%}", dtype, abs(acc_j - acc), floor,
                     verdict.K * floor, abs(acc_j - acc) <= verdict.K * floor, None, f"floor: torch against {names}"))  # fmt: skip
     floor = max(max(rel_error(np.float64(l_), np.float64(loss)) for _, _, l_ in spread), unit_roundoff(dtype))
     err = rel_error(np.float64(loss_j), np.float64(loss))
-    rows.append(Row(section, f"{recipe}: test loss {loss_j:.6f} / {loss:.6f}", dtype, err, floor, verdict.K * floor,
+    rows.append(Row(section, f"{recipe}: {on} loss {loss_j:.6f} / {loss:.6f}", dtype, err, floor, verdict.K * floor,
                     err <= verdict.K * floor, None, f"floor: torch against {names}"))  # fmt: skip
     return rows

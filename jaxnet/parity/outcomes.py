@@ -1,0 +1,82 @@
+"""Outcome rows of ``compare``: where its free-running steps cover the inputs at least once (an
+epoch over them), the end of the run judged on outcomes, as ``jaxnet parity``'s epoch is
+(:func:`jaxnet.parity.sections.outcome_rows`, the same rows and bounds).
+
+After the steps, both free-running sides predict every input (eval mode) and take the loss on
+all of them; predictions differing, accuracy and loss are bounded by K times their spread
+between torch and correct torch runs that differ only in arithmetic order: the same steps with
+each batch's examples reversed, and (for float32) torch in float64. Predictions are the argmax
+of the logits' last axis at every position a target counts (not ``ignore_index``), so they
+exist for the classification losses (cross-entropy, NLL) only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from jaxnet import batch
+from jaxnet.backends import Backend
+from jaxnet.config import OptimConfig
+from jaxnet.parity.forced import TeacherForced
+from jaxnet.parity.layers import mode
+from jaxnet.parity.report import Row
+from jaxnet.parity.sections import Run, outcome_rows
+
+NOTE = (
+    "after the free-running steps (an epoch or more over the inputs): predictions, accuracy and "
+    "loss on every input, in eval mode; floors: torch against torch with each batch's examples "
+    "reversed (and, for float32, torch in float64)"
+)
+
+
+def applies(loss, steps: int, batch_size: int | None, n: int) -> bool:
+    """Outcome rows where the steps visit every input at least once and the loss classifies."""
+    return loss in ("cross_entropy", "nll") and steps > 0 and steps * (batch_size or n) >= n
+
+
+def port_outcomes(
+    setup: Run, recipe: str, opt: OptimConfig, batches: list[np.ndarray], inputs, targets, tf: TeacherForced
+) -> list[Row]:
+    """The outcome rows of each dtype after ``batches``, from the free-running pairs of ``tf``."""
+    ignore = setup.config.ignore_index
+    outcomes: dict[tuple[str, str], tuple[np.ndarray, float, float]] = {}
+
+    def measure(backend: Backend) -> tuple[np.ndarray, float, float]:
+        x, y = batch.cast(inputs, backend.dtype), batch.cast(targets, backend.dtype)
+        with mode([backend], False):
+            logits = backend.predict(x)
+            loss, _ = backend.loss_and_grads(x, y)
+        labels = np.asarray(targets).reshape(-1)
+        valid = labels != ignore
+        pred = logits.reshape(-1, logits.shape[-1]).argmax(-1)[valid]
+        return pred, float(np.mean(pred == labels[valid])), float(loss)
+
+    def trained(dtype: str, role: str, order: list[np.ndarray]) -> Backend:
+        backend = setup.backend("torch", dtype, f"outcome {role}")
+        backend.set_optimizer(opt)
+        backend.set_train_data(batch.cast(inputs, dtype), batch.cast(targets, dtype))
+        backend.train_steps(order)
+        return backend
+
+    reversed_batches = [b[::-1].copy() for b in batches]
+    for dtype, pair in tf.free.items():
+        outcomes["jax", dtype] = measure(pair.jax)
+        outcomes["torch", dtype] = measure(pair.torch)
+        outcomes["torch reversed", dtype] = measure(trained(dtype, "reversed", reversed_batches))
+    if "float32" in tf.free and ("torch", "float64") not in outcomes:
+        outcomes["torch", "float64"] = measure(trained("float64", "", batches))
+    section = f"outcome ({len(batches)} steps, free-running)"
+    rows = []
+    for dtype in tf.free:
+        references = [("torch reversed", dtype)] + ([("torch", "float64")] if dtype == "float32" else [])
+        rows += [
+            _kind(r)
+            for r in outcome_rows(recipe, dtype, outcomes, references, len(batches), section, "input")
+        ]
+    return rows
+
+
+def _kind(row: Row) -> Row:
+    return replace(row, kind="outcome")
