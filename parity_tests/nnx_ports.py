@@ -107,3 +107,17 @@ class NNXCNN(nnx.Module):
         x = jax.nn.relu(self.conv2(jax.nn.relu(self.conv1(x))))
         x = self.dropout(self.pool(x))
         return self.fc(x.reshape(x.shape[0], -1))
+
+
+class NNXUp(nnx.Module):
+    """A strided conv down, a ConvTranspose back up (torch's ``padding=1, output_padding=1`` is
+    lax's ``(k - 1 - 1, k - 1 - 1 + 1)``), a Linear head; channels-last, 12x12 images."""
+
+    def __init__(self, c: int = 4, *, rngs: nnx.Rngs) -> None:
+        self.down = nnx.Conv(1, c, (3, 3), strides=2, padding=((1, 1), (1, 1)), rngs=rngs)
+        self.up = nnx.ConvTranspose(c, 2, (3, 3), strides=(2, 2), padding=((1, 2), (1, 2)), rngs=rngs)
+        self.fc = nnx.Linear(2 * 144, 10, rngs=rngs)
+
+    def __call__(self, x):
+        x = jax.nn.relu(self.up(jax.nn.relu(self.down(x))))
+        return self.fc(x.reshape(x.shape[0], -1))

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from parity_tests.nnx_ports import NNXBN, NNXCNN, NNXMLP, NNXBlock  # noqa: F401 (the pairs' NNX halves)
+from parity_tests.nnx_ports import NNXBN, NNXCNN, NNXMLP, NNXBlock, NNXUp  # noqa: F401 (the pairs' NNX halves)
 
 
 class TorchBN(nn.Module):
@@ -62,6 +62,21 @@ class TorchCNN(nn.Module):
     def forward(self, x):
         x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
         x = self.dropout(torch.nn.functional.max_pool2d(x, 2))
+        return self.fc(x.flatten(1))
+
+
+class TorchUp(nn.Module):
+    """A strided conv down, a ConvTranspose2d back up, a Linear head, on 12x12 images (the port is
+    channels-last: ``flatten={"fc": (2, 12, 12)}``)."""
+
+    def __init__(self, c: int = 4) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(1, c, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(c, 2, 3, stride=2, padding=1, output_padding=1)
+        self.fc = nn.Linear(2 * 144, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.up(torch.relu(self.down(x))))
         return self.fc(x.flatten(1))
 
 

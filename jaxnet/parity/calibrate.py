@@ -1,22 +1,33 @@
 """Calibrate K: how far above its floor a correct run lands, and how far a planted fault does.
 
-    python -m jaxnet.parity.calibrate --seeds 8 --steps 20 --out docs/calibration.md
+    python -m jaxnet.parity.calibrate --seeds 8 --steps 20 --jobs 16 --out docs/calibration.md
 
-For every seed and arithmetic order, a short parity run (every section but the epoch); for
-every row, ``err / floor`` (K-free). Each order runs in a fresh process, because the
-libraries read their threading and kernel settings once, when they load:
+For every model, seed and arithmetic order, a short parity run (every section but the epoch);
+for every row, ``err / floor`` (K-free). Each (model, seed, order) runs in a fresh process,
+``--jobs`` of them at once, because the libraries read their threading and kernel settings
+once, when they load. The models:
+
+- ``mlp``: the tutorial MLP's report (``jaxnet parity``, its four recipes);
+- ``cnn``: examples/mnist's CNN's report (``jaxnet parity --model cnn``, its Adadelta recipe);
+- ``resnet``: the BasicBlock ResNet (``torchref.models.resnet`` / ``jaxnet.models.resnet``,
+  (4, 8, 8) x 1) through ``parity.compare``: 16 Fashion-MNIST images, SGD-Nesterov, train mode;
+- ``gpt``: nanoGPT (1 layer, 2 heads, width 16, block 16) through ``parity.compare``: 8
+  windows of the fortunes corpus, AdamW with warm-up, cosine and clipping.
+
+The arithmetic orders:
 
 - ``default``: this project's settings (MKL strict reproducible mode, all cores);
 - ``reversed-batches``: each batch's examples in reverse order, so every gradient sum (and
   the loss mean) runs in another order in both frameworks;
 - ``mkl-compatible``: torch's GEMMs on MKL's generic kernels (another CPU's rounding);
-- ``one-thread``: torch, MKL and XLA's Eigen on one thread.
+- ``one-thread``: torch, MKL and XLA's Eigen on one thread;
+- ``xla-one-thread``: XLA's Eigen alone on one thread (``--xla_cpu_multi_thread_eigen=false``),
+  torch as by default.
 
-Then every planted fault (:mod:`jaxnet.parity.faults`) once, float32 and float64 apart:
-the ratio of its first failing row to that row's bound.
-
-It calibrates the tutorial MLP's report (its four recipes); the CNN's report and ports
-compared with ``parity.compare`` use the same K without a calibration of their own.
+With ``--jobs N`` > 1, an order that does not set its own thread counts runs torch and MKL on
+``cores // N`` threads (another order of their reductions), so that N processes share the
+machine. Then every planted fault (:mod:`jaxnet.parity.faults`) once, on the MLP, float32 and
+float64 apart: the ratio of its first failing row to that row's bound.
 """
 
 from __future__ import annotations
@@ -26,9 +37,12 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from jaxnet.argtypes import positive_int
+
+MODELS = ("mlp", "cnn", "resnet", "gpt")
 
 ORDERS: dict[str, tuple[dict[str, str], bool]] = {
     "default": ({}, False),
@@ -38,6 +52,7 @@ ORDERS: dict[str, tuple[dict[str, str], bool]] = {
         {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"},
         False,
     ),
+    "xla-one-thread": ({"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"}, False),
 }
 
 
@@ -45,21 +60,57 @@ def _kind(section: str) -> str:
     return section.split(" ")[0]
 
 
-def worker(order: str, seeds: int, steps: int) -> dict:
-    """err/floor of every row with a finite bound, worst per (section, dtype), per seed."""
+def worker(order: str, model: str, seed: int, steps: int) -> dict:
+    """err/floor of every row with a finite bound, worst per (section, dtype), for one seed."""
+    report = _report(model, seed, steps, ORDERS[order][1])
+    worst: dict[str, float] = {}
+    for row in report.rows:
+        if row.floor > 0 and row.bound != float("inf"):
+            key = f"{_kind(row.section)} {row.dtype}"
+            worst[key] = max(worst.get(key, 0.0), row.err / row.floor)
+    failed = [f"{model} seed {seed}: {r.section} / {r.quantity} ({r.dtype})" for r in report.failures]
+    return {"order": order, "model": model, "seed": seed, "worst": worst, "failed": failed}
+
+
+def _report(model: str, seed: int, steps: int, reverse: bool):
+    """One correct run of ``model`` (``reverse``: each batch's examples in reverse order)."""
     from jaxnet import data, parity
 
-    ds = data.load()
-    worst: dict[str, float] = {}
-    failed = []
-    for seed in range(seeds):
-        report = parity.run(ds, steps=steps, epoch_recipe=None, seed=seed, reverse_batches=ORDERS[order][1])
-        failed += [f"seed {seed}: {r.section} / {r.quantity} ({r.dtype})" for r in report.failures]
-        for row in report.rows:
-            if row.floor > 0 and row.bound != float("inf"):
-                key = f"{_kind(row.section)} {row.dtype}"
-                worst[key] = max(worst.get(key, 0.0), row.err / row.floor)
-    return {"order": order, "worst": worst, "failed": failed}
+    if model in ("mlp", "cnn"):
+        return parity.run(
+            data.load(), model=model, steps=steps, epoch_recipe=None, seed=seed, reverse_batches=reverse
+        )
+    from dataclasses import replace
+
+    import numpy as np
+    import torch
+    from flax import nnx
+
+    from jaxnet.config import PORT_RECIPES
+
+    torch.manual_seed(seed)  # the torch module's initial weights; the port's are replaced by them
+    if model == "resnet":
+        from jaxnet.models import resnet as jr
+        from torchref.models import resnet as tr
+
+        train = data.load().train
+        pick = np.random.default_rng([seed, 11]).choice(len(train.labels), 16, replace=False)
+        x, y = train.float_images()[pick], train.labels[pick]
+        pair = tr.ResNet((4, 8, 8), 1), jr.ResNet((4, 8, 8), 1, rngs=nnx.Rngs(0))
+        options = {"channels_last": True, "optimizer": PORT_RECIPES["sgd-nesterov-masked-cosine"]}
+    else:
+        from jaxnet import text
+        from jaxnet.models import gpt as jg
+        from torchref.models import gpt as tg
+
+        corpus = text.load()
+        cfg = dict(vocab_size=corpus.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16, dropout=0.0)
+        x, y = corpus.batches("train", 16, 8, seed=seed, step=0)
+        pair = tg.GPT(tg.GPTConfig(**cfg)), jg.GPT(jg.GPTConfig(**cfg), rngs=nnx.Rngs(0))
+        options = {"optimizer": replace(PORT_RECIPES["adamw-warmup-cosine-clip"], warmup_steps=1)}
+    if reverse:  # one batch: the same examples, every batch reduction in the other order
+        x, y = x[::-1].copy(), y[::-1].copy()
+    return parity.compare(*pair, x, y, steps=steps, seed=seed, **options)
 
 
 def fault_margins(steps: int) -> dict[str, dict[str, list]]:
@@ -82,39 +133,58 @@ def fault_margins(steps: int) -> dict[str, dict[str, list]]:
     return out
 
 
-def markdown(orders: list[dict], faults_: dict, seeds: int, steps: int) -> str:
+def markdown(
+    orders: list[dict], faults_: dict, seeds: int, steps: int, models=MODELS, label: str = ""
+) -> str:
+    """The calibration report: per model, the largest ``err / floor`` of each kind of row
+    under each arithmetic order (over the seeds); then the planted faults' margins."""
     from jaxnet.parity import K
     from jaxnet.parity.faults import FAULTS
 
-    keys = sorted({k for o in orders for k in o["worst"]})
+    names = list(dict.fromkeys(o["order"] for o in orders))
     lines = [
         f"# Calibration of K (= {K:g})",
         "",
-        f"`python -m jaxnet.parity.calibrate --seeds {seeds} --steps {steps}`: every section but the epoch,",
-        f"{seeds} seeds, {steps} steps of each recipe, under each arithmetic order in a fresh process.",
-        "Largest `err / floor` of a correct run (a row fails above K):",
-        "",
-        "| rows | " + " | ".join(o["order"] for o in orders) + " |",
-        "|---|" + "---|" * len(orders),
+        *([label, ""] if label else []),
+        f"`python -m jaxnet.parity.calibrate --seeds {seeds} --steps {steps} --models {','.join(models)}`: every",
+        f"section but the epoch, {seeds} seeds, {steps} steps of each recipe, under each arithmetic order in a",
+        "fresh process. Largest `err / floor` of a correct run over the seeds (a row fails above K):",
     ]
-    for key in keys:
-        lines.append(f"| {key} | " + " | ".join(f"{o['worst'].get(key, 0):.2f}" for o in orders) + " |")
+    for model in models:
+        runs = [o for o in orders if o.get("model", "mlp") == model]
+        worst = {n: {} for n in names}
+        for o in runs:
+            for key, v in o["worst"].items():
+                worst[o["order"]][key] = max(worst[o["order"]].get(key, 0.0), v)
+        keys = sorted({k for w in worst.values() for k in w})
+        lines += [
+            "",
+            f"## {model}",
+            "",
+            "| rows | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
+        ]
+        for key in keys:
+            lines.append(f"| {key} | " + " | ".join(f"{worst[n].get(key, 0):.2f}" for n in names) + " |")
+        top = max((v for w in worst.values() for v in w.values()), default=0.0)
+        lines += ["", f"Largest over every row and order: {top:.2f} (K = {K:g})."]
     failed = [f for o in orders for f in o["failed"]]
     lines += [
         "",
         f"Rows failing in correct runs: {len(failed)}" + ("" if not failed else ": " + "; ".join(failed)),
     ]
-    lines += [
-        "",
-        "Planted faults, float32 and float64 runs apart: the first failing row and its err / bound:",
-        "",
-    ]
-    lines += ["| fault | first failing row | float32 | float64 |", "|---|---|---|---|"]
-    for name, result in faults_.items():
-        row = result["float32"][0]
-        lines.append(
-            f"| {name}: {FAULTS[name].description} | {row} | {result['float32'][1]:.3g} | {result['float64'][1]:.3g} |"
-        )
+    if faults_:
+        lines += [
+            "",
+            "Planted faults (on the MLP), float32 and float64 runs apart: the first failing row and its err / bound:",
+            "",
+        ]
+        lines += ["| fault | first failing row | float32 | float64 |", "|---|---|---|---|"]
+        for name, result in faults_.items():
+            row = result["float32"][0]
+            lines.append(
+                f"| {name}: {FAULTS[name].description} | {row} | {result['float32'][1]:.3g} | {result['float64'][1]:.3g} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -134,8 +204,53 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/calibration.md"),
                    help="the markdown report to write; pass docs/calibration.md to replace the "
                    "project's own (default: %(default)s, not a tracked file)")  # fmt: skip
-    p.add_argument("--worker", choices=ORDERS, help=argparse.SUPPRESS)  # the fresh process of one order
+    p.add_argument("--models", type=_models, default=MODELS,
+                   help=f"comma-separated models to calibrate, of {','.join(MODELS)} (default: all)")  # fmt: skip
+    p.add_argument("--orders", type=_orders, default=tuple(ORDERS),
+                   help=f"comma-separated arithmetic orders, of {','.join(ORDERS)} (default: all)")  # fmt: skip
+    p.add_argument("--jobs", type=positive_int, default=1,
+                   help="processes run at once, each one (model, seed, order); the full run on a "
+                   "16-core machine: --jobs 16 (default: %(default)s)")  # fmt: skip
+    p.add_argument("--no-faults", action="store_true",
+                   help="skip the planted faults' margins (default: measure them, on the MLP)")  # fmt: skip
+    p.add_argument("--label", default="",
+                   help="a line under the title, e.g. 'a small run, 2 seeds: not the calibration' "
+                   "(default: none)")  # fmt: skip
+    p.add_argument("--worker", choices=ORDERS, help=argparse.SUPPRESS)  # the fresh process of one run
+    p.add_argument("--model", choices=MODELS, help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     return p
+
+
+def _models(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in MODELS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"models must be among {','.join(MODELS)}, got {text!r}")
+    return names
+
+
+def _orders(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names or any(n not in ORDERS for n in names):
+        raise argparse.ArgumentTypeError(f"orders must be among {','.join(ORDERS)}, got {text!r}")
+    return names
+
+
+def run_one(order: str, model: str, seed: int, steps: int, jobs: int) -> dict:
+    """One (order, model, seed) in a fresh process with the order's environment."""
+    env = {**os.environ, **ORDERS[order][0]}
+    if jobs > 1 and "OMP_NUM_THREADS" not in ORDERS[order][0]:
+        threads = str(max(1, (os.cpu_count() or 1) // jobs))
+        env |= {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    cmd = [sys.executable, "-m", "jaxnet.parity.calibrate", "--worker", order, "--model", model,
+           "--seed", str(seed), "--steps", str(steps)]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"order": order, "model": model, "seed": seed, "worst": {},
+                "failed": [f"{model} seed {seed} ({order}): the run failed: {tail}"]}  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> int:
@@ -144,18 +259,23 @@ def main() -> int:
     process.prepare(shared=True)  # before torch loads in the workers
     args = parser().parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.seeds, args.steps)))
+        print(json.dumps(worker(args.worker, args.model, args.seed, args.steps)))
         return 0
-    orders = []
-    for order, (env, _) in ORDERS.items():
-        cmd = [sys.executable, "-m", "jaxnet.parity.calibrate", "--worker", order, "--seeds", str(args.seeds),
-               "--steps", str(args.steps)]  # fmt: skip
-        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env}, check=True)
-        orders.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(order, orders[-1]["worst"], file=sys.stderr)
-    text = markdown(orders, fault_margins(args.steps), args.seeds, args.steps)
+    work = [(o, m, s) for m in args.models for s in range(args.seeds) for o in args.orders]
+    with ThreadPoolExecutor(args.jobs) as pool:  # each thread waits on its own process
+        futures = [pool.submit(run_one, o, m, s, args.steps, args.jobs) for o, m, s in work]
+        orders = []
+        for future in futures:
+            orders.append(future.result())
+            done = orders[-1]
+            print(done["order"], done["model"], done["seed"], done["worst"], done["failed"], file=sys.stderr)
+    margins = {} if args.no_faults else fault_margins(args.steps)
+    text = markdown(orders, margins, args.seeds, args.steps, args.models, args.label)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
+    (args.out.with_suffix(".json")).write_text(
+        json.dumps({"runs": orders, "faults": margins}, indent=1) + "\n"
+    )
     print(text)
     return 0
 
