@@ -63,7 +63,7 @@ def namespace() -> dict:
 
 @pytest.mark.readme
 @pytest.mark.slow
-@pytest.mark.parametrize("block", RUN, ids=[f"line{b.line}" for b in RUN])
+@pytest.mark.parametrize("block", RUN, ids=[f"{i}-{b.language}-line{b.line}" for i, b in enumerate(RUN, 1)])
 def test_block_runs(block, scratch, namespace, monkeypatch):
     monkeypatch.chdir(scratch)
     if block.language == "sh":
