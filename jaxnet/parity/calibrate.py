@@ -142,11 +142,12 @@ def markdown(
     from jaxnet.parity.faults import FAULTS
 
     names = list(dict.fromkeys(o["order"] for o in orders))
+    chosen = "" if set(names) == set(ORDERS) else f" --orders {','.join(names)}"
     lines = [
         f"# Calibration of K (= {K:g})",
         "",
         *([label, ""] if label else []),
-        f"`python -m jaxnet.parity.calibrate --seeds {seeds} --steps {steps} --models {','.join(models)}`: every",
+        f"`python -m jaxnet.parity.calibrate --seeds {seeds} --steps {steps} --models {','.join(models)}{chosen}`: every",
         f"section but the epoch, {seeds} seeds, {steps} steps of each recipe, under each arithmetic order in a",
         "fresh process. Largest `err / floor` of a correct run over the seeds (a row fails above K):",
     ]
