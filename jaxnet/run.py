@@ -171,7 +171,7 @@ def train(
                     checkpoint_now(step)
                     raise Interrupted(step, save)
             seconds = time.perf_counter() - start
-            correct, test_loss = backend.evaluate(test_x, test_y, cfg.batch_size)
+            correct, test_loss = backend.evaluate(test_x, test_y, task.eval_batch or cfg.batch_size)
             bar.print(log, task.report(correct, test_loss))
             scores = task.metrics(correct, test_loss)
             row = EpochMetrics(

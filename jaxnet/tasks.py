@@ -32,6 +32,8 @@ def test_error_block(correct: int, total: int, avg_loss: float) -> str:
 class ImageTask:
     """Fashion-MNIST, as the tutorial trains on it."""
 
+    eval_batch = 0  # the training batch size: the tutorial's mean of per-batch means
+
     gather = None  # a batch is the examples at its indices
 
     def __init__(self, data: FashionMNIST, cfg: TrainConfig, test_limit: int = 0) -> None:
@@ -68,6 +70,8 @@ class ImageTask:
 
 class TextTask:
     """The fortunes corpus, character by character (the GPT's)."""
+
+    eval_batch = 256  # windows per evaluation forward (the loss is the mean over characters: any size gives it)
 
     def __init__(self, corpus, cfg: TrainConfig, block_size: int) -> None:
         self.corpus, self.cfg, self.block_size = corpus, cfg, block_size

@@ -188,9 +188,11 @@ class JaxPortBackend:
         self._data = None
         self._gather = None
         with jax.enable_x64(dtype == "float64"), jax.default_device(self.device):
-            model = (
-                registry.build("jax", config, seed=seed, dtype=dtype) if module is None else nnx.clone(module)
-            )
+            if module is None:  # given weights, built abstractly: nothing initialised or compiled
+                make = lambda: registry.build("jax", config, seed=seed, dtype=dtype)  # noqa: E731
+                model = make() if state is None else nnx.eval_shape(make)
+            else:
+                model = nnx.clone(module)
             sequential, classes = set(), {}
             for path, sub in nnx.iter_modules(model):
                 dotted = ".".join(map(str, path))
@@ -208,7 +210,9 @@ class JaxPortBackend:
             _set_mode(model, True)
             graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
             self.graphdefs[True] = graphdef
-            cast = lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a  # noqa: E731
+            cast = lambda a: (  # noqa: E731
+                a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) and isinstance(a, jax.Array) else a
+            )  # an abstract leaf (state given) is replaced by load_state_dict below
             self.params, self.stats = jax.tree.map(cast, params), jax.tree.map(cast, stats)
             self.rest = rest
         shapes = {k: tuple(v.shape) for k, v in (_dotted(self.params) | _dotted(self.stats)).items()}
