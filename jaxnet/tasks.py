@@ -73,8 +73,9 @@ class TextTask:
 
     eval_batch = 256  # windows per evaluation forward (the loss is the mean over characters: any size gives it)
 
-    def __init__(self, corpus, cfg: TrainConfig, block_size: int) -> None:
+    def __init__(self, corpus, cfg: TrainConfig, block_size: int, test_limit: int = 0) -> None:
         self.corpus, self.cfg, self.block_size = corpus, cfg, block_size
+        self.test_limit = test_limit  # the first N validation windows only (quick runs, tests)
         self.per_epoch = cfg.epoch_steps
         self.n = self.per_epoch * cfg.batch_size  # windows an epoch covers
         self._val = None
@@ -102,7 +103,8 @@ class TextTask:
         from jaxnet import text
 
         if self._val is None:
-            self._val = text.eval_windows(self.corpus.val, self.block_size)
+            x, y = text.eval_windows(self.corpus.val, self.block_size)
+            self._val = (x[: self.test_limit], y[: self.test_limit]) if self.test_limit else (x, y)
         return self._val
 
     def report(self, correct: int, loss: float) -> str:

@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data_dir(p)
     add_corpus_dir(p)
     p.add_argument("--test-limit", type=nonneg_int, default=0,
-                   help="the first N test images only (default: 0, all 10,000)")  # fmt: skip
+                   help="the first N test images (gpt: validation windows) only (default: 0, all)")  # fmt: skip
     p.add_argument("--batch-size", type=positive_int, default=64,
                    help="batch size of the per-batch mean loss the tutorial averages (default: %(default)s)")  # fmt: skip
     p.add_argument(

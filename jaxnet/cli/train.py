@@ -85,7 +85,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     recipe.add_argument("--train-limit", type=nonneg_int,
                         help="train on the first N images only, for quick runs (default: 0, all 60,000)")  # fmt: skip
     recipe.add_argument("--test-limit", type=nonneg_int, default=0,
-                        help="evaluate on the first N test images only, for quick runs (default: 0, all 10,000)")  # fmt: skip
+                        help="evaluate on the first N test images (gpt: validation windows) only, for quick runs "
+                        "(default: 0, all)")  # fmt: skip
     recipe.add_argument("--epoch-steps", type=positive_int,
                         help="steps an epoch has on a text stream (--model gpt; default: 500): the "
                         "validation loss is measured and a checkpoint saved after each such epoch")  # fmt: skip
@@ -267,7 +268,7 @@ def load_task(args: argparse.Namespace, config, cfg: TrainConfig):
         raise JaxnetError(
             f"the model's vocab_size is {config.vocab_size}, the corpus has {corpus.vocab_size} characters"
         )
-    return tasks.TextTask(corpus, cfg, config.block_size)
+    return tasks.TextTask(corpus, cfg, config.block_size, getattr(args, "test_limit", 0))
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
