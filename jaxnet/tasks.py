@@ -71,7 +71,9 @@ class ImageTask:
 class TextTask:
     """The fortunes corpus, character by character (the GPT's)."""
 
-    eval_batch = 256  # windows per evaluation forward (the loss is the mean over characters: any size gives it)
+    eval_batch = (
+        256  # windows per evaluation forward (the loss is the mean over characters: any size gives it)
+    )
 
     def __init__(self, corpus, cfg: TrainConfig, block_size: int, test_limit: int = 0) -> None:
         self.corpus, self.cfg, self.block_size = corpus, cfg, block_size
