@@ -102,7 +102,9 @@ def train(
         TrainingError: the loss became NaN or inf (the last good checkpoint is kept).
         Interrupted: Ctrl-C; the state was saved to ``save`` first if given.
     """
-    task = ImageTask(data, cfg) if isinstance(data, FashionMNIST) else data
+    task = (
+        data if hasattr(data, "epoch_batches") else ImageTask(data, cfg)
+    )  # images: anything with train, test
     n, per_epoch = task.n, task.per_epoch
     check_shards(n, cfg.batch_size, backend.shards)
     cfg = with_total_steps(cfg, n, per_epoch)
