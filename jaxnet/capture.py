@@ -38,19 +38,30 @@ _MASKS: contextvars.ContextVar[dict[str, jax.Array] | None] = contextvars.Contex
 )
 
 
+# (key, {module path: its place}) while :func:`drawn_dropout` is in force
+_KEY: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("jaxnet_dropout_key", default=None)
+
+
 class SharedMaskDropout(nnx.Dropout):
     """An ``nnx.Dropout`` that, while :func:`shared_dropout` hands a mask to its path
     (``mask_path``), keeps what the mask keeps, scaled as its own draw is
-    (``inputs / keep_prob``); otherwise exactly ``nnx.Dropout``. Instances become one by
+    (``inputs / keep_prob``); while :func:`drawn_dropout` hands a key, draws its mask from it;
+    otherwise exactly ``nnx.Dropout``. Instances become one by
     :func:`share_masks`; the class ``nnx.Dropout`` itself is never changed."""
 
     mask_path: str = ""
 
     def __call__(self, inputs, *, deterministic=None, rngs=None):
         mask = (_MASKS.get() or {}).get(self.mask_path)
-        if mask is None:
+        drawn = _KEY.get()
+        if mask is None and drawn is None:
             return super().__call__(inputs, deterministic=deterministic, rngs=rngs)
         keep = 1.0 - self.rate
+        if mask is None:  # drawn from the key of :func:`drawn_dropout`
+            if self.rate == 0:
+                return inputs
+            key, index = drawn
+            mask = jax.random.bernoulli(jax.random.fold_in(key, index[self.mask_path]), keep, inputs.shape)
         return jax.lax.select(mask.astype(bool), inputs / keep, jnp.zeros_like(inputs))
 
 
@@ -65,6 +76,12 @@ def share_masks(model: nnx.Module) -> list[tuple[nnx.Dropout, type]]:
                 object.__setattr__(sub, "__class__", SharedMaskDropout)  # this instance only
             object.__setattr__(sub, "mask_path", ".".join(map(str, path)))
     return changed
+
+
+def _prepared(model: nnx.Module) -> bool:
+    return all(
+        isinstance(s, SharedMaskDropout) for _, s in nnx.iter_modules(model) if isinstance(s, nnx.Dropout)
+    )
 
 
 def unshare_masks(changed: list[tuple[nnx.Dropout, type]]) -> None:
@@ -82,17 +99,31 @@ def shared_dropout(model: nnx.Module, masks: dict[str, jax.Array] | None) -> Ite
     if not masks:
         yield
         return
-    prepared = all(
-        isinstance(sub, SharedMaskDropout)
-        for _, sub in nnx.iter_modules(model)
-        if isinstance(sub, nnx.Dropout)
-    )
-    changed = [] if prepared else share_masks(model)
+    changed = [] if _prepared(model) else share_masks(model)
     token = _MASKS.set(dict(masks))
     try:
         yield
     finally:
         _MASKS.reset(token)
+        unshare_masks(changed)
+
+
+@contextlib.contextmanager
+def drawn_dropout(model: nnx.Module, key: jax.Array | None) -> Iterator[None]:
+    """While the block runs, each ``nnx.Dropout`` draws its keep-mask from ``key`` folded with
+    the module's place among the model's modules (train mode with JAX's own RNG, where the
+    port's dropouts hold no stream of their own); ``None``: as they are (eval: off). The key
+    reaches the instances as the masks do (:class:`SharedMaskDropout`), never by the class."""
+    if key is None:
+        yield
+        return
+    index = {p: i for i, p in enumerate(sorted(set(module_paths(model).values())))}
+    changed = [] if _prepared(model) else share_masks(model)
+    token = _KEY.set((key, index))
+    try:
+        yield
+    finally:
+        _KEY.reset(token)
         unshare_masks(changed)
 
 
@@ -102,9 +133,11 @@ def forward(
     masks: dict[str, jax.Array] | None = None,
     args: tuple = (),
     kwargs: dict | None = None,
+    key: jax.Array | None = None,
 ):
-    """``model(x)`` (or ``model(*args, **kwargs)``), with ``masks`` given to its dropouts."""
-    with shared_dropout(model, masks):
+    """``model(x)`` (or ``model(*args, **kwargs)``), with ``masks`` given to its dropouts, or
+    with masks drawn from ``key`` (:func:`drawn_dropout`)."""
+    with shared_dropout(model, masks), drawn_dropout(model, key):
         return model(*(args or (x,)), **(kwargs or {}))
 
 
