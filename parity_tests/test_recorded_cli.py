@@ -94,7 +94,7 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    """A user's project directory: ``mypkg`` and a bundle ``ref`` recorded from it."""
+    """A user's project directory holding ``mypkg`` (the ``recorded`` fixture adds the bundle ``ref``)."""
     where = tmp_path_factory.mktemp("project")
     (where / "mypkg").mkdir()
     (where / "mypkg" / "__init__.py").write_text("")
