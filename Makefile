@@ -11,7 +11,7 @@ DATA   := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 TEXT   := /usr/share/games/fortunes/zippy
 ARGS   ?=
 
-.PHONY: train test lint format data bench parity examples device-check clean
+.PHONY: train test test-readme lint format data bench parity examples device-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ test: $(STAMP) data
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=15 $(ARGS)
+
+# The README's command blocks, as written, in a scratch copy (parity_tests/readme_blocks.py;
+# about half an hour on 2 cores: full training runs, the CNN's report, the bench).
+test-readme: $(STAMP) data
+	$(BIN)/python -m pytest -m readme -p no:xdist -q parity_tests/test_readme_blocks.py $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix .
