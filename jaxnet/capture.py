@@ -53,15 +53,42 @@ def shared_dropout(model: nnx.Module, masks: dict[str, jax.Array] | None) -> Ite
         nnx.Dropout.__call__ = original
 
 
+@contextlib.contextmanager
+def drawn_dropout(model: nnx.Module, key: jax.Array | None) -> Iterator[None]:
+    """While the block runs, each ``nnx.Dropout`` draws its keep-mask from ``key`` folded with
+    the module's place among the model's modules (train mode with JAX's own RNG, where the
+    port's dropouts hold no stream of their own); ``None``: as they are (eval: off)."""
+    if key is None:
+        yield
+        return
+    paths, original = module_paths(model), nnx.Dropout.__call__
+    index = {p: i for i, p in enumerate(sorted(set(paths.values())))}
+
+    def call(self, inputs, *, deterministic=None, rngs=None):
+        if self.rate == 0:
+            return inputs
+        keep = 1.0 - self.rate
+        mask = jax.random.bernoulli(jax.random.fold_in(key, index[paths[id(self)]]), keep, inputs.shape)
+        return jax.lax.select(mask, inputs / keep, jnp.zeros_like(inputs))
+
+    nnx.Dropout.__call__ = call
+    try:
+        yield
+    finally:
+        nnx.Dropout.__call__ = original
+
+
 def forward(
     model: nnx.Module,
     x,
     masks: dict[str, jax.Array] | None = None,
     args: tuple = (),
     kwargs: dict | None = None,
+    key: jax.Array | None = None,
 ):
-    """``model(x)`` (or ``model(*args, **kwargs)``), with ``masks`` given to its dropouts."""
-    with shared_dropout(model, masks):
+    """``model(x)`` (or ``model(*args, **kwargs)``), with ``masks`` given to its dropouts, or
+    with masks drawn from ``key`` (:func:`drawn_dropout`)."""
+    with shared_dropout(model, masks), drawn_dropout(model, key):
         return model(*(args or (x,)), **(kwargs or {}))
 
 

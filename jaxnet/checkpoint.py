@@ -27,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxnet import files
-from jaxnet.config import AnyModel, CNNConfig, ModelConfig, TrainConfig, model_from_json
+from jaxnet import files, registry
+from jaxnet.config import AnyModel, ModelConfig, TrainConfig  # noqa: F401  (ModelConfig: public here)
 from jaxnet.errors import CheckpointError, JaxnetError
+from jaxnet.registry import model_from_json
 
 FORMAT = "jaxnet-checkpoint"
 FORMAT_VERSION = 3  # 3: state.json records the parts' SHA-256; 2 (read too) did not
@@ -54,7 +55,9 @@ class Checkpoint:
 
     @property
     def dtype(self) -> np.dtype:
-        return next(iter(self.model.values())).dtype
+        """The weights' float dtype (integer counters such as ``num_batches_tracked`` aside)."""
+        floats = (v.dtype for v in self.model.values() if np.issubdtype(v.dtype, np.floating))
+        return next(floats, next(iter(self.model.values())).dtype)
 
 
 def validate_state_dict(
@@ -99,18 +102,7 @@ def validate_state_dict(
 
 def infer_config(state: dict[str, np.ndarray]) -> AnyModel:
     """The model and sizes of a torch-layout state dict, validated (e.g. a tutorial ``model.pth``)."""
-    try:
-        if "conv1.weight" in state and "fc2.weight" in state:  # PyTorch's examples/mnist CNN
-            conv1, conv2, fc1, fc2 = (
-                np.shape(state[f"{k}.weight"]) for k in ("conv1", "conv2", "fc1", "fc2")
-            )
-            config = CNNConfig(channels=(conv1[0], conv2[0]), hidden=fc1[0], num_classes=fc2[0])
-        else:
-            config = ModelConfig.from_state_dict(state)
-    except JaxnetError as err:
-        raise CheckpointError(str(err)) from None
-    except (KeyError, ValueError, IndexError) as err:  # a CNN's keys, some missing or misshapen
-        raise CheckpointError(f"not a state dict of a model jaxnet knows: {err}") from None
+    config = registry.infer_config(state)
     validate_state_dict(state, config)
     return config
 
@@ -120,8 +112,13 @@ def init_state_dict(config: AnyModel, seed: int, dtype: str = "float32") -> dict
 
     The distribution is torch ``nn.Linear``'s and ``nn.Conv2d``'s default,
     ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` for weight and bias (fan_in: a weight's size over its
-    first axis); the stream is numpy's ``default_rng(seed)``, owned by neither framework.
+    first axis); the stream is numpy's ``default_rng(seed)``, owned by neither framework. A
+    family whose config has its own ``initial_state`` (the ResNet's torchvision init, the
+    GPT's nanoGPT init, with their running statistics) draws that instead.
     """
+    own = getattr(config, "initial_state", None)
+    if own is not None:
+        return own(seed, dtype)
     rng = np.random.default_rng(seed)
     state = {}
     for key, shape in config.param_shapes().items():
@@ -326,7 +323,7 @@ def _read_state(state_path: Path) -> tuple:
         raise CheckpointError(f"{state_path}: bad training state ({err})") from None
     if train_config is not None:
         n = min(train_config.train_limit or TRAIN_EXAMPLES, TRAIN_EXAMPLES)
-        per_epoch = math.ceil(n / train_config.batch_size)
+        per_epoch = train_config.epoch_steps or math.ceil(n / train_config.batch_size)
         if step < 0 or epoch != step // per_epoch or step > train_config.epochs * per_epoch:
             raise CheckpointError(
                 f"{state_path}: step {step} and epoch {epoch} disagree ({per_epoch} steps an epoch, "
@@ -422,7 +419,9 @@ def validate_optimizer_state(
     names = train.optimizer.state_names
     if not optimizer:
         return  # before the first step (or plain SGD) there is no state
-    for key, shape in config.param_shapes().items():
+    buffers = set(getattr(config, "buffers", ()))  # running statistics: no optimizer state
+    params = {k: s for k, s in config.param_shapes().items() if k not in buffers}
+    for key, shape in params.items():
         for name in names:
             full = f"{key}.{name}"
             if full not in optimizer:
@@ -432,6 +431,6 @@ def validate_optimizer_state(
                 raise CheckpointError(
                     f"optimizer key {full!r}: expected {dtype}{list(shape)}, found {value.dtype}{list(value.shape)}"
                 )
-    extra = set(optimizer) - {f"{k}.{n}" for k in config.param_shapes() for n in names}
+    extra = set(optimizer) - {f"{k}.{n}" for k in params for n in names}
     if extra:
         raise CheckpointError(f"unexpected optimizer key {sorted(extra)[0]!r}")

@@ -17,7 +17,6 @@ from jaxnet.errors import JaxnetError
 from jaxnet.layout import BUILT_IN, Layout
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "adadelta")
-MODELS = ("mlp", "cnn")
 PREDICT_CHUNK = 1000  # images per forward in Backend.predict: bounds the CNN's feature maps
 SCHEDULES = ("constant", "cosine", "step", "warmup-cosine")
 DTYPES = ("float32", "float64")
@@ -180,6 +179,12 @@ class CNNConfig:
     def to_json(self) -> str:
         return json.dumps({"kind": "cnn", **dataclasses.asdict(self)})
 
+    @classmethod
+    def from_state_dict(cls, state: dict) -> CNNConfig:
+        """The sizes of an ``examples/mnist`` state dict (``conv1``, ``conv2``, ``fc1``, ``fc2``)."""
+        shapes = [tuple(state[f"{k}.weight"].shape) for k in ("conv1", "conv2", "fc1", "fc2")]
+        return cls(channels=(shapes[0][0], shapes[1][0]), hidden=shapes[2][0], num_classes=shapes[3][0])
+
 
 @dataclass(frozen=True)
 class PortConfig:
@@ -218,15 +223,6 @@ PORT_LOSSES = ("cross_entropy", "nll", "mse")  # compare's built-in losses; or a
 
 
 AnyModel = ModelConfig | CNNConfig | PortConfig  # what a model config may be; ``.kind`` says which
-
-
-def model_from_json(text: str) -> AnyModel:
-    """The model config a checkpoint names (format-1 files and older directories: the MLP)."""
-    raw = json.loads(text)
-    kind = raw.pop("kind", "mlp")
-    if kind not in MODELS:
-        raise JaxnetError(f"unknown model kind {kind!r}, expected one of {MODELS}")
-    return CNNConfig(**raw) if kind == "cnn" else ModelConfig(**raw)
 
 
 @dataclass(frozen=True)
@@ -338,6 +334,8 @@ class OptimConfig:
 # OptimConfig fields a port's recipes added, and the defaults at which they are left out of
 # a checkpoint's JSON (which then reads back as before: missing fields take the defaults).
 ADDED_OPTIM_FIELDS: dict[str, object] = {"clip_norm": 0.0, "warmup_steps": 0, "no_decay": ()}
+ADDED_TRAIN_FIELDS: dict[str, object] = {"epoch_steps": 0}  # left out at the default, likewise
+_TRAIN_FLAGS = ("batch_size", "epochs", "seed", "shuffle", "dtype", "train_limit", "epoch_steps")
 
 
 @dataclass(frozen=True)
@@ -349,6 +347,7 @@ class TrainConfig:
     shuffle: bool = True
     dtype: str = "float32"
     train_limit: int = 0  # use only the first N training images (0: all 60,000)
+    epoch_steps: int = 0  # steps an epoch has on a stream of text (0: an epoch is one pass over the images)
 
     def __post_init__(self) -> None:
         if self.train_limit < 0:
@@ -359,6 +358,8 @@ class TrainConfig:
             raise JaxnetError(f"epochs must be >= 1, got {self.epochs}")
         if self.dtype not in DTYPES:
             raise JaxnetError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.epoch_steps < 0:
+            raise JaxnetError(f"epoch steps must be >= 0, got {self.epoch_steps}")
 
     def to_json(self) -> str:
         """The recipe as JSON; optimizer fields added since format 2 are left out at their
@@ -367,6 +368,9 @@ class TrainConfig:
         for name, default in ADDED_OPTIM_FIELDS.items():
             if raw["optimizer"][name] == default:
                 del raw["optimizer"][name]
+        for name, default in ADDED_TRAIN_FIELDS.items():
+            if raw[name] == default:
+                del raw[name]
         return json.dumps(raw)
 
     @classmethod
@@ -379,22 +383,24 @@ class TrainConfig:
         opt = self.optimizer
         values = {f: getattr(opt, f) for f in OPTIM_FLAGS}
         values["optimizer"] = opt.name
-        values |= {
-            f: getattr(self, f) for f in ("batch_size", "epochs", "seed", "shuffle", "dtype", "train_limit")
-        }
+        values |= {f: getattr(self, f) for f in _TRAIN_FLAGS}
         return values
 
     @classmethod
-    def from_flat(cls, values: dict[str, object]) -> TrainConfig:
-        """Inverse of :meth:`flat`; missing names take :data:`FLAGS`' defaults.
+    def from_flat(cls, values: dict[str, object], base: OptimConfig | None = None) -> TrainConfig:
+        """Inverse of :meth:`flat`; missing names take :data:`FLAGS`' defaults. The optimizer's
+        fields that are no flag (``betas``, ``eps``, ``rho``) come from ``base`` (a family's
+        recipe, a resumed run's), else their defaults.
 
         Raises:
             JaxnetError: a value is invalid (the message names it).
         """
         v = {**FLAGS, **values}
-        optim = OptimConfig(name=v["optimizer"], **{f: v[f] for f in OPTIM_FLAGS})
-        rest = {f: v[f] for f in ("batch_size", "epochs", "seed", "shuffle", "dtype", "train_limit")}
-        return cls(optimizer=optim, **rest)
+        kept = {}
+        if base is not None and base.name == v["optimizer"]:
+            kept = {f: getattr(base, f) for f in ("betas", "eps", "rho")}
+        optim = OptimConfig(name=v["optimizer"], **{f: v[f] for f in OPTIM_FLAGS}, **kept)
+        return cls(optimizer=optim, **{f: v[f] for f in _TRAIN_FLAGS})
 
 
 # The recipe in flat form with the tutorial's values: the one mapping between ``jaxnet train``
@@ -418,6 +424,7 @@ FLAGS: dict[str, object] = {
     "shuffle": True,
     "dtype": "float32",
     "train_limit": 0,
+    "epoch_steps": 0,
 }
 
 OPTIM_FLAGS = (

@@ -136,8 +136,7 @@ def _jax_has_gpu(jax) -> bool:
 def part_parity(model: str, precision: str, device: str, size: str, out: Path, tag: str) -> dict:
     """One ``jaxnet parity`` report; its markdown written to ``out``. The tiny (CPU) setting
     compares the forward and gradient rows only, in float32, on one batch."""
-    from jaxnet import checkpoint, data, parity
-    from jaxnet.config import CNNConfig, ModelConfig
+    from jaxnet import checkpoint, data, parity, registry
     from jaxnet.parity.builtin import session
     from jaxnet.parity.layers import forward_and_gradient
     from jaxnet.parity.sections import BATCH
@@ -147,7 +146,7 @@ def part_parity(model: str, precision: str, device: str, size: str, out: Path, t
         report = parity.run(data.load(), model=model, matmul_precision=precision, device=device, **s)
     else:
         start, ds = time.perf_counter(), data.load()
-        config = CNNConfig() if model == "cnn" else ModelConfig()
+        config = registry.family(model).config()
         state = checkpoint.init_state_dict(config, 0)
         x, y = ds.train.float_images()[:BATCH], ds.train.labels[:BATCH]
         options = {"config": config, "dtypes": s["dtypes"], "device": device, "matmul_precision": precision}

@@ -15,7 +15,11 @@ edited by hand, or a report re-run without its paragraph, fails the suite
   ``docs/faults-after-calibration-cpu.json``;
 - the calibration's seed count (the README, ``docs/calibration.md``'s command and the
   calibrator's default);
-- the training results' outcomes (``docs/train-*.jsonl``, the runs' ``--metrics`` files).
+- the training results' outcomes (``docs/train-*.jsonl``, the runs' ``--metrics`` files);
+- each generated block (``<!-- generated: docs/X -->`` ... ``<!-- end generated -->``): the
+  README holds ``docs/X`` verbatim, ``docs/X`` is what its script prints now from the saved
+  runs (``docs/scripts/train_tables.py``), and every figure of the paragraph after the block
+  is one of the block's.
 
 Numbers are compared at the precision the README prints them (2 or 3 significant figures).
 """
@@ -176,10 +180,43 @@ def training_results(readme: str, docs: Path) -> list[str]:
     return found
 
 
+GENERATORS = {"train-gpu.md": "train_tables.py"}  # docs/X -> the docs/scripts/ that prints it
+
+
+def generated_blocks(readme: str, docs: Path) -> list[str]:
+    """Generated blocks against their files, the files against their scripts' output, and the
+    figures of the paragraph after each block against the block."""
+    import contextlib
+    import io
+    import runpy
+
+    found = []
+    blocks = re.findall(
+        r"<!-- generated: docs/(\S+) -->\n(.*?)<!-- end generated -->\n\n(.*?)(?:\n\n|$)", readme, re.S
+    )
+    for name, text, after in blocks:
+        saved = (docs / name).read_text()
+        if text != saved:
+            found.append(f"README: the generated block of docs/{name} differs from the file")
+        script = docs / "scripts" / GENERATORS.get(name, "")
+        if script.is_file():
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                runpy.run_path(str(script), run_name="__main__")
+            if out.getvalue() != saved:
+                found.append(f"docs/{name}: not what docs/scripts/{script.name} prints from the saved runs")
+        for figure in re.findall(r"\d+\.\d+", after):
+            if figure not in text:
+                found.append(f"README: {figure} (after the generated block of docs/{name}) is not in it")
+    if "<!-- generated:" in readme and not blocks:
+        found.append("README: a generated block without its end marker and a paragraph after it")
+    return found
+
+
 def problems(readme: str | None = None, docs: Path = ROOT / "docs") -> list[str]:
     """Every disagreement between ``readme`` (default: README.md) and the saved outputs."""
     text = (ROOT / "README.md").read_text() if readme is None else readme
-    checks = (parity_figures, fault_table, constants, training_results)
+    checks = (parity_figures, fault_table, constants, training_results, generated_blocks)
     return [line for check in checks for line in check(text, docs)]
 
 

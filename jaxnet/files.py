@@ -16,7 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-_ST_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float64): "F64"}
+_ST_DTYPES = {
+    np.dtype(np.float32): "F32",
+    np.dtype(np.float64): "F64",
+    np.dtype(np.int64): "I64",
+}  # I64: BatchNorm counters
 
 
 def _umask() -> int:
@@ -128,7 +132,7 @@ def safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str]) 
     header: dict[str, dict] = {}
     blobs, offset = [], 0
     for name in sorted(tensors):
-        array = np.ascontiguousarray(tensors[name])
+        array = np.asarray(tensors[name], order="C")  # keeps a 0-d counter 0-d (ascontiguousarray: 1-d)
         blob = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
         header[name] = {
             "dtype": _ST_DTYPES[array.dtype],

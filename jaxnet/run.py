@@ -1,9 +1,10 @@
 """A training run with either backend: the tutorial's output, checkpoints, resume, metrics.
 
-The loop is backend-neutral: it makes the batch order (numpy, from the seed), hands batches of
-indices to the backend 100 at a time (one compiled call in JAX), prints the tutorial's lines,
-and saves a checkpoint after every epoch. A checkpoint records the global step, so a run
-resumed from it, in either backend, continues the same trajectory.
+The loop is backend-neutral: its task (:mod:`jaxnet.tasks`: Fashion-MNIST images, or the
+fortunes text) makes the batches (numpy, from the seed), the loop hands them to the backend
+100 at a time (one compiled call in JAX), prints the tutorial's lines, evaluates and saves a
+checkpoint after every epoch. A checkpoint records the global step, so a run resumed from it,
+in either backend, continues the same trajectory.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import numpy as np
 from jaxnet import checkpoint as ckpt_io
 from jaxnet.backends import Backend
 from jaxnet.config import ModelConfig, TrainConfig
-from jaxnet.data import FashionMNIST, Split, batch_slices, epoch_order
+from jaxnet.data import FashionMNIST
 from jaxnet.errors import CheckpointError, TrainingError
+from jaxnet.tasks import ImageTask, TextTask, test_error_block  # noqa: F401  (test_error_block: public here)
 
 LOG_EVERY = 100  # the tutorial prints the loss every 100 batches
 
@@ -49,18 +51,14 @@ class Interrupted(Exception):
         self.step, self.checkpoint = step, checkpoint
 
 
-def test_error_block(correct: int, total: int, avg_loss: float) -> str:
-    """The tutorial's evaluation output, byte for byte."""
-    return f"Test Error: \n Accuracy: {(100 * correct / total):>0.1f}%, Avg loss: {avg_loss:>8f} \n"
-
-
 def steps_per_epoch(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
 
 
-def with_total_steps(cfg: TrainConfig, n: int) -> TrainConfig:
-    """Fill ``optimizer.total_steps`` (what the schedules decay over) from the data size."""
-    total = cfg.epochs * steps_per_epoch(n, cfg.batch_size)
+def with_total_steps(cfg: TrainConfig, n: int, per_epoch: int | None = None) -> TrainConfig:
+    """Fill ``optimizer.total_steps`` (what the schedules decay over) from the data size (or
+    the steps an epoch has)."""
+    total = cfg.epochs * (per_epoch or steps_per_epoch(n, cfg.batch_size))
     return replace(cfg, optimizer=replace(cfg.optimizer, total_steps=total))
 
 
@@ -88,7 +86,7 @@ class _CtrlC:
 
 def train(
     backend: Backend,
-    data: FashionMNIST,
+    data: FashionMNIST | ImageTask | TextTask,
     cfg: TrainConfig,
     *,
     save: Path | None = None,
@@ -97,19 +95,19 @@ def train(
     log: Callable[[str], None] = print,
     progress: bool | None = None,
 ) -> list[EpochMetrics]:
-    """Train ``backend`` for ``cfg.epochs`` epochs (counting those in ``resume``).
+    """Train ``backend`` for ``cfg.epochs`` epochs (counting those in ``resume``) on ``data``
+    (Fashion-MNIST, or a :mod:`jaxnet.tasks` task).
 
     Raises:
         TrainingError: the loss became NaN or inf (the last good checkpoint is kept).
         Interrupted: Ctrl-C; the state was saved to ``save`` first if given.
     """
-    train_split = data.train
-    if cfg.train_limit:
-        train_split = Split(data.train.images[: cfg.train_limit], data.train.labels[: cfg.train_limit])
-    n = len(train_split)
+    task = (
+        data if hasattr(data, "epoch_batches") else ImageTask(data, cfg)
+    )  # images: anything with train, test
+    n, per_epoch = task.n, task.per_epoch
     check_shards(n, cfg.batch_size, backend.shards)
-    cfg = with_total_steps(cfg, n)
-    per_epoch = steps_per_epoch(n, cfg.batch_size)
+    cfg = with_total_steps(cfg, n, per_epoch)
     writer = backend.rank.writer  # of several processes, one prints, saves and writes metrics
     if not writer:
         save, metrics, log = None, None, _quiet
@@ -119,13 +117,16 @@ def train(
         backend.load_state_dict(resume.model)
         step = resume.step
     backend.set_optimizer(cfg.optimizer, resume.optimizer if resume else None, step)
-    backend.set_train_data(train_split.float_images(cfg.dtype), train_split.labels)
-    test_x, test_y = data.test.float_images(cfg.dtype), data.test.labels
+    train_x, train_y = task.train_arrays()
+    if task.gather is None:
+        backend.set_train_data(train_x, train_y)
+    else:  # batches are offsets into a stream: the task cuts the windows
+        backend.set_train_data(train_x, train_y, gather=task.gather)
+    test_x, test_y = task.eval_arrays()
     if metrics is not None and resume is None:
         metrics.parent.mkdir(parents=True, exist_ok=True)
         metrics.write_text("")
     show_bar = (sys.stdout.isatty() if progress is None else progress) and writer
-    slices = batch_slices(n, cfg.batch_size)
 
     def checkpoint_now(step: int) -> None:
         if save is not None:
@@ -146,13 +147,13 @@ def train(
     with _CtrlC() as ctrl_c, _Bar(show_bar) as bar:
         for epoch in range(step // per_epoch, cfg.epochs):
             log(f"Epoch {epoch + 1}\n-------------------------------")
-            order = epoch_order(n, seed=cfg.seed, epoch=epoch, shuffle=cfg.shuffle)
+            batches = task.epoch_batches(epoch)
             first = step - epoch * per_epoch  # > 0 when resuming mid-epoch
             bar.start(f"epoch {epoch + 1}/{cfg.epochs}", per_epoch, first)
             start, losses, seen = time.perf_counter(), [], 0
             for lo in range(first, per_epoch, LOG_EVERY):
                 hi = min(per_epoch, (lo // LOG_EVERY + 1) * LOG_EVERY)
-                chunk = [order[s] for s in slices[lo:hi]]
+                chunk = batches[lo:hi]
                 chunk_losses = backend.train_steps(chunk)
                 if not np.all(np.isfinite(chunk_losses)):
                     bad = lo + int(np.argmin(np.isfinite(chunk_losses)))
@@ -165,21 +166,22 @@ def train(
                 seen += sum(len(b) for b in chunk)
                 losses.append(chunk_losses)
                 if lo % LOG_EVERY == 0:
-                    current = slices[lo].stop
+                    current = min((lo + 1) * cfg.batch_size, n)
                     bar.print(log, f"loss: {chunk_losses[0]:>7f}  [{current:>5d}/{n:>5d}]")
                 bar.advance(len(chunk), seen / (time.perf_counter() - start))
                 if backend.agree(ctrl_c.pressed):  # every process stops after the same chunk
                     checkpoint_now(step)
                     raise Interrupted(step, save)
             seconds = time.perf_counter() - start
-            correct, test_loss = backend.evaluate(test_x, test_y, cfg.batch_size)
-            bar.print(log, test_error_block(correct, len(test_y), test_loss))
+            correct, test_loss = backend.evaluate(test_x, test_y, task.eval_batch or cfg.batch_size)
+            bar.print(log, task.report(correct, test_loss))
+            scores = task.metrics(correct, test_loss)
             row = EpochMetrics(
                 epoch=epoch + 1,
                 step=step,
                 train_loss=float(np.concatenate(losses).mean()),
                 test_loss=test_loss,
-                accuracy=correct / len(test_y),
+                accuracy=scores["accuracy"],
                 correct=correct,
                 seconds=seconds,
                 samples_per_s=seen / seconds,
@@ -189,7 +191,7 @@ def train(
             checkpoint_now(step)
             if metrics is not None:
                 with metrics.open("a") as f:
-                    f.write(json.dumps(asdict(row)) + "\n")
+                    f.write(json.dumps(asdict(row) | scores) + "\n")
     log("Done!")
     return history
 

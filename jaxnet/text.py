@@ -113,15 +113,24 @@ def batches(
     Raises:
         DataError: a split shorter than ``block_size + 1`` or a size below 1.
     """
-    if block_size < 1 or batch < 1:
-        raise DataError(f"block_size and batch must be >= 1, got {block_size} and {batch}")
-    if len(ids) <= block_size:
-        raise DataError(f"a split of {len(ids)} characters has no window of {block_size} + 1")
-    rng = np.random.default_rng([seed, step, _STREAM])
-    offsets = rng.integers(0, len(ids) - block_size, size=batch)
-    index = offsets[:, None] + np.arange(block_size + 1)
+    index = offsets(len(ids), block_size, batch, seed=seed, step=step)[:, None] + np.arange(block_size + 1)
     windows = np.asarray(ids)[index]
     return windows[:, :-1], windows[:, 1:]
+
+
+def offsets(n: int, block_size: int, batch: int, *, seed: int, step: int) -> np.ndarray:
+    """The ``batch`` window offsets :func:`batches` draws from ``(seed, step)`` in a split of
+    ``n`` characters: int64, uniform on ``0 .. n - block_size - 1``.
+
+    Raises:
+        DataError: a split shorter than ``block_size + 1`` or a size below 1.
+    """
+    if block_size < 1 or batch < 1:
+        raise DataError(f"block_size and batch must be >= 1, got {block_size} and {batch}")
+    if n <= block_size:
+        raise DataError(f"a split of {n} characters has no window of {block_size} + 1")
+    rng = np.random.default_rng([seed, step, _STREAM])
+    return rng.integers(0, n - block_size, size=batch)
 
 
 def eval_windows(ids: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -94,6 +94,8 @@ def test_the_readmes_figures_are_those_the_saved_reports_measured():
         ("over 8 seeds", "over 12 seeds", "calibration seeds"),
         ("(7098 / 10000) | 0.779832", "(7099 / 10000) | 0.779832", "training results, jax"),
         ("(90.35% after epoch 20", "(90.51% after epoch 20", "README AdamW"),
+        ("| 20 | 93.98% | 93.83%", "| 20 | 93.98% | 93.88%", "generated block of docs/train-gpu.md"),
+        ("(torch 93.98%, jax 93.83%", "(torch 93.98%, jax 93.88%", "93.88"),
     ],
 )
 def test_the_figure_check_fails_on_a_hand_edited_figure(quoted, edited, named):

@@ -11,9 +11,10 @@ import pytest
 from jaxnet import parity
 from jaxnet.cli import main
 from jaxnet.cli.parity import plant_recipes
-from jaxnet.config import ALL_RECIPES, MODELS
+from jaxnet.config import ALL_RECIPES
 from jaxnet.errors import JaxnetError
 from jaxnet.parity import faults
+from jaxnet.parity.builtin import MODELS
 from parity_tests.conftest import problems
 
 EXPECTED_FIRST_FAILURE = {

@@ -5,7 +5,7 @@ the harness can trust it as the reference.
 """
 
 from torchref.data import FashionMNISTDataset, to_tensor, tutorial_loader
-from torchref.model import NeuralNetwork, activations
+from torchref.models.mlp import NeuralNetwork, activations
 from torchref.train import (
     evaluate,
     load_optimizer_state,

@@ -15,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
+from jaxnet import registry
 from jaxnet.config import BACKENDS, DEVICES, AnyModel, OptimConfig
 from jaxnet.distributed import Rank
 from jaxnet.errors import JaxnetError
@@ -126,7 +127,8 @@ def get_backend(
 
     ``module``: a user's model of this framework (``nn.Module`` or ``nnx.Module``) to wrap
     instead of the config's, described by a :class:`~jaxnet.config.PortConfig` (a copy is
-    taken, cast to ``dtype``, in eval mode).
+    taken, cast to ``dtype``, in eval mode). A family the registry runs on the port engine
+    (the ResNet, the GPT) gets the port backends too, its module built from the config.
 
     ``devices > 1`` trains data-parallel with the framework's own engine: a JAX device mesh in
     this process (every process of a ``jax.distributed`` run), or torch's
@@ -139,7 +141,9 @@ def get_backend(
         raise JaxnetError(f"backend must be one of {BACKENDS}, got {name!r}")
     if device not in DEVICES:
         raise JaxnetError(f"device must be one of {DEVICES}, got {device!r}")
-    port = "_port" if module is not None else ""  # a user's module: the port backends
+    family = registry.FAMILIES.get(getattr(config, "kind", ""))
+    on_port = module is not None or (family is not None and family.engine == "port")
+    port = "_port" if on_port else ""  # a user's module, or a family on the port engine
     try:
         framework = importlib.import_module(f"jaxnet.backends.{name}{port}")
     except ImportError as err:
@@ -150,5 +154,5 @@ def get_backend(
     cls = getattr(
         framework, f"{name.capitalize()}{port.strip('_').capitalize()}Backend"
     )  # e.g. JaxPortBackend
-    extra = {} if module is None else {"module": module}
+    extra = {"module": module} if on_port else {}
     return cls(config, dtype=dtype, device=device, seed=seed, state=state, devices=devices, **extra)

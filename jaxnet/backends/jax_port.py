@@ -9,6 +9,12 @@ stays deterministic unless masks are handed in.
 Parameters, statistics, gradients and optimizer buffers cross in torch's names and layouts by
 the rule of each torch module (:class:`jaxnet.rules.PortLayout`); ``num_batches_tracked``,
 which NNX has no counterpart for, is counted here: one per train-mode step.
+
+A registered family on this engine (the ResNet, the GPT: ``module=None``) is built from its
+config and trained as ``jaxnet train`` trains: steps in train mode where the family trains
+(BatchNorm), its dropouts drawn from JAX's RNG by ``(seed, step)``, its inputs augmented
+(:mod:`jaxnet.augment`, from ``(seed, step)`` as torch's side draws them), and
+:meth:`JaxPortBackend.evaluate` in eval mode.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxnet import batch, capture, checkpoint
+from jaxnet import batch, capture, checkpoint, registry
 from jaxnet import model as jmodel
 from jaxnet import train as jtrain
 from jaxnet.backends.jax import _host, _in_mode, jax_device
@@ -83,19 +89,32 @@ def _activations(graphdef, params, stats, rest, x, masks):
     return found | capture.named_leaves("output", out)
 
 
-def _loss(params, graphdef, stats, rest, x, y, masks, loss):
+def _loss(params, graphdef, stats, rest, x, y, masks, loss, key=None):
     model = _merge(graphdef, params, stats, rest)
     args, kwargs = batch.args_kwargs(x)
-    out = capture.forward(model, None, masks, args, kwargs)
+    out = capture.forward(model, None, masks, args, kwargs, key=key)
     return port_loss(out, y, *loss), nnx.state(model, nnx.BatchStat)
 
 
 _GRADS = jax.jit(jax.value_and_grad(_loss, has_aux=True), static_argnums=(1, 7))
 
 
-def _step(graphdef, tx, loss, params, stats, rest, opt_state, x, y):
+@functools.partial(jax.jit, static_argnums=(0, 6))
+def _evaluate(graphdef, params, stats, rest, x, y, loss):
+    """``(summed loss, correct, targets)`` of one batch in eval mode: the loss is the mean times
+    the targets counted in it, so batches of any size add up to the mean over all targets."""
+    model = _merge(graphdef, params, stats, rest)
+    args, kwargs = batch.args_kwargs(x)
+    out = main_output(capture.forward(model, None, None, args, kwargs))
+    flat, labels = out.reshape(-1, out.shape[-1]), y.reshape(-1)
+    counted = jnp.sum(labels != loss[1])
+    correct = jnp.sum((jnp.argmax(flat, axis=-1) == labels) & (labels != loss[1]))
+    return port_loss(out, y, *loss) * counted, correct, counted
+
+
+def _step(graphdef, tx, loss, params, stats, rest, opt_state, x, y, key=None):
     (value, stats), grads = jax.value_and_grad(_loss, has_aux=True)(
-        params, graphdef, stats, rest, x, y, None, loss
+        params, graphdef, stats, rest, x, y, None, loss, key
     )
     params, opt_state = jtrain.apply_gradients(tx, params, opt_state, grads)
     return params, stats, opt_state, value
@@ -123,7 +142,7 @@ def _optimizer(graphdef, cfg: OptimConfig, dtype: str, loss, layout) -> tuple:
 def clear_caches() -> None:
     """Forget compiled steps and programs (a planted fault swapped a function)."""
     _COMPILED.clear()
-    for jitted in (_forward, _activations, _GRADS):
+    for jitted in (_forward, _activations, _GRADS, _evaluate):
         jitted.clear_cache()
 
 
@@ -154,19 +173,26 @@ class JaxPortBackend:
         seed: int = 0,
         state: dict[str, np.ndarray] | None = None,
         devices: int = 1,
-        module: nnx.Module,
+        module: nnx.Module | None = None,
     ) -> None:
         if devices != 1:
-            raise JaxnetError("compare runs on one device")
+            raise JaxnetError("the port engine (compare; --model resnet, gpt) runs on one device")
         self.config, self.dtype, self.seed = config, dtype, seed
         self.device = jax_device(device)
         self.mesh, self.shards, self.rank = None, 1, Rank(0, 1)
-        self.training = False
-        self.train_dropout = False
+        self.native = module is None  # a registered family, trained and evaluated by jaxnet
+        self.training = self.native and config.trains  # the mode steps run in (the engine sets it)
+        self.train_dropout = self.native and any(p > 0 for p in config.dropouts.values())
+        self.augment = registry.augmentation(config) if self.native else None
         self.step, self.tx = 0, None
         self._data = None
+        self._gather = None
         with jax.enable_x64(dtype == "float64"), jax.default_device(self.device):
-            model = nnx.clone(module)
+            if module is None:  # given weights, built abstractly: nothing initialised or compiled
+                make = lambda: registry.build("jax", config, seed=seed, dtype=dtype)  # noqa: E731
+                model = make() if state is None else nnx.eval_shape(make)
+            else:
+                model = nnx.clone(module)
             sequential, classes = set(), {}
             for path, sub in nnx.iter_modules(model):
                 dotted = ".".join(map(str, path))
@@ -184,7 +210,9 @@ class JaxPortBackend:
             _set_mode(model, True)
             graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
             self.graphdefs[True] = graphdef
-            cast = lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a  # noqa: E731
+            cast = lambda a: (  # noqa: E731
+                a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) and isinstance(a, jax.Array) else a
+            )  # an abstract leaf (state given) is replaced by load_state_dict below
             self.params, self.stats = jax.tree.map(cast, params), jax.tree.map(cast, stats)
             self.rest = rest
         shapes = {k: tuple(v.shape) for k, v in (_dotted(self.params) | _dotted(self.stats)).items()}
@@ -314,30 +342,55 @@ class JaxPortBackend:
         self.params, self.opt_state = self._apply(self.params, self.opt_state, tree)
         self.step += 1
 
-    def set_train_data(self, images, labels) -> None:
-        self._data = (images, labels)
+    def set_train_data(self, images, labels, gather=None) -> None:
+        """The training data, kept on the host; ``gather(images, labels, idx) -> (x, y)`` makes
+        a batch of an index array (default: the examples at ``idx``; text: windows at offsets)."""
+        self._data, self._gather = (images, labels), gather
+
+    def _batch(self, idx) -> tuple:
+        """One training batch on the host, augmented where the family is, from ``(seed, step)``."""
+        images, labels = self._data
+        if self._gather is not None:
+            x, y = self._gather(images, labels, idx)
+        else:
+            x, y = batch.take(images, idx), batch.take(labels, idx)
+        if self.augment is not None:
+            x = self.augment(x, seed=self.seed, step=self.step)
+        return x, y
 
     @_in_mode
     def train_steps(self, batches: list[np.ndarray]) -> np.ndarray:
         assert self.tx is not None and self._data is not None, "set_optimizer and set_train_data first"
         cfg, loss = self._step_cfg
         step = _optimizer(self.graphdef, cfg, self.dtype, loss, self.layout)[1]  # this mode's graphdef
-        images, labels = self._data
         losses = []
         for idx in batches:
-            x, y = self._input(batch.take(images, idx)), self._put(batch.take(labels, idx))
+            x, y = self._batch(idx)
+            x, y = self._input(x), self._put(y)
+            key = jax.random.fold_in(jax.random.key(self.seed), self.step) if self.train_dropout else None
             self.params, stats, self.opt_state, value = step(
-                self.params, self.stats, self.rest, self.opt_state, x, y
+                self.params, self.stats, self.rest, self.opt_state, x, y, key
             )
             if self.training:
                 self.stats = stats
                 self.tracked = {k: n + 1 for k, n in self.tracked.items()}
-            losses.append(float(value))
+            losses.append(value)
             self.step += 1
-        return np.array(losses)
+        return np.array([float(v) for v in losses])  # one wait at the end, not one per step
 
+    @_in_mode
     def evaluate(self, images, labels, batch_size: int = 64) -> tuple[int, float]:
-        raise JaxnetError("compare judges a port on its steps; evaluate is for the built-in models")
+        """``(correct, mean loss)`` in eval mode: correct counts the targets whose argmax is
+        right; the loss is the mean over all targets (nats per example, or per character)."""
+        loss = (self.config.loss, self.config.ignore_index)
+        total, correct, count = 0.0, 0, 0
+        n = batch.size(images)
+        for lo in range(0, n, batch_size):
+            idx = np.arange(lo, min(n, lo + batch_size))
+            x, y = self._input(batch.take(images, idx)), self._put(batch.take(labels, idx))
+            parts = _evaluate(self.graphdefs[False], self.params, self.stats, self.rest, x, y, loss)
+            total, correct, count = total + parts[0], correct + parts[1], count + parts[2]
+        return int(correct), float(total) / max(int(count), 1)
 
     @_in_mode
     def predict(self, images) -> np.ndarray:

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 
 import torchref
-from jaxnet import checkpoint, distributed
+from jaxnet import checkpoint, distributed, registry
 from jaxnet.config import PREDICT_CHUNK, AnyModel, OptimConfig
 from jaxnet.errors import JaxnetError
 from torchref import capture
-from torchref import cnn as tcnn
+from torchref.models import cnn as tcnn
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -80,11 +80,9 @@ _LOSSES = {"cross_entropy": torchref.loss_fn, "nll": tcnn.loss_fn}
 
 
 def build(config: AnyModel, dtype: str) -> torch.nn.Module:
-    """The config's model, initialised from torch's global RNG (fork and seed it first)."""
-    if config.kind == "cnn":
-        c = config
-        return tcnn.Net(c.channels, c.hidden, c.num_classes, c.dropout1, c.dropout2, dtype=_DTYPES[dtype])
-    return torchref.NeuralNetwork(config.in_features, config.hidden, config.num_classes, dtype=_DTYPES[dtype])
+    """The config's model (its family's ``torchref.models`` file), initialised from torch's
+    global RNG (fork and seed it first)."""
+    return registry.build("torch", config, dtype=_DTYPES[dtype])
 
 
 def _step_seed(seed: int, step: int, rank: int) -> int:
@@ -179,10 +177,7 @@ class TorchBackend:
         self.model.eval()
         x_, masks_ = self._put(x), self._masks(masks)
         with torch.no_grad():
-            if self.config.kind == "cnn":
-                acts = tcnn.activations(self.model, x_, masks_ and (masks_["dropout1"], masks_["dropout2"]))
-            else:
-                acts = torchref.activations(self.model, x_)
+            acts = registry.family(self.config).module("torch").named_activations(self.model, x_, masks_)
         return {k: v.cpu().numpy() for k, v in acts.items()}
 
     def loss_and_grads(

@@ -8,6 +8,12 @@ handed in, so both sides see the same draw).
 
 Queries leave the model as they found it: ``activations`` and ``loss_and_grads`` restore the
 buffers a train-mode forward moved; only ``train_steps`` and ``apply_gradients`` change state.
+
+A registered family on this engine (the ResNet, the GPT: ``module=None``) is built from its
+config and trained as ``jaxnet train`` trains: steps in train mode where the family trains
+(BatchNorm), its dropouts drawn from torch's RNG seeded by ``(seed, step)``, its inputs
+augmented (:mod:`jaxnet.augment`, from ``(seed, step)`` as the JAX side draws them), and
+:meth:`TorchPortBackend.evaluate` in eval mode.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from jaxnet import batch, checkpoint
+from jaxnet import batch, checkpoint, registry
 from jaxnet.backends.torch import TorchBackend, torch_device
 from jaxnet.config import OptimConfig, PortConfig
 from jaxnet.distributed import Rank
@@ -69,16 +75,23 @@ class TorchPortBackend(TorchBackend):
         seed: int = 0,
         state: dict[str, np.ndarray] | None = None,
         devices: int = 1,
-        module: torch.nn.Module,
+        module: torch.nn.Module | None = None,
     ) -> None:
         if devices != 1:
-            raise JaxnetError("compare runs on one device")
+            raise JaxnetError("the port engine (compare; --model resnet, gpt) runs on one device")
         self.config, self.dtype, self.seed = config, dtype, seed
-        self.train_dropout = False
-        self.training = False  # the mode queries and steps run in (set by the engine)
+        self.native = module is None  # a registered family, trained and evaluated by jaxnet
+        self.train_dropout = self.native and any(p > 0 for p in config.dropouts.values())
+        self.training = self.native and config.trains  # the mode steps run in (the engine sets it)
+        self.augment = registry.augmentation(config) if self.native else None
+        self._gather = None
         self.rank = Rank(0, 1)
         self.shards = 1
         self.device = torch_device(device)
+        if module is None:
+            with torch.random.fork_rng(devices=[]):  # the caller's global RNG stays as it was
+                torch.manual_seed(seed)
+                module = registry.build("torch", config)
         self.model = copy.deepcopy(module).to(device=self.device)
         with torch.no_grad():  # floating parameters and buffers to dtype; counters stay integers
             for t in [*self.model.parameters(), *self.model.buffers()]:
@@ -101,21 +114,22 @@ class TorchPortBackend(TorchBackend):
     def state_dict(self) -> dict[str, np.ndarray]:
         """Parameters and persistent buffers; a tied parameter's second name left out."""
         own = self.model.state_dict()
-        return {k: own[k].detach().cpu().numpy().copy() for k in self.config.shapes}
+        return {k: own[k].detach().cpu().numpy().copy() for k in self.config.param_shapes()}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         checkpoint.validate_state_dict(state, self.config, self.dtype)
         own = self.model.state_dict()
         with torch.no_grad():
-            for key in self.config.shapes:
+            for key in self.config.param_shapes():
                 own[key].copy_(self._put(state[key]))
 
-    def _mode(self) -> None:
-        """Train mode for BatchNorm; dropout modules stay off (masks stand in for their draws)."""
+    def _mode(self, dropout: bool = False) -> None:
+        """Train mode for BatchNorm; dropout modules off (masks stand in for their draws), or
+        on with ``dropout`` (a family's training step, drawing from torch's RNG)."""
         self.model.train(self.training)
         for m in self.model.modules():
             if isinstance(m, torch.nn.Dropout | torch.nn.Dropout1d | torch.nn.Dropout2d | torch.nn.Dropout3d):
-                m.eval()
+                m.train(dropout)
 
     @contextlib.contextmanager
     def _kept_buffers(self) -> Iterator[None]:
@@ -174,29 +188,58 @@ class TorchPortBackend(TorchBackend):
 
     # ------------------------------------------------------------------ steps
 
-    def set_train_data(self, images, labels) -> None:
-        self._data = (images, labels)
+    def set_train_data(self, images, labels, gather=None) -> None:
+        """The training data, kept on the host; ``gather(images, labels, idx) -> (x, y)`` makes
+        a batch of an index array (default: the examples at ``idx``; text: windows at offsets)."""
+        self._data, self._gather = (images, labels), gather
+
+    def _batch(self, idx) -> tuple:
+        """One training batch on the host, augmented where the family is, from ``(seed, step)``."""
+        images, labels = self._data
+        if self._gather is not None:
+            x, y = self._gather(images, labels, idx)
+        else:
+            x, y = batch.take(images, idx), batch.take(labels, idx)
+        if self.augment is not None:
+            x = self.augment(x, seed=self.seed, step=self.step)
+        return x, y
 
     def train_steps(self, batches: list[np.ndarray]) -> np.ndarray:
         assert self.optimizer is not None and self._data is not None, "set_optimizer and set_train_data first"
-        images, labels = self._data
         losses = []
         for idx in batches:
-            self._mode()
+            x, y = self._batch(idx)
+            self._mode(dropout=self.train_dropout)
             self.optimizer.zero_grad()
-            loss = loss_value(
-                self.config,
-                self._call(batch.take(images, idx)),
-                batch.tree_map(self._put, batch.take(labels, idx)),
-            )
-            loss.backward()
+            with self._dropout_rng():  # seeded from (seed, step): a resumed run draws the same masks
+                loss = loss_value(self.config, self._call(x), batch.tree_map(self._put, y))
+                loss.backward()
             self.optimizer.step()
             losses.append(loss.detach())
             self._after_step(1)
+        self._mode()
         return torch.stack(losses).cpu().numpy() if losses else np.zeros(0)
 
     def evaluate(self, images, labels, batch_size: int = 64) -> tuple[int, float]:
-        raise JaxnetError("compare judges a port on its steps; evaluate is for the built-in models")
+        """``(correct, mean loss)`` in eval mode: correct counts the targets whose argmax is
+        right; the loss is the mean over all targets (nats per example, or per character)."""
+        keep, self.training = self.training, False
+        self._mode()
+        self.training = keep
+        total, correct, count = 0.0, 0, 0
+        n = batch.size(images)
+        with torch.no_grad():
+            for lo in range(0, n, batch_size):
+                idx = np.arange(lo, min(n, lo + batch_size))
+                y = self._put(batch.take(labels, idx))
+                out = main_output(self._call(batch.take(images, idx)))
+                flat, target = out.reshape(-1, out.shape[-1]), y.reshape(-1)
+                valid = target != self.config.ignore_index
+                counted = valid.sum()
+                total = total + loss_value(self.config, out, y) * counted
+                correct = correct + ((flat.argmax(-1) == target) & valid).sum()
+                count = count + counted
+        return int(correct), float(total) / max(int(count), 1)
 
     def predict(self, images) -> np.ndarray:
         keep, self.training = self.training, False

@@ -54,7 +54,9 @@ def is_cnn(path: str) -> bool:
 
 
 def model_of(path: str) -> ModelConfig | CNNConfig:
-    return CNNConfig() if is_cnn(path) else ModelConfig()
+    from jaxnet import registry
+
+    return registry.family("cnn" if is_cnn(path) else "mlp").config()
 
 
 def framework_of(path: str) -> str:

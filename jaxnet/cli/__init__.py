@@ -1,4 +1,4 @@
-"""The jaxnet command line: train | eval | predict | parity | bench | plot | convert.
+"""The jaxnet command line: train | eval | predict | generate | parity | bench | plot | convert.
 
 One module per subcommand, each with its flags (``add_arguments``) and its action (``run``);
 none imports a framework until it runs. Errors print one line, ``jaxnet: error: ...``, and
@@ -14,7 +14,7 @@ import sys
 from jaxnet import distributed, process, versions
 from jaxnet.errors import JaxnetError
 
-COMMANDS = ("train", "eval", "predict", "parity", "bench", "plot", "convert")
+COMMANDS = ("train", "eval", "predict", "generate", "parity", "bench", "plot", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,6 +17,15 @@ def add_data_dir(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_corpus_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--corpus-dir",
+        type=Path,
+        help="directory holding the fortunes files the GPT trains on (default: /usr/share/games/fortunes, "
+        "from Debian's fortunes package; checksummed)",
+    )
+
+
 def add_backend(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backend", choices=BACKENDS, default="jax", help="framework to run in (default: %(default)s)"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from jaxnet.argtypes import nonneg_int, positive_int
 from jaxnet.bench import CNN_PATHS, PATHS
-from jaxnet.config import MODELS
+from jaxnet.registry import BUILTIN as MODELS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from jaxnet.argtypes import nonneg_int, positive_int
 from jaxnet.cli._common import add_data_dir
-from jaxnet.config import ALL_RECIPES, DEVICES, MODELS
+from jaxnet.config import ALL_RECIPES, DEVICES
 from jaxnet.errors import JaxnetError
+from jaxnet.registry import BUILTIN as MODELS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -20,9 +20,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from jaxnet import data
+    from jaxnet import data, registry
+    from jaxnet.errors import JaxnetError
 
     backend = load_backend(args)
+    if registry.family(backend.config).data != registry.IMAGES:
+        raise JaxnetError(f"{args.checkpoint}: a {backend.config.kind} checkpoint; predict classifies "
+                          "images (for text: jaxnet generate)")  # fmt: skip
     test = data.load(args.data_dir).test
     bad = [i for i in args.index if i >= len(test)]
     if bad:

@@ -1,10 +1,24 @@
 """Train the tutorial model (defaults: the tutorial's recipe, SGD lr 1e-3, batch 64, 10 epochs,
-with the batches shuffled every epoch; --no-shuffle is the tutorial's fixed order), or with
-``--model cnn`` the CNN of PyTorch's ``examples/mnist`` (defaults: that example's recipe), with
-either backend.
+with the batches shuffled every epoch; --no-shuffle is the tutorial's fixed order), or another
+family of --model with its own recipe, with either backend:
+
+  mlp     the tutorial's MLP
+  cnn     PyTorch examples/mnist's CNN: adadelta lr 1.0, step schedule gamma 0.7 every epoch,
+          14 epochs
+  resnet  torchvision's BasicBlock ResNet (16/32/64 channels, 2 blocks a stage): SGD lr 0.1
+          Nesterov momentum 0.9, weight decay 5e-4 on conv and Linear weights only, cosine
+          schedule, batch 128, 20 epochs; every batch randomly cropped (padding 4) and flipped,
+          drawn from (seed, step) alike in both backends; BatchNorm in train mode for the
+          steps, eval mode for evaluation; checkpoints hold the running statistics
+  gpt     a nanoGPT-style character model on the fortunes corpus (block 128, 4 layers, 4
+          heads, 128 wide, dropout 0.1): AdamW lr 1e-3 betas (0.9, 0.95) weight decay 0.1 off
+          LayerNorm, biases and embeddings, 100 warm-up steps then cosine, gradients clipped
+          at 1.0, batch 64, 10 epochs of 500 steps. The text is a stream, so an epoch is
+          --epoch-steps steps, each on windows at offsets drawn from (seed, step); after each
+          one the validation loss in nats per character
 
 Prints the tutorial's lines (a loss every 100 batches, the Test Error block after each
-epoch). With --save, a checkpoint is written after every epoch and on Ctrl-C; --resume
+epoch; the GPT's validation loss). With --save, a checkpoint is written after every epoch and on Ctrl-C; --resume
 continues one, in either backend, on the same trajectory, or refuses in one line a checkpoint
 whose parts (weights, optimizer state, state.json) do not belong together. A NaN or inf loss
 stops the run and keeps the last good checkpoint.
@@ -13,24 +27,15 @@ stops the run and keeps the last good checkpoint.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
 
+from jaxnet import registry
 from jaxnet.argtypes import finite_float, nonneg_int, positive_int
-from jaxnet.cli._common import add_backend, add_data_dir
-from jaxnet.config import (
-    CNN_FLAGS,
-    DTYPES,
-    FLAGS,
-    MODELS,
-    OPTIMIZERS,
-    SCHEDULES,
-    AnyModel,
-    CNNConfig,
-    ModelConfig,
-    TrainConfig,
-)
+from jaxnet.cli._common import add_backend, add_corpus_dir, add_data_dir
+from jaxnet.config import DTYPES, FLAGS, OPTIMIZERS, SCHEDULES, AnyModel, ModelConfig, TrainConfig
 from jaxnet.errors import JaxnetError
 
 DEFAULT_HIDDEN = ModelConfig().hidden
@@ -39,11 +44,11 @@ DEFAULT_HIDDEN = ModelConfig().hidden
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_backend(p)
     add_data_dir(p)
+    add_corpus_dir(p)
     # Recipe flags default to None so that a resumed run can tell "given" from "not given";
     # the defaults shown are FLAGS', applied in TrainConfig.from_flat.
     recipe = p.add_argument_group(
-        "recipe (defaults: the tutorial's, or with --model cnn examples/mnist's: adadelta, lr 1.0, step "
-        "schedule, gamma 0.7 every epoch, 14 epochs; a resumed run takes the checkpoint's)"
+        "recipe (defaults: the tutorial's, or --model's own, above; a resumed run takes the checkpoint's)"
     )
     recipe.add_argument("--optimizer", choices=OPTIMIZERS, help=f"(default: {FLAGS['optimizer']})")
     recipe.add_argument("--lr", type=finite_float, help=f"learning rate (default: {FLAGS['lr']})")
@@ -79,11 +84,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     recipe.add_argument("--dtype", choices=DTYPES, help=f"(default: {FLAGS['dtype']})")
     recipe.add_argument("--train-limit", type=nonneg_int,
                         help="train on the first N images only, for quick runs (default: 0, all 60,000)")  # fmt: skip
+    recipe.add_argument("--test-limit", type=nonneg_int, default=0,
+                        help="evaluate on the first N test images (gpt: validation windows) only, for quick runs "
+                        "(default: 0, all)")  # fmt: skip
+    recipe.add_argument("--epoch-steps", type=positive_int,
+                        help="steps an epoch has on a text stream (--model gpt; default: 500): the "
+                        "validation loss is measured and a checkpoint saved after each such epoch")  # fmt: skip
     model = p.add_argument_group("model")
-    model.add_argument("--model", choices=MODELS,
-                       help="mlp: the tutorial's; cnn: PyTorch examples/mnist's CNN (default: mlp, or the checkpoint's)")  # fmt: skip
+    model.add_argument("--model", choices=registry.NAMES,
+                       help="the family to train, above (default: mlp, or the checkpoint's)")  # fmt: skip
     model.add_argument("--hidden", type=positive_int, nargs="+",
                        help=f"the MLP's hidden layer sizes (default: {' '.join(map(str, DEFAULT_HIDDEN))})")  # fmt: skip
+    model.add_argument("--size", nargs="+", metavar="FIELD=VALUE",
+                       help="the model's sizes, fields of its config: resnet channels=16,32,64 blocks=2; "
+                       "gpt block_size=128 n_layer=4 n_head=4 n_embd=128 dropout=0.1; cnn channels=32,64 "
+                       "hidden=128 (default: the family's)")  # fmt: skip
     model.add_argument("--init", choices=("shared", "native"), default="shared",
                        help="shared: numpy weights from --seed, the same in both backends; "
                        "native: each framework's own RNG (default: %(default)s)")  # fmt: skip
@@ -107,24 +122,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def recipe(args: argparse.Namespace, resumed: TrainConfig | None, model: str = "mlp") -> TrainConfig:
-    """The training config from the flags; when resuming, the checkpoint's, which flags must match.
+    """The training config from the flags and the family's defaults (:mod:`jaxnet.registry`);
+    when resuming, the checkpoint's, which flags must match.
 
     Raises:
         JaxnetError: an invalid value, or a flag that contradicts the checkpoint.
     """
-    given = {k: getattr(args, k) for k in FLAGS if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in FLAGS if getattr(args, k, None) is not None}
     if "no_decay" in given:  # as the checkpoint's recipe holds it, for the comparison below
         given["no_decay"] = tuple(given["no_decay"])
+    family = registry.family(model)
+    if family.data == registry.TEXT and given.get("train_limit"):
+        raise JaxnetError(
+            f"--train-limit counts images; --model {model} trains on a text stream (--epoch-steps)"
+        )
+    if family.data != registry.TEXT and "epoch_steps" in given:
+        raise JaxnetError(f"--epoch-steps is for a text stream; an epoch of --model {model} is one pass")
     if resumed is None:
-        if model != "cnn":
-            return TrainConfig.from_flat(given)
-        values = CNN_FLAGS | given
-        if "step_size" not in given:  # examples/mnist's StepLR(step_size=1) steps once per epoch
+        values = family.flags | given
+        if values.get("step_size") == registry.EPOCH:  # examples/mnist's StepLR(step_size=1): once per epoch
             from jaxnet.run import steps_per_epoch
 
             n = min(values.get("train_limit") or 60000, 60000)
             values["step_size"] = steps_per_epoch(n, values.get("batch_size", FLAGS["batch_size"]))
-        return TrainConfig.from_flat(values)
+        return TrainConfig.from_flat(values, base=next(iter(family.recipes.values()), None))
     current = resumed.flat()
     for key, value in given.items():
         if key != "epochs" and value != current[key]:
@@ -137,7 +158,7 @@ def recipe(args: argparse.Namespace, resumed: TrainConfig | None, model: str = "
         raise JaxnetError(
             f"--epochs cannot change with the {opt.schedule} schedule: it decays over the whole run"
         )
-    return TrainConfig.from_flat(current | given)
+    return TrainConfig.from_flat(current | given, base=opt)
 
 
 def check_no_decay(cfg: TrainConfig, config: AnyModel) -> None:
@@ -154,23 +175,55 @@ def check_no_decay(cfg: TrainConfig, config: AnyModel) -> None:
         )
 
 
+def parse_sizes(pairs: list[str] | None, config_class: type) -> dict[str, object]:
+    """``["channels=16,32,64", "blocks=2"]`` -> ``{"channels": (16, 32, 64), "blocks": 2}``,
+    checked against the config's fields.
+
+    Raises:
+        JaxnetError: a pair without ``=``, an unknown field, or a value that is not a number.
+    """
+    names = {f.name: f for f in dataclasses.fields(config_class)}
+    out: dict[str, object] = {}
+    for pair in pairs or ():
+        name, sep, text = pair.partition("=")
+        if not sep or name not in names:
+            raise JaxnetError(f"--size {pair!r}: expected FIELD=VALUE with FIELD one of {', '.join(names)}")
+        default = names[name].default
+        try:
+            if isinstance(default, tuple):
+                out[name] = tuple(int(v) for v in text.split(","))
+            else:
+                out[name] = type(default)(text)
+        except ValueError:
+            raise JaxnetError(f"--size {pair!r}: {text!r} is not a {type(default).__name__}") from None
+    return out
+
+
 def model_config(
     args: argparse.Namespace, parser: argparse.ArgumentParser, resumed: AnyModel | None
 ) -> AnyModel:
-    """The model of ``--model`` and ``--hidden``, or the checkpoint's (which they must match)."""
+    """The model of ``--model``, ``--size`` and ``--hidden``, or the checkpoint's (which they must match)."""
     kind = args.model or (resumed.kind if resumed else "mlp")
+    family = registry.family(kind)
     hidden = tuple(args.hidden) if args.hidden else None
-    if hidden is not None and kind != "mlp":
-        parser.error("--hidden sizes the MLP; the CNN has examples/mnist's sizes")
+    if hidden is not None and "hidden" not in family.shorthand:
+        parser.error(f"--hidden sizes the MLP; the {kind} takes --size")
+    try:
+        sizes = parse_sizes(getattr(args, "size", None), family.config)
+        if hidden is not None:
+            sizes["hidden"] = hidden
+        config = family.config(**sizes)
+    except JaxnetError as err:
+        parser.error(str(err))
     if resumed is not None:
         if kind != resumed.kind:
             parser.error(f"--model {kind} differs from the checkpoint's {resumed.kind}")
-        if hidden is not None and hidden != resumed.hidden:
-            parser.error(
-                f"--hidden {' '.join(map(str, hidden))} differs from the checkpoint's {resumed.hidden}"
-            )
+        for name, value in sizes.items():
+            if value != getattr(resumed, name):
+                flag = "--hidden " + " ".join(map(str, value)) if name == "hidden" else f"--size {name}"
+                parser.error(f"{flag} differs from the checkpoint's {getattr(resumed, name)}")
         return resumed
-    return CNNConfig() if kind == "cnn" else ModelConfig(hidden=hidden or DEFAULT_HIDDEN)
+    return config
 
 
 def launch_or_join(args: argparse.Namespace, parser: argparse.ArgumentParser, cfg: TrainConfig) -> int | None:
@@ -178,6 +231,8 @@ def launch_or_join(args: argparse.Namespace, parser: argparse.ArgumentParser, cf
     set this process up as one of them (and return None)."""
     from jaxnet import distributed, run
 
+    if args.devices > 1 and registry.family(args.model or "mlp").engine == "port":
+        raise JaxnetError(f"--devices: --model {args.model} trains on one device (the port engine)")
     run.check_shards(cfg.train_limit or 60000, cfg.batch_size, args.devices)  # before any process starts
     if args.backend == "torch" and args.devices > (os.cpu_count() or 1) and args.device == "cpu":
         raise JaxnetError(
@@ -198,6 +253,24 @@ def launch_or_join(args: argparse.Namespace, parser: argparse.ArgumentParser, cf
     return None
 
 
+def load_task(args: argparse.Namespace, config, cfg: TrainConfig):
+    """What the family trains on (:mod:`jaxnet.tasks`): Fashion-MNIST, or the fortunes corpus.
+
+    Raises:
+        JaxnetError: the data is missing or damaged, or the model's vocabulary is not the corpus's.
+    """
+    from jaxnet import data, tasks, text
+
+    if registry.family(config).data != registry.TEXT:
+        return tasks.ImageTask(data.load(args.data_dir), cfg, getattr(args, "test_limit", 0))
+    corpus = text.load(args.corpus_dir)
+    if config.vocab_size != corpus.vocab_size:
+        raise JaxnetError(
+            f"the model's vocab_size is {config.vocab_size}, the corpus has {corpus.vocab_size} characters"
+        )
+    return tasks.TextTask(corpus, cfg, config.block_size, getattr(args, "test_limit", 0))
+
+
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from jaxnet import checkpoint
 
@@ -216,7 +289,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     launched = launch_or_join(args, parser, cfg)
     if launched is not None:
         return launched
-    from jaxnet import data, distributed, run  # the heavy imports after the flags are checked
+    from jaxnet import distributed, run  # the heavy imports after the flags are checked
     from jaxnet.backends import get_backend
 
     if args.backend == "jax":
@@ -224,7 +297,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     if resumed is not None:
         run.check_resume(resumed, config, cfg)
-    ds = data.load(args.data_dir)
+    ds = load_task(args, config, cfg)
     state = checkpoint.init_state_dict(config, cfg.seed, cfg.dtype) if args.init == "shared" else None
     if resumed is not None:
         state = resumed.model

@@ -315,3 +315,9 @@ def decay_mask(params) -> object:
 def _leaf(path) -> str:
     names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
     return [n for n in names if n != "value"][-1]
+
+
+def from_config(fields: dict, *, seed: int = 0, dtype: str = "float32") -> GPT:
+    """The registry's builder: a fresh GPT of ``GPTConfig`` fields (nanoGPT's distributions,
+    JAX's RNG stream)."""
+    return GPT(GPTConfig(**fields), dtype=jnp.dtype(dtype), rngs=nnx.Rngs(seed))

@@ -269,3 +269,17 @@ def decay_mask(params) -> object:
 def _leaf(path) -> str:
     names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
     return [n for n in names if n != "value"][-1]
+
+
+def from_config(fields: dict, *, seed: int = 0, dtype: str = "float32") -> ResNet:
+    """The registry's builder: a fresh ResNet of ``ResNetConfig`` fields (torchvision's
+    distributions, JAX's RNG stream)."""
+    f = fields
+    return ResNet(
+        f["channels"],
+        f["blocks"],
+        f["num_classes"],
+        f["in_channels"],
+        dtype=jnp.dtype(dtype),
+        rngs=nnx.Rngs(seed),
+    )

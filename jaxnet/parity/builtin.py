@@ -26,15 +26,16 @@ from dataclasses import replace
 
 import numpy as np
 
-from jaxnet import checkpoint
-from jaxnet.config import ALL_RECIPES, CNN_RECIPES, RECIPES, AnyModel, CNNConfig, ModelConfig, OptimConfig
+from jaxnet import checkpoint, registry
+from jaxnet.config import ALL_RECIPES, AnyModel, ModelConfig, OptimConfig
 from jaxnet.data import FashionMNIST, batch_slices, epoch_order
 from jaxnet.parity import environment, verdict
 from jaxnet.parity.layers import DROPOUT_NOTE, forward_and_gradient, probes, shared_masks
 from jaxnet.parity.report import Report, Row
 from jaxnet.parity.sections import BATCH, Run, epoch_section, steps_section
 
-MODELS = {"mlp": (ModelConfig, RECIPES), "cnn": (CNNConfig, CNN_RECIPES)}  # config, its default recipes
+# the families this report runs (the built-in engine's); ``parity.compare`` takes any pair
+MODELS = registry.BUILTIN
 
 
 @contextlib.contextmanager
@@ -94,8 +95,9 @@ def run(
     ``epoch_recipe`` name recipes of ``ALL_RECIPES`` (default: the model's own).
     """
     start = time.perf_counter()
-    make, own = MODELS[model]
-    config, known = config or make(), ALL_RECIPES
+    family = registry.family(model)
+    own = family.recipes
+    config, known = config or family.config(), ALL_RECIPES
     recipes = tuple(own) if recipes is None else recipes
     state = checkpoint.init_state_dict(config, seed)
     options = {"config": config, "dtypes": dtypes, "device": device, "matmul_precision": matmul_precision}

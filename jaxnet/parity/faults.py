@@ -2,8 +2,8 @@
 
 ``jaxnet parity --plant NAME`` runs the report with one of them in place, so a reader sees
 which row a bug of that kind trips and by how much; the test suite holds that every one is
-caught by the float32 rows alone. Each swaps one function of ``jaxnet.model`` or
-``jaxnet.train`` for a subtly wrong version (the mutation-testing idea) and clears JAX's
+caught by the float32 rows alone. Each swaps one function of ``jaxnet.model``,
+``jaxnet.models.mlp`` or ``jaxnet.train`` for a subtly wrong version (the mutation-testing idea) and clears JAX's
 compiled code on the way in and out, so no correct trace is reused.
 """
 
@@ -21,6 +21,7 @@ import optax
 from jaxnet import model as jmodel
 from jaxnet import train as jtrain
 from jaxnet.config import OptimConfig
+from jaxnet.models import mlp as jmlp
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ def _schedule_one_step_off(correct):
 
 FAULTS: dict[str, Fault] = {
     "transposed-weight": Fault("a 512x512 weight loaded untransposed", (), jmodel, "from_torch_layout", _transposed),
-    "relu-grad-at-0": Fault("ReLU'(0) = 1 (jnp.where(x >= 0, x, 0))", (), jmodel, "relu", _relu_grad_one),
+    "relu-grad-at-0": Fault("ReLU'(0) = 1 (jnp.where(x >= 0, x, 0))", (), jmlp, "relu", _relu_grad_one),
     "log-of-softmax": Fault("log(softmax(z)) instead of log_softmax", (), jtrain, "per_example_loss", _log_of_softmax),
     "sum-loss": Fault("the loss summed over the batch, not averaged", (), jtrain, "mean_loss", _sum_loss),
     "decay-after-momentum": Fault(

@@ -152,3 +152,9 @@ def param_groups(model: GPT, weight_decay: float) -> list[dict]:
     decay = [p for p in model.parameters() if p.ndim > 1 and id(p) not in embeddings]
     no_decay = [p for p in model.parameters() if p.ndim <= 1 or id(p) in embeddings]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def from_config(fields: dict, dtype: torch.dtype | None = None) -> GPT:
+    """A fresh GPT of ``GPTConfig``'s fields, from torch's global RNG (jaxnet's registry calls it)."""
+    model = GPT(GPTConfig(**fields))
+    return model if dtype is None else model.to(dtype)

@@ -133,3 +133,11 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def from_config(fields: dict, dtype: torch.dtype | None = None) -> ResNet:
+    """A fresh ResNet of the given sizes (``channels``, ``blocks``, ``num_classes``,
+    ``in_channels``), from torch's global RNG: the builder jaxnet's registry calls."""
+    f = fields
+    model = ResNet(f["channels"], f["blocks"], f["num_classes"], f["in_channels"])
+    return model if dtype is None else model.to(dtype)
