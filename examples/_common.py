@@ -37,3 +37,31 @@ def show(name: str, torch_value, jax_value, digits: int | None = None) -> None:
     fmt = {"float_kind": lambda v: f"{v:.{digits}g}"}
     with np.printoptions(formatter=fmt, threshold=8, edgeitems=3):
         print(f"{name}\n  torch: {np.array2string(t)}\n  jax:   {np.array2string(j)}")
+
+
+# A meta-path finder that refuses torch: the process behaves as a CI image without torch does.
+NO_TORCH = """
+import sys
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is not installed here", name="torch")
+sys.meta_path.insert(0, _NoTorch())
+"""
+
+
+def run_without_torch(code: str, *args: str) -> str:
+    """Run ``code`` (with ``args`` as ``sys.argv[1:]``) in a fresh Python where ``import torch``
+    raises ImportError; return the last line it printed (it must exit with status 0)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", NO_TORCH + code, *args], capture_output=True, text=True,
+                          env=env, timeout=600)  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"the torch-free process failed:\n{done.stderr[-3000:]}")
+    return done.stdout.strip().splitlines()[-1]

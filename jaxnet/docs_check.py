@@ -16,6 +16,7 @@ edited by hand, or a report re-run without its paragraph, fails the suite
 - the calibration's seed count (the README, ``docs/calibration.md``'s command and the
   calibrator's default);
 - the training results' outcomes (``docs/train-*.jsonl``, the runs' ``--metrics`` files);
+- the recorded references' sizes and check times (``docs/recorded-cpu.md``);
 - each generated block (``<!-- generated: docs/X -->`` ... ``<!-- end generated -->``): the
   README holds ``docs/X`` verbatim, ``docs/X`` is what its script prints now from the saved
   runs (``docs/scripts/train_tables.py``), and every figure of the paragraph after the block
@@ -180,6 +181,20 @@ def training_results(readme: str, docs: Path) -> list[str]:
     return found
 
 
+def recorded_tables(readme: str, docs: Path) -> list[str]:
+    """The recorded-reference section's tables (bundle sizes, check times): each row as
+    ``docs/recorded-cpu.md`` has it (``python -m parity_tests.recorded_sizes`` writes it from
+    its JSON, and the suite holds the two equal)."""
+    section = readme.split("## Parity in your own test suite and CI", 1)[-1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if re.match(r"^\| (mlp|cnn|block|bn|gpt) \|", line)]
+    saved = set((docs / "recorded-cpu.md").read_text().splitlines())
+    found = [f"README recorded references: {row!r} is not a row of docs/recorded-cpu.md" for row in rows
+             if row not in saved]  # fmt: skip
+    if not rows:
+        found.append("README recorded references: no table rows from docs/recorded-cpu.md")
+    return found
+
+
 GENERATORS = {"train-gpu.md": "train_tables.py"}  # docs/X -> the docs/scripts/ that prints it
 
 
@@ -216,7 +231,7 @@ def generated_blocks(readme: str, docs: Path) -> list[str]:
 def problems(readme: str | None = None, docs: Path = ROOT / "docs") -> list[str]:
     """Every disagreement between ``readme`` (default: README.md) and the saved outputs."""
     text = (ROOT / "README.md").read_text() if readme is None else readme
-    checks = (parity_figures, fault_table, constants, training_results, generated_blocks)
+    checks = (parity_figures, fault_table, constants, training_results, recorded_tables, generated_blocks)
     return [line for check in checks for line in check(text, docs)]
 
 

@@ -15,6 +15,29 @@ process.prepare(shared=True)  # before torch loads: MKL's reproducible mode, Ope
 # and in subprocesses) neither read nor write it (test_imports checks the cache on its own).
 os.environ["JAXNET_COMPILE_CACHE"] = "0"
 
+
+def _suite_compile_cache() -> None:
+    """One JAX compilation cache for this pytest run, fresh and empty at its start: the process
+    that starts the run makes it, the xdist workers and every subprocess a test starts inherit
+    it, so a program compiled once (the tutorial MLP's steps, in-process and in a ``jaxnet
+    train`` subprocess) is loaded by the others instead of compiled again. A hit is the very
+    executable the miss compiled (the key holds the program, the XLA flags and the device), so
+    results are bit-identical to compiling afresh. Removed when the starting process exits."""
+    if "JAXNET_SUITE_XLA_CACHE" in os.environ:  # an xdist worker: the controller made it
+        return
+    import atexit
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="jaxnet-suite-xla-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    os.environ["JAXNET_SUITE_XLA_CACHE"] = path
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # these programs compile in 0.1-5 s
+
+
+_suite_compile_cache()
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -51,3 +74,34 @@ def batch(ds: data.FashionMNIST, dtype: str, start: int = 0, size: int = 64) -> 
     """A real training batch ``[size, 1, 28, 28]`` and its labels."""
     split = ds.train
     return split.float_images(dtype)[start : start + size], split.labels[start : start + size]
+
+
+# The files that take longest, longest first (CPU seconds measured on 2 shared cores, rounded):
+# `-n 2 --dist loadfile` hands whole files to the two workers in collection order, and a long
+# file handed out last leaves the other worker idle meanwhile. Files not listed follow, in
+# pytest's order. A scheduling hint only: every test runs either way.
+LONGEST_FIRST = (
+    "parity_tests/test_parity.py",
+    "parity_tests/test_port_pitfalls.py",
+    "parity_tests/test_port_engine.py",
+    "parity_tests/test_cli.py",
+    "parity_tests/test_distributed.py",
+    "examples/test_examples.py",
+    "parity_tests/test_faults.py",
+    "parity_tests/test_forward_grad.py",
+    "parity_tests/test_recorded.py",
+    "parity_tests/test_fast_paths.py",
+    "parity_tests/test_port.py",
+    "parity_tests/test_cnn_models.py",
+    "parity_tests/test_imports.py",
+)
+
+
+def pytest_configure(config) -> None:
+    if hasattr(config.option, "loadscopereorder"):  # xdist: keep the order below, not by test count
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable

@@ -84,6 +84,16 @@ def test_the_readmes_figures_are_those_the_saved_reports_measured():
     assert docs_check.problems() == []
 
 
+def test_the_recorded_sizes_page_is_its_json_rendered():
+    """docs/recorded-cpu.md (the README's tables' source) is what its JSON renders to."""
+    import json
+
+    from parity_tests import recorded_sizes
+
+    saved = json.loads((ROOT / "docs" / "recorded-cpu.json").read_text())
+    assert recorded_sizes.markdown(saved) == (ROOT / "docs" / "recorded-cpu.md").read_text()
+
+
 @pytest.mark.parametrize(
     ("quoted", "edited", "named"),
     [
@@ -94,6 +104,7 @@ def test_the_readmes_figures_are_those_the_saved_reports_measured():
         ("over 8 seeds", "over 12 seeds", "calibration seeds"),
         ("(7098 / 10000) | 0.779832", "(7099 / 10000) | 0.779832", "training results, jax"),
         ("(90.35% after epoch 20", "(90.51% after epoch 20", "README AdamW"),
+        ("| mlp | 669,706 | sgd |", "| mlp | 669,706 | adam |", "README recorded references"),
         ("| 20 | 93.98% | 93.83%", "| 20 | 93.98% | 93.88%", "generated block of docs/train-gpu.md"),
         ("(torch 93.98%, jax 93.83%", "(torch 93.98%, jax 93.88%", "93.88"),
     ],

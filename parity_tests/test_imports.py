@@ -28,12 +28,14 @@ sys.meta_path.insert(0, Block())
 FRAMEWORKS = ("jax", "jaxlib", "flax", "optax", "torch")
 
 
-def _run(code: str, **env: str) -> subprocess.CompletedProcess:
+def _run(code: str, **env: str | None) -> subprocess.CompletedProcess:
+    """``code`` in a fresh python; ``env`` overrides this process's variables (None unsets one)."""
     cmd = [sys.executable, "-c", code]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+    merged = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=merged)
 
 
-def _loaded(code: str, **env: str) -> set[str]:
+def _loaded(code: str, **env: str | None) -> set[str]:
     """The frameworks a fresh process has imported after running ``code``."""
     probe = (
         code + f"\nimport sys; print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(FRAMEWORKS)!r}))"
@@ -56,8 +58,12 @@ def test_a_torch_run_never_starts_jax_and_a_jax_run_never_loads_torch(tmp_path):
     assert _loaded(train.format(b="torch", p=tmp_path / "t")) == {"torch"}
     # The command line keeps JAX's compiled programs in the user cache (the suite turns it off).
     cache = tmp_path / "xdg"
-    run_jax = _loaded(
-        train.format(b="jax", p=tmp_path / "j"), JAXNET_COMPILE_CACHE="1", XDG_CACHE_HOME=str(cache)
+    run_jax = _loaded(  # without the suite's own cache (conftest), as a user's shell has none
+        train.format(b="jax", p=tmp_path / "j"),
+        JAXNET_COMPILE_CACHE="1",
+        XDG_CACHE_HOME=str(cache),
+        JAX_COMPILATION_CACHE_DIR=None,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=None,
     )
     assert run_jax == {"jax", "jaxlib", "flax", "optax"}
     assert any((cache / "jaxnet" / "xla").iterdir())

@@ -123,3 +123,20 @@ def test_a_damaged_or_foreign_bundle_is_a_one_line_error(bundle, tmp_path):
     (copy / "answers.safetensors").write_bytes(b"\x00" * 16)
     with pytest.raises(JaxnetError, match="damaged recorded reference"):
         parity.compare(copy, NNXBN(rngs=nnx.Rngs(0)))
+
+
+def test_an_array_answering_several_queries_is_stored_once_and_read_only(tmp_path):
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    from jaxnet.parity import bundle as store
+
+    w = np.arange(6.0).reshape(2, 3)
+    answers = {"q1": {"w": w, "step": np.int64(1)}, "q2": (w.copy(), w.astype(np.float32)), "q3": w.T.copy()}
+    path = store.save(tmp_path / "b", {"note": "x"}, answers)
+    assert len(load_file(path / store.ARRAYS)) == 4  # w once; int64 1, float32 w, w.T on their own
+    _, got = store.load(path)
+    assert got["q1"]["w"] is got["q2"][0] and got["q2"][1].dtype == np.float32
+    assert np.array_equal(got["q3"], w.T) and got["q1"]["step"] == 1 and got["q1"]["step"].shape == ()
+    with pytest.raises(ValueError, match="read-only"):
+        got["q1"]["w"][0, 0] = 1.0

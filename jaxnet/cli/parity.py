@@ -8,6 +8,9 @@ cause must be found: a ReLU tie, a 2x2 max-pool tie (the CNN), or a near-zero gr
 normalised update (Adam, Adadelta) turns into a full-size step of either sign; then the run is
 judged on outcomes). Exit status 0 only if every row passes. --plant FAULT puts a realistic
 porting bug in the JAX side and runs the recipes it lives in, so that a row must catch it.
+
+jaxnet parity record / jaxnet parity check: record your own torch module's reference once, and
+check its NNX port against it later without torch (jaxnet parity check -h).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import sys
 from pathlib import Path
 
 from jaxnet.argtypes import nonneg_int, positive_int
+from jaxnet.cli import parity_recorded
 from jaxnet.cli._common import add_data_dir
 from jaxnet.config import ALL_RECIPES, DEVICES
 from jaxnet.errors import JaxnetError
@@ -55,6 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, help="also write the report as JSON")
     p.add_argument("--markdown", type=Path, help="also write the report as a markdown table")
     p.add_argument("--plot", type=Path, help="also write a PNG: free-running gap and bound against step")
+    parity_recorded.add_subcommands(p)  # record / check: their own flags and run
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

@@ -178,15 +178,21 @@ class Replayer(_Tracked):
 # ---------------------------------------------------------------------------- on disk
 
 
-def _flatten(value, prefix: str, arrays: dict) -> object:
-    """A JSON description of ``value`` with its arrays moved into ``arrays`` under ``prefix``."""
+def _flatten(value, prefix: str, arrays: dict, seen: dict) -> object:
+    """A JSON description of ``value`` with its arrays moved into ``arrays`` under ``prefix``;
+    an array equal (dtype, shape, bytes) to one stored already points at that one (``seen``:
+    digest -> name): the engine asks for the same weights and states under many keys."""
     if isinstance(value, np.ndarray | np.generic):
-        arrays[prefix] = np.asarray(value, order="C")  # (ascontiguousarray would make a 0-d counter 1-d)
-        return {"array": prefix}
+        a = np.asarray(value, order="C")  # (ascontiguousarray would make a 0-d counter 1-d)
+        key = digest(a)
+        if key not in seen:
+            seen[key] = prefix
+            arrays[prefix] = a
+        return {"array": seen[key]}
     if isinstance(value, dict):
-        return {"dict": {k: _flatten(v, f"{prefix}/{k}", arrays) for k, v in value.items()}}
+        return {"dict": {k: _flatten(v, f"{prefix}/{k}", arrays, seen) for k, v in value.items()}}
     if isinstance(value, tuple | list):
-        return {"list": [_flatten(v, f"{prefix}/{i}", arrays) for i, v in enumerate(value)]}
+        return {"list": [_flatten(v, f"{prefix}/{i}", arrays, seen) for i, v in enumerate(value)]}
     if isinstance(value, float | int | str | bool) or value is None:
         return {"value": value}
     raise JaxnetError(f"cannot record a {type(value).__name__}")
@@ -209,9 +215,10 @@ def save(path: str | Path, meta: dict, answers: dict) -> Path:
     from jaxnet.files import atomic_directory
 
     arrays: dict[str, np.ndarray] = {}
-    index = {"format": FORMAT, "meta": _flatten(meta, "meta", arrays), "answers": {}}
+    seen: dict[str, str] = {}
+    index = {"format": FORMAT, "meta": _flatten(meta, "meta", arrays, seen), "answers": {}}
     for i, (key, value) in enumerate(answers.items()):
-        index["answers"][key] = _flatten(value, f"a{i}", arrays)
+        index["answers"][key] = _flatten(value, f"a{i}", arrays, seen)
     path = Path(path)
     with atomic_directory(path) as tmp:
         (Path(tmp) / ARRAYS).write_bytes(st_save(arrays))
@@ -242,6 +249,8 @@ def load(path: str | Path) -> tuple[dict, dict]:
         raise JaxnetError(
             f"{path}: recorded reference format {index.get('format')!r}, this jaxnet reads format {FORMAT}"
         )
+    for a in arrays.values():  # one array may answer several queries: none may change it
+        a.setflags(write=False)
     try:
         meta = _unflatten(index["meta"], arrays)
         answers = {k: _unflatten(v, arrays) for k, v in index["answers"].items()}
