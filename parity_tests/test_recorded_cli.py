@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from jaxnet.cli import main
+from jaxnet.parity.bundle import FORMAT
 from parity_tests.test_imports import BLOCK_TORCH
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,7 +163,7 @@ def test_record_then_check_where_torch_cannot_be_imported(recorded, project):
         (("check", "{ref}", "--module", "mypkg.port:NOT_A_MODULE"), "a list, not a flax.nnx.Module"),
         (("check", "{ref}", "--module", "mypkg.port:Port", "--rules", "mypkg.port:NOT_A_MODULE"), "not a dict"),
         (("check", "{tmp}/nothing", "--module", "mypkg.port:Port"), "not a recorded reference"),
-        (("check", "{version}", "--module", "mypkg.port:Port"), "format 99, this jaxnet reads format 1"),
+        (("check", "{version}", "--module", "mypkg.port:Port"), f"format 99, this jaxnet reads format {FORMAT}"),
         (("check", "{damaged}", "--module", "mypkg.port:Port"), "damaged recorded reference"),
         (("record", "--module", "mypkg.port:Port", "--inputs", "mypkg.torch_side:batch", "--out", "{tmp}/r"),
          "a Port, not a torch.nn.Module"),
