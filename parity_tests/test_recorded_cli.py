@@ -129,7 +129,7 @@ def recorded(project):
 def test_record_then_check_where_torch_cannot_be_imported(recorded, project):
     printed = recorded[1]
     assert printed.startswith("recorded ref: ") and printed.endswith(" MB\n") and "torch Net" in printed
-    assert json.loads((recorded[0] / "bundle.json").read_text())["format"] == 1
+    assert json.loads((recorded[0] / "bundle.json").read_text())["format"] == FORMAT
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, "-c", BLOCK_TORCH + CHECK], cwd=project, capture_output=True,
                             text=True, env=env, timeout=300)  # fmt: skip
