@@ -9,6 +9,18 @@ normalised update (Adam, Adadelta) turns into a full-size step of either sign; t
 judged on outcomes). Exit status 0 only if every row passes. --plant FAULT puts a realistic
 porting bug in the JAX side and runs the recipes it lives in, so that a row must catch it.
 
+--model resnet and --model gpt run the port engine (jaxnet.parity.compare) on
+torchref/models/<name>.py against jaxnet/models/<name>.py at the registry's sizes (--size
+FIELD=VALUE to change them): one batch of real data (--examples; Fashion-MNIST images, or
+windows of the fortunes corpus), the family's recipe over --steps steps (default 10) on that
+batch, teacher-forced and free-running, then outcomes. The defaults (32 images, 8 windows of
+128 characters, 10 steps) keep a full-size report to a few minutes on 2 CPU cores: each step
+runs about a dozen forward and backward passes (torch float32 and float64, the JAX sides,
+the reversed-order spread of BatchNorm's statistics, the free-running pairs), and fewer
+examples would leave BatchNorm's statistics over too few images to be those of training.
+With BatchNorm every example depends on its whole batch, so a divergence attributed to one
+example's ReLU tie is attributed to that batch.
+
 jaxnet parity record / jaxnet parity check: record your own torch module's reference once, and
 check its NNX port against it later without torch (jaxnet parity check -h).
 """
@@ -19,21 +31,34 @@ import argparse
 import sys
 from pathlib import Path
 
+from jaxnet import registry
 from jaxnet.argtypes import nonneg_int, positive_int
 from jaxnet.cli import parity_recorded
-from jaxnet.cli._common import add_data_dir
+from jaxnet.cli._common import add_corpus_dir, add_data_dir
 from jaxnet.config import ALL_RECIPES, DEVICES
 from jaxnet.errors import JaxnetError
-from jaxnet.registry import BUILTIN as MODELS
+
+MODELS = registry.NAMES
+BUILTIN_STEPS = 100  # the MLP's and the CNN's --steps
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=MODELS, default="mlp",
-                   help="mlp: the tutorial's; cnn: PyTorch examples/mnist's CNN (its recipe: adadelta-step) (default: %(default)s)")  # fmt: skip
+                   help="mlp: the tutorial's; cnn: PyTorch examples/mnist's CNN (its recipe: adadelta-step); "
+                   "resnet, gpt: the ported families through parity.compare, each with its own recipe "
+                   "(default: %(default)s)")  # fmt: skip
+    p.add_argument("--size", nargs="+", metavar="FIELD=VALUE",
+                   help="the model's sizes, fields of its config, as jaxnet train takes them: resnet "
+                   "channels=4,8,8 blocks=1; gpt block_size=16 n_layer=1 n_head=2 n_embd=16 dropout=0 "
+                   "(default: the family's full size)")  # fmt: skip
+    p.add_argument("--examples", type=positive_int,
+                   help="resnet, gpt: the batch every step trains on: Fashion-MNIST images, or "
+                   "windows of the fortunes corpus (default: 32 for resnet, 8 for gpt)")  # fmt: skip
     p.add_argument("--dtype", choices=("float32", "float64", "both"), default="both",
                    help="the dtypes whose rows to report (default: %(default)s)")  # fmt: skip
-    p.add_argument("--steps", type=positive_int, default=100,
-                   help="optimizer steps per recipe, teacher-forced and free-running (default: %(default)s)")  # fmt: skip
+    p.add_argument("--steps", type=positive_int,
+                   help="optimizer steps per recipe, teacher-forced and free-running (default: "
+                   f"{BUILTIN_STEPS} for mlp and cnn, 10 for resnet and gpt)")  # fmt: skip
     p.add_argument("--optimizer", choices=(*ALL_RECIPES, "all", "none"), default="all",
                    help="recipe of the step rows, or none: forward, gradient and probe rows only "
                    "(default: %(default)s of the model's: the MLP's four, the CNN's adadelta-step)")  # fmt: skip
@@ -56,6 +81,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also run the same training data-parallel on N devices in each framework (JAX's "
                    "device mesh, torch's DistributedDataParallel) and compare with one device (default: %(default)s)")  # fmt: skip
     add_data_dir(p)
+    add_corpus_dir(p)
     p.add_argument("--json", type=Path, help="also write the report as JSON")
     p.add_argument("--markdown", type=Path, help="also write the report as a markdown table")
     p.add_argument("--plot", type=Path, help="also write a PNG: free-running gap and bound against step")
@@ -72,18 +98,23 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"--plant: unknown fault {args.plant!r} (one of {', '.join(faults.FAULTS)})")
     if args.model != "mlp" and args.devices > 1:
         parser.error("--devices is for --model mlp (the data-parallel rows are the MLP's)")
+    port = registry.family(args.model).engine == "port"
+    _check_engine_flags(args, parser, port)
+    config = _config(args, parser)
     if args.plant is not None:
         args.optimizer = plant_recipes(args.plant, args.model, args.optimizer, faults.FAULTS)
         fault = faults.FAULTS[args.plant]
         where = f"step recipes: {args.optimizer}" if fault.recipes else "the forward and probe rows run it"
         print(f"planted {args.plant} ({fault.description}) in the JAX side; {where}", file=sys.stderr)
     with faults.planted(args.plant) if args.plant else contextlib.nullcontext():
-        report = _report(args, data, parity)
+        report = _port_report(args, config) if port else _report(args, data, parity, config)
     if args.devices > 1:
         from jaxnet.parity import data_parallel
 
         dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
-        report.rows += data_parallel.section(args.devices, dtypes, steps=min(args.steps, 20), seed=args.seed)
+        report.rows += data_parallel.section(
+            args.devices, dtypes, steps=min(args.steps or BUILTIN_STEPS, 20), seed=args.seed
+        )
     parity.print_table(report)
     if args.json:
         parity.write_json(report, args.json)
@@ -95,13 +126,58 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0 if report.passed else 1
 
 
-def _report(args, data, parity):
+def _check_engine_flags(args, parser, port: bool) -> None:
+    """Refuse the flags of the other engine (one line)."""
+    if port:
+        own = registry.family(args.model).recipes
+        if args.optimizer not in ("all", "none", *own):
+            parser.error(
+                f"--optimizer {args.optimizer}: --model {args.model} runs its own recipe ({', '.join(own)})"
+            )
+        for flag, value in (("--epoch-optimizer", args.epoch_optimizer), ("--train-limit", args.train_limit)):
+            if value:
+                parser.error(f"{flag} is for the MLP and the CNN (--model {args.model} trains on one batch)")
+    elif args.examples is not None:
+        parser.error("--examples is for --model resnet and gpt (the MLP and the CNN take --train-limit)")
+
+
+def _config(args, parser):
+    """The family's config at ``--size`` (None: the family's default, for the built-in engine)."""
+    from jaxnet.cli.train import parse_sizes
+
+    family = registry.family(args.model)
+    try:
+        sizes = parse_sizes(args.size, family.config)
+        return family.config(**sizes) if sizes or family.engine == "port" else None
+    except JaxnetError as err:
+        parser.error(str(err))
+
+
+def _port_report(args, config):
+    from jaxnet.parity import family
+
+    return family.report(
+        args.model,
+        config,
+        examples=args.examples,
+        steps=0 if args.optimizer == "none" else (args.steps or family.STEPS),
+        seed=args.seed,
+        dtypes=("float32", "float64") if args.dtype == "both" else (args.dtype,),
+        device=args.device,
+        matmul_precision=args.matmul_precision,
+        data_dir=args.data_dir,
+        corpus_dir=args.corpus_dir,
+    )
+
+
+def _report(args, data, parity, config=None):
     epoch = args.epoch_optimizer or ("sgd" if args.model == "mlp" else "none")
     return parity.run(
         data.load(args.data_dir),
         model=args.model,
+        config=config,
         dtypes=("float32", "float64") if args.dtype == "both" else (args.dtype,),
-        steps=args.steps,
+        steps=args.steps or BUILTIN_STEPS,
         recipes={"all": None, "none": ()}.get(args.optimizer, tuple(args.optimizer.split(","))),
         epoch_recipe=None if epoch == "none" else epoch,
         device=args.device,

@@ -10,9 +10,11 @@ once, when they load. The models:
 - ``mlp``: the tutorial MLP's report (``jaxnet parity``, its four recipes);
 - ``cnn``: examples/mnist's CNN's report (``jaxnet parity --model cnn``, its Adadelta recipe);
 - ``resnet``: the BasicBlock ResNet (``torchref.models.resnet`` / ``jaxnet.models.resnet``,
-  (4, 8, 8) x 1) through ``parity.compare``: 16 Fashion-MNIST images, SGD-Nesterov, train mode;
+  (4, 8, 8) x 1) through ``parity.compare``: 16 Fashion-MNIST images, SGD-Nesterov, train mode,
+  the BatchNorms its ReLUs read named (``jaxnet parity --model resnet``'s path:
+  :mod:`jaxnet.parity.family`);
 - ``gpt``: nanoGPT (1 layer, 2 heads, width 16, block 16) through ``parity.compare``: 8
-  windows of the fortunes corpus, AdamW with warm-up, cosine and clipping.
+  windows of the fortunes corpus, AdamW with warm-up, cosine and clipping (likewise).
 
 The arithmetic orders:
 
@@ -80,37 +82,17 @@ def _report(model: str, seed: int, steps: int, reverse: bool):
         return parity.run(
             data.load(), model=model, steps=steps, epoch_recipe=None, seed=seed, reverse_batches=reverse
         )
-    from dataclasses import replace
+    from jaxnet.families import GPTConfig, ResNetConfig
+    from jaxnet.parity import family
 
-    import numpy as np
-    import torch
-    from flax import nnx
-
-    from jaxnet.config import PORT_RECIPES
-
-    torch.manual_seed(seed)  # the torch module's initial weights; the port's are replaced by them
     if model == "resnet":
-        from jaxnet.models import resnet as jr
-        from torchref.models import resnet as tr
-
-        train = data.load().train
-        pick = np.random.default_rng([seed, 11]).choice(len(train.labels), 16, replace=False)
-        x, y = train.float_images()[pick], train.labels[pick]
-        pair = tr.ResNet((4, 8, 8), 1), jr.ResNet((4, 8, 8), 1, rngs=nnx.Rngs(0))
-        options = {"channels_last": True, "optimizer": PORT_RECIPES["sgd-nesterov-masked-cosine"]}
+        config, examples = ResNetConfig((4, 8, 8), 1), 16
     else:
         from jaxnet import text
-        from jaxnet.models import gpt as jg
-        from torchref.models import gpt as tg
 
-        corpus = text.load()
-        cfg = dict(vocab_size=corpus.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16, dropout=0.0)
-        x, y = corpus.batches("train", 16, 8, seed=seed, step=0)
-        pair = tg.GPT(tg.GPTConfig(**cfg)), jg.GPT(jg.GPTConfig(**cfg), rngs=nnx.Rngs(0))
-        options = {"optimizer": replace(PORT_RECIPES["adamw-warmup-cosine-clip"], warmup_steps=1)}
-    if reverse:  # one batch: the same examples, every batch reduction in the other order
-        x, y = x[::-1].copy(), y[::-1].copy()
-    return parity.compare(*pair, x, y, steps=steps, seed=seed, **options)
+        sizes = dict(block_size=16, n_layer=1, n_head=2, n_embd=16, dropout=0.0)
+        config, examples = GPTConfig(vocab_size=text.load().vocab_size, **sizes), 8
+    return family.report(model, config, examples=examples, steps=steps, seed=seed, reverse=reverse)
 
 
 def fault_margins(steps: int) -> dict[str, dict[str, list]]:

@@ -7,7 +7,9 @@ that, the cause is looked up among the events of the steps up to there:
 
 - **ReLU tie**: the two runs' pre-activations of a unit for an example fall on different
   sides of 0 while within their current disagreement of it; that example's gradient then
-  differs by O(1) in one run, a discontinuity no rounding bound covers;
+  differs by O(1) in one run, a discontinuity no rounding bound covers (with BatchNorm in
+  train mode every example depends on its batch's statistics: the tie is attributed to that
+  step's batch, whose every example's gradient it moves, not to the one example);
 - **max-pool tie**: a 2x2 window's two largest inputs within that disagreement of each
   other, and the runs picking different ones (the gradient goes to another element);
 - **near-zero gradient**: an element's two updates differ by more than rounding while its
@@ -36,6 +38,13 @@ class Event:
     step: int
     kind: str  # "ReLU tie" or "near-zero gradient"
     text: str
+
+
+# Where BatchNorm normalises with batch statistics, every example's output depends on the whole
+# batch: the flip moves the statistics and so every example's gradient at that step.
+BATCH_TIE = (
+    "; with batch statistics the tie is the batch's: every example of step {t} reads it, not only example {b}"
+)
 
 
 @dataclass
@@ -110,6 +119,7 @@ class FreePair:
                     f"ReLU tie at step {t}: {name} unit {unit}, example {b} of the batch: pre-activation "
                     f"torch {pre_t[where]:.2e}, jax {pre_j[where]:.2e}, both within {depth * within:.1e} "
                     f"of 0 relative to the layer's largest ({int(at_tie.sum())} such flip(s))"
+                    + (BATCH_TIE.format(t=t, b=b) if getattr(self.torch.config, "trains", False) else "")
                 )))  # fmt: skip
                 return
 

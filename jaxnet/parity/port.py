@@ -174,7 +174,11 @@ def engine(port: PortConfig, side: TorchSide, args: Arguments, inputs, targets, 
 
 TRAIN_NOTE = (
     "BatchNorm in train mode (batch statistics; the running statistics after a forward and after "
-    "every step are rows); dropout off in steps"
+    "every step are rows); dropout off in steps. Every example depends on its whole batch through "
+    "the statistics, so a free-running divergence explained by a ReLU tie is attributed to that "
+    "step's batch (the flip moves every example's gradient), not to the one example named; step "
+    "floors add the spread of the reference's step with the batch reversed (another order of the "
+    "statistics' sums), normwise"
 )
 
 

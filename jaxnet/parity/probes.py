@@ -65,10 +65,14 @@ def probes(setup: Run, x, y) -> list[Row]:
     _load(everyone, extreme)
     loss32, _ = ref.loss_and_grads(x, batch.cast(y, "float32"))
     loss64, _ = ref64.loss_and_grads(batch.cast(x, "float64"), batch.cast(y, "float64"))
+    spread = _order_spread(
+        setup, ref, ref64, x, y, {"float32": {"": loss32}, "float64": {"": loss64}}, loss=True
+    )
     for dtype, side in sides.items():
         loss_j, _ = side.loss_and_grads(batch.cast(x, dtype), batch.cast(y, dtype))
         loss_t = loss32 if dtype == "float32" else loss64
         floor = verdict.ladder_floor(np.float64(loss32), np.float64(loss64), dtype, setup.factors[dtype])
+        floor += spread.get(dtype, {}).get("", 0.0)
         quantity = f"loss at extreme logits (x{EXTREME_SCALE:g})"
         row = verdict.normwise("probe", quantity, dtype, np.float64(loss_j), np.float64(loss_t), floor)
         rows.append(replace(row, kind="probe extreme"))
@@ -88,6 +92,7 @@ def _gradient_rows(setup: Run, everyone, weights, xs, ys, what: str, kind: str, 
     _load(everyone, weights)
     _, g32 = ref.loss_and_grads(xs, batch.cast(ys, "float32"))
     _, g64 = ref64.loss_and_grads(batch.cast(xs, "float64"), batch.cast(ys, "float64"))
+    spread = _order_spread(setup, ref, ref64, xs, ys, {"float32": g32, "float64": g64})
     rows = []
     for side in jax_sides:
         dtype = side.dtype
@@ -95,9 +100,40 @@ def _gradient_rows(setup: Run, everyone, weights, xs, ys, what: str, kind: str, 
         g_t = g32 if dtype == "float32" else g64
         for name in g_j:
             floor = verdict.ladder_floor(g32[name], g64[name], dtype, setup.factors[dtype])
+            floor += spread.get(dtype, {}).get(name, 0.0)
             row = verdict.normwise("probe", f"{what} {name}", dtype, g_j[name], g_t[name], floor, note)
             rows.append(replace(row, kind=kind))
     return rows
+
+
+def _order_spread(setup: Run, ref, ref64, xs, ys, values: dict, loss: bool = False) -> dict:
+    """dtype -> quantity -> the reference's normwise relative spread when the batch's examples
+    come in reverse order, where they depend on each other through batch statistics (a model
+    with running statistics, in train mode); else empty.
+
+    The probes' floors are the dtype ladder, which cannot see the error of BatchNorm's
+    statistics: torch's float32 kernel sums them in double on a CPU, while its float64 one
+    carries 10-60 ulp over n = N*H*W elements (12544 for 16 images of 28 x 28) and a correct
+    port's order carries its own. Each probe output depends on those sums through every
+    example of the batch; reversing the batch is another correct order of the same sums, so
+    its spread is a sample of that error's size, taken normwise (one perturbation per
+    channel moves the whole tensor, as :func:`jaxnet.parity.forced._order_spread` argues).
+    One example (the ReLU'(0) probe) has only one order: no term."""
+    buffers = getattr(setup.config, "buffers", ())
+    if not (buffers and setup.config.trains) or batch.size(xs) < 2:
+        return {}
+    back = np.arange(batch.size(xs))[::-1]
+    out = {}
+    for dtype, backend in (("float32", ref), ("float64", ref64)):
+        xr, yr = batch.cast(batch.take(xs, back), dtype), batch.cast(batch.take(ys, back), dtype)
+        got, grads = backend.loss_and_grads(xr, yr)
+        other = {"": got} if loss else grads
+        out[dtype] = {
+            k: float(np.abs(np.asarray(v, np.float64) - other[k]).max(initial=0.0))
+            / max(float(np.abs(np.asarray(v, np.float64)).max(initial=0.0)), 1e-300)
+            for k, v in values[dtype].items()
+        }
+    return out
 
 
 @contextlib.contextmanager

@@ -1,0 +1,64 @@
+"""``jaxnet parity --model resnet`` and ``--model gpt``: the ported families through the
+command line (:mod:`jaxnet.parity.family`), at tiny sizes, in float32 and float64.
+
+Each run is one process-wide set of compiled programs; the sizes only set how long each
+runs. The full-size reports are docs/parity-resnet-cpu.md and docs/parity-gpt-cpu.md.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from flax import nnx
+
+from jaxnet.cli import main
+from parity_tests.test_cli import jaxnet
+
+RESNET = ["--model", "resnet", "--size", "channels=2,4,4", "blocks=1", "--examples", "4"]
+GPT = ["--model", "gpt", "--size", "block_size=8", "n_layer=1", "n_head=1", "n_embd=8", "dropout=0",
+       "--examples", "2"]  # fmt: skip
+
+
+@pytest.mark.parametrize("family", [RESNET, GPT], ids=["resnet", "gpt"])
+def test_a_family_report_passes_in_both_dtypes(family, tmp_path, capsys):
+    """A correct port passes every row of both dtypes: forward, gradient, probes, teacher-forced
+    steps, the free-running trajectory and outcomes, each within K of its measured floor."""
+    out = jaxnet(capsys, "parity", *family, "--steps", "2", "--json", tmp_path / "r.json")
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    kinds = {r["section"].split(" ")[0] for r in rows}
+    assert {"forward", "gradient", "probe", "step", "trajectory"} <= kinds, kinds
+    assert {r["dtype"] for r in rows} == {"float32", "float64"}
+    assert all(r["passed"] for r in rows) and "FAIL" not in out
+
+
+def test_a_port_slip_in_the_resnet_fails_its_report(monkeypatch, capsys):
+    """The port with nnx.BatchNorm's default momentum (0.99: torch's 0.01, not its 0.1) fails
+    at the running mean after one train-mode forward, with no step run."""
+    from jaxnet.models import resnet
+
+    def slipped(channels, dtype, rngs):
+        return nnx.BatchNorm(channels, use_fast_variance=False, param_dtype=dtype, rngs=rngs)
+
+    monkeypatch.setattr(resnet, "batch_norm", slipped)
+    code = main(["parity", *RESNET, "--dtype", "float64", "--optimizer", "none"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "running_mean" in out and "FAIL" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "resnet", "--plant", "adam-eps-1e-7"], "which --model resnet never runs"),
+        (["--model", "gpt", "--devices", "2"], "--devices is for --model mlp"),
+        (["--model", "gpt", "--optimizer", "sgd"], "runs its own recipe"),
+        (["--model", "resnet", "--train-limit", "64"], "--train-limit is for the MLP and the CNN"),
+        (["--model", "mlp", "--examples", "4"], "--examples is for --model resnet and gpt"),
+        (["--model", "resnet", "--size", "depth=3"], "expected FIELD=VALUE"),
+    ],
+)
+def test_bad_family_parity_input_is_one_line(args, message, capsys):
+    code = main(["parity", *args])
+    err = capsys.readouterr().err
+    assert code != 0 and message in err and "Traceback" not in err
