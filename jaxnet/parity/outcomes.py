@@ -27,7 +27,7 @@ from jaxnet.parity.sections import Run, outcome_rows
 NOTE = (
     "after the free-running steps (an epoch or more over the inputs): predictions, accuracy and "
     "loss on every input, in eval mode; floors: torch against torch with each batch's examples "
-    "reversed (and, for float32, torch in float64)"
+    "reversed, and torch in the other dtype (float64 rows: its float32 gap times u64/u32, the dtype ladder)"
 )
 
 
@@ -67,15 +67,41 @@ def port_outcomes(
         outcomes["torch reversed", dtype] = measure(trained(dtype, "reversed", reversed_batches))
     if "float32" in tf.free and ("torch", "float64") not in outcomes:
         outcomes["torch", "float64"] = measure(trained("float64", "", batches))
+    if "float64" in tf.free:
+        if ("torch", "float32") not in outcomes:
+            outcomes["torch", "float32"] = measure(trained("float32", "", batches))
+        outcomes[LADDER, "float64"] = _down_the_ladder(outcomes, setup.factors["float64"])
     section = f"outcome ({len(batches)} steps, free-running)"
     rows = []
     for dtype in tf.free:
-        references = [("torch reversed", dtype)] + ([("torch", "float64")] if dtype == "float32" else [])
+        references = [
+            ("torch reversed", dtype),
+            ("torch", "float64") if dtype == "float32" else (LADDER, dtype),
+        ]
         rows += [
             _kind(r)
             for r in outcome_rows(recipe, dtype, outcomes, references, len(batches), section, "input")
         ]
     return rows
+
+
+# A float64 outcome's second reference: torch's float32 outcome gap, scaled to float64.
+LADDER = "the ladder from torch float32 to"
+
+
+def _down_the_ladder(outcomes: dict, factor: float) -> tuple[np.ndarray, float, float]:
+    """torch's float64 outcome moved by its float32 run's loss gap times ``factor`` (u64 / u32).
+
+    The float32 rows take torch's float64 run as a correct run in other arithmetic; the float64
+    rows take the same measurement down the dtype ladder, as every row computed once does
+    (rounding error along the same steps is first-order linear in ``u``). The reversed batch
+    alone is one sample of a scalar: where every example depends on its batch's statistics
+    (BatchNorm), another kernel's order of those sums (the port's) lands farther from torch's
+    than one reversal of torch's own, and a ratio of two samples of a scalar is heavy-tailed.
+    Predictions and accuracy keep torch's float64 ones (their floors are at least 1)."""
+    pred64, acc64, loss64 = outcomes["torch", "float64"]
+    loss32 = outcomes["torch", "float32"][2]
+    return pred64, acc64, loss64 + (loss32 - loss64) * factor
 
 
 def _kind(row: Row) -> Row:
