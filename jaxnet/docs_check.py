@@ -7,8 +7,8 @@ edited by hand, or a report re-run without its paragraph, fails the suite
 (``parity_tests/test_claims.py``):
 
 - the ReLU-tie pre-activations and the free-running gap of the parity report
-  (``docs/parity-cpu.json``'s trajectory notes), and its ``N/N rows`` and seconds (both
-  reports, the MLP's and the CNN's);
+  (``docs/parity-cpu.json``'s trajectory notes), and its ``N/N rows`` and seconds (every
+  report: the MLP's, the CNN's, the ResNet's and the GPT's, each sentence naming its file);
 - K (``jaxnet.parity.verdict.K``);
 - the planted-fault table: one row per fault of ``jaxnet.parity.faults``, each row's figures
   those of ``docs/calibration.md`` or, for a fault added after it,
@@ -61,7 +61,13 @@ def parity_figures(readme: str, docs: Path) -> list[str]:
             found.append(f"README: gap {gap} against {bound} at step {step}; docs/parity-cpu.json: {gaps}")
     for name, pattern in (
         ("parity-cpu.json", rf"(\d+)/(\d+) rows pass, in ({NUMBER}) s"),
-        ("parity-cnn-cpu.json", rf"(\d+)/(\d+) rows within their bounds in ({NUMBER}) s"),
+        *(
+            (
+                f"parity-{m}-cpu.json",
+                rf"(\d+)/(\d+) rows within their bounds in ({NUMBER}) s \(\[docs/parity-{m}-cpu",
+            )
+            for m in ("cnn", "resnet", "gpt")
+        ),
     ):
         saved = json.loads((docs / name).read_text())
         rows, passing = len(saved["rows"]), sum(bool(r["passed"]) for r in saved["rows"])

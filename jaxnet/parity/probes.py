@@ -27,6 +27,7 @@ from dataclasses import replace
 import numpy as np
 
 from jaxnet import batch
+from jaxnet.numerics import unit_roundoff
 from jaxnet.parity import verdict
 from jaxnet.parity.layers import forward_and_gradient
 from jaxnet.parity.report import Row
@@ -133,6 +134,10 @@ def _order_spread(setup: Run, ref, ref64, xs, ys, values: dict, loss: bool = Fal
             / max(float(np.abs(np.asarray(v, np.float64)).max(initial=0.0)), 1e-300)
             for k, v in values[dtype].items()
         }
+    # float32: torch sums the statistics in double, a port may in float32: the float64 spread
+    # up the dtype ladder (first-order linear in u), as in forced._order_spread
+    up = unit_roundoff("float32") / unit_roundoff("float64")
+    out["float32"] = {k: max(v, out["float64"][k] * up) for k, v in out["float32"].items()}
     return out
 
 
