@@ -6,8 +6,9 @@ Each check reads one kind of claim out of README.md and the file that measured i
 edited by hand, or a report re-run without its paragraph, fails the suite
 (``parity_tests/test_claims.py``):
 
-- the ReLU-tie pre-activations and the free-running gap of the parity report
-  (``docs/parity-cpu.json``'s trajectory notes), and its ``N/N rows`` and seconds (every
+- the ReLU-tie pre-activations and the free-running gaps of the parity reports (the trajectory
+  notes of ``docs/parity-cpu.json``, ``parity-cnn-cpu.json``, ``parity-resnet-cpu.json``,
+  ``parity-gpt-cpu.json``), and its ``N/N rows`` and seconds (every
   report: the MLP's, the CNN's, the ResNet's and the GPT's, each sentence naming its file);
 - K (``jaxnet.parity.verdict.K``);
 - the planted-fault table: one row per fault of ``jaxnet.parity.faults``, each row's figures
@@ -46,19 +47,21 @@ def _same(quoted: str, measured: float) -> bool:
 def parity_figures(readme: str, docs: Path) -> list[str]:
     """Tie pre-activations, gap and row counts against the parity reports' JSON."""
     found = []
-    report = json.loads((docs / "parity-cpu.json").read_text())
-    notes = " ".join(r["note"] for r in report["rows"] if r["note"])
+    reports = [
+        json.loads((docs / f"parity-{m}cpu.json").read_text()) for m in ("", "cnn-", "resnet-", "gpt-")
+    ]
+    notes = " ".join(r["note"] for report in reports for r in report["rows"] if r["note"])
     ties = re.findall(rf"pre-activation torch ({NUMBER}), jax ({NUMBER})", notes)
     for torch_x, jax_x in re.findall(rf"pre-activation\s+({NUMBER}) in\s+torch, ({NUMBER}) in\s+jax", readme):
         if not any(_same(torch_x, float(t)) and _same(jax_x, float(j)) for t, j in ties):
             found.append(
-                f"README: pre-activation {torch_x} in torch, {jax_x} in jax; docs/parity-cpu.json: "
+                f"README: pre-activation {torch_x} in torch, {jax_x} in jax; docs/parity-*-cpu.json: "
                 + (", ".join(f"{t} / {j}" for t, j in ties) or "no tie")
             )
     gaps = re.findall(rf"gap ({NUMBER}) rose above the accumulated bound ({NUMBER}) at step (\d+)", notes)
     for step, gap, bound in re.findall(rf"at step (\d+) \(gap ({NUMBER}) against ({NUMBER})\)", readme):
         if not any(s == step and _same(gap, float(g)) and _same(bound, float(b)) for g, b, s in gaps):
-            found.append(f"README: gap {gap} against {bound} at step {step}; docs/parity-cpu.json: {gaps}")
+            found.append(f"README: gap {gap} against {bound} at step {step}; docs/parity-*-cpu.json: {gaps}")
     for name, pattern in (
         ("parity-cpu.json", rf"(\d+)/(\d+) rows pass, in ({NUMBER}) s"),
         *(

@@ -14,7 +14,8 @@ torchref/models/<name>.py against jaxnet/models/<name>.py at the registry's size
 FIELD=VALUE to change them): one batch of real data (--examples; Fashion-MNIST images, or
 windows of the fortunes corpus), the family's recipe over --steps steps (default 10) on that
 batch, teacher-forced and free-running, then outcomes. The defaults (32 images, 8 windows of
-128 characters, 10 steps) keep a full-size report to a few minutes on 2 CPU cores: each step
+128 characters, 10 steps) keep a full-size report to a few minutes on 2 CPU cores (measured:
+162 s and 134 s of CPU time, docs/parity-resnet-cpu.md, docs/parity-gpt-cpu.md): each step
 runs about a dozen forward and backward passes (torch float32 and float64, the JAX sides,
 the reversed-order spread of BatchNorm's statistics, the free-running pairs), and fewer
 examples would leave BatchNorm's statistics over too few images to be those of training.
