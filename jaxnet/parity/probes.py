@@ -118,7 +118,7 @@ def _order_spread(setup: Run, ref, ref64, xs, ys, values: dict, loss: bool = Fal
     example of the batch; reversing the batch is another correct order of the same sums, so
     its spread is a sample of that error's size, taken normwise (one perturbation per
     channel moves the whole tensor, as :func:`jaxnet.parity.forced._order_spread` argues).
-    One example (the ReLU'(0) probe) has only one order: no term."""
+    A single example has only one order: no term."""
     buffers = getattr(setup.config, "buffers", ())
     if not (buffers and setup.config.trains) or batch.size(xs) < 2:
         return {}
