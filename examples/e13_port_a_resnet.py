@@ -220,7 +220,11 @@ def main():
     # float64: a few convs of <= 36 taps and BatchNorm sums of <= 8 * 28 * 28 values, each
     # rounding at ~1e-16 relative, through 3 steps: far below 1e-12 (a momentum of 0.99, the
     # biased variance or a decayed BatchNorm scale would move these by > 1e-4).
-    for t, j in [(torch_losses, jax_losses), (torch_logits, jax_logits), *zip(torch_stats, jax_stats)]:
+    for t, j in [
+        (torch_losses, jax_losses),
+        (torch_logits, jax_logits),
+        *zip(torch_stats, jax_stats, strict=True),
+    ]:
         assert np.abs(np.asarray(j) - np.asarray(t)).max() <= 1e-12 * np.abs(np.asarray(t)).max()
 
     # The running variance and the momentum, on one BatchNorm after one train-mode forward, of
