@@ -171,7 +171,10 @@ def load_torch_state(model, state):  # a torch state_dict (as numpy) into the po
 def jax_side(images, labels, state, steps):  # images: [N, 1, 28, 28], torch's layout
     model = FlaxResNet(nnx.Rngs(0), dtype=images.dtype)
     load_torch_state(model, state)
-    decay = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)  # noqa: E731
+
+    def decay(params):  # conv and Linear kernels; not BatchNorm's scale and bias, not biases
+        return jax.tree.map(lambda p: p.ndim > 1, params)
+
     tx = optax.chain(optax.add_decayed_weights(5e-4, mask=decay), optax.sgd(0.1, momentum=0.9, nesterov=True))
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
 
