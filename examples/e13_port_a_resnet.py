@@ -192,7 +192,7 @@ def jax_side(images, labels, state, steps):  # images: [N, 1, 28, 28], torch's l
     losses = [float(train_step(model, optimizer, x[8 * i : 8 * i + 8], labels[8 * i : 8 * i + 8]))
               for i in range(steps)]  # fmt: skip
     model.eval()
-    return losses, model(x[:8]), model
+    return losses, nnx.jit(lambda model, x: model(x))(model, x[:8]), model
 
 
 # %% check
@@ -240,12 +240,13 @@ def main():
     nhwc = features.numpy().transpose(0, 2, 3, 1)
     with jax.enable_x64(True):
         port_bn = BatchNorm2d(4, dtype=jnp.float64, rngs=nnx.Rngs(0))  # nnx modules start in train mode
-        port_bn(nhwc)
+        forward = nnx.jit(lambda module, x: module(x))  # one compilation, not one per operation
+        forward(port_bn, nhwc)
         plain = {
             m: nnx.BatchNorm(4, momentum=m, use_fast_variance=False, rngs=nnx.Rngs(0)) for m in (0.9, 0.99)
         }
         for bn in plain.values():
-            bn(nhwc.astype(np.float32))  # float32: nnx's statistics are, in any dtype
+            forward(bn, nhwc.astype(np.float32))  # float32: nnx's statistics are, in any dtype
         running = {"BatchNorm2d (the port's)": np.asarray(port_bn.var[...])}
         running |= {
             f"nnx.BatchNorm(momentum={m})": np.asarray(bn.var[...], np.float64) for m, bn in plain.items()
@@ -266,9 +267,9 @@ def main():
     # eval against train mode: the same weights, other statistics, other outputs
     with jax.enable_x64(True):
         x8 = images[:8].transpose(0, 2, 3, 1)
-        eval_mode = np.asarray(port(x8))  # the port is in eval mode since jax_side
+        eval_mode = np.asarray(forward(port, x8))  # the port is in eval mode since jax_side
         port.train()
-        train_mode = np.asarray(port(x8))
+        train_mode = np.asarray(forward(port, x8))
     gap = np.abs(train_mode - eval_mode).max()
     print(f"logits of the same images, train mode against eval mode: up to {gap:.2g} apart")
     assert gap > 1e-2
@@ -276,7 +277,7 @@ def main():
     # weight decay: the same tensors on both sides
     torch_net = ResNet()
     torch_decayed = sorted(k for k, p in torch_net.named_parameters() if p.ndim > 1)
-    params = nnx.state(FlaxResNet(nnx.Rngs(0)), nnx.Param)
+    params = nnx.state(port, nnx.Param)
     mask = jax.tree.map(lambda p: p.ndim > 1, params)  # jax_side's rule for optax
     named = [(".".join(str(k.key) for k in path if hasattr(k, "key")), on)
              for path, on in jax.tree_util.tree_leaves_with_path(mask)]  # fmt: skip
@@ -285,10 +286,11 @@ def main():
           f"                 jax   {', '.join(jax_decayed)}")  # fmt: skip
     assert [k.rsplit(".", 1)[0] for k in torch_decayed] == [k.rsplit(".", 1)[0] for k in jax_decayed]
 
-    # The engine on the pair, float32 (compare's default adds float64; the checks above have it)
+    # The engine on the pair, float32 (compare's default adds float64; the checks above have it).
+    # It gives a copy of the port torch's weights, cast: the trained float64 port serves.
     x, y = real_batch(8)
     torch.manual_seed(0)
-    report = parity.compare(ResNet(), FlaxResNet(nnx.Rngs(0)), x, y, channels_last=True, steps=0,
+    report = parity.compare(ResNet(), port, x, y, channels_last=True, steps=0,
                             dtypes=("float32",), relu_inputs=["bn1", "layer1.0.bn1"])  # fmt: skip
     sections = sorted({r.section.split(" (")[0] for r in report.rows})
     print(f"compare: {len(report.rows)} rows ({', '.join(sections)}), "

@@ -193,7 +193,8 @@ def main():
     torch_model, torch_losses = torch_side(x, y, state, steps, torch.float64)
     with jax.enable_x64(True):  # float64 JAX here only
         port, jax_losses = jax_side(x, y, state, steps, jnp.float64)
-        jax_logits = np.asarray(port(x[:8]))
+        forward = nnx.jit(lambda module, *args: module(*args))  # one compilation, not one per operation
+        jax_logits = np.asarray(forward(port, x[:8]))
     with torch.no_grad():
         torch_logits = torch_model(torch.from_numpy(x[:8])).numpy()
     print(f"{corpus.vocab_size} characters; ln(vocab) = {np.log(corpus.vocab_size):.8f}")
@@ -216,9 +217,10 @@ def main():
     assert torch_count == jax_count
 
     # The mask's polarity: position 0's logits must not move when a later character changes
-    def port_logits(ids, mask):  # the port's forward with a given Flax mask
+    @nnx.jit
+    def port_logits(port, ids, mask):  # the port's forward with a given Flax mask
         h = port.wte(ids) + port.wpe(jnp.arange(ids.shape[1]))
-        return np.asarray(port.wte.attend(port.ln_f(port.h[0](h, mask))))[:, 0]
+        return port.wte.attend(port.ln_f(port.h[0](h, mask)))[:, 0]
 
     changed = x[:8].copy()
     changed[:, 5:] = (changed[:, 5:] + 1) % corpus.vocab_size
@@ -228,7 +230,7 @@ def main():
     torch_mask = torch_model.mask[:16, :16].numpy()  # True above the diagonal
     with jax.enable_x64(True):
         for name, mask in [("jax, Flax's mask", ~torch_mask), ("jax, torch's mask as is", torch_mask)]:
-            moved[name] = np.abs(port_logits(changed, mask) - port_logits(x[:8], mask)).max()
+            moved[name] = np.abs(port_logits(port, changed, mask) - port_logits(port, x[:8], mask)).max()
     print("position 0's logits, when characters 5-15 change, move by:")
     for name, by in moved.items():
         print(f"  {name:24s} {by:.2g}")
@@ -240,23 +242,27 @@ def main():
     with torch.no_grad():
         hn = tblock.ln_1(h)
         weights = tblock.attn(hn, hn, hn, attn_mask=torch_model.mask, average_attn_weights=False)[1].numpy()
+
+    @nnx.jit
+    def scores(block, h):  # the port's q k^T for each head, [B, H, T, T], not scaled
+        hn = block.ln_1(h)
+        return jnp.einsum("bqhd,bkhd->bhqk", block.attn.query(hn), block.attn.key(hn))
+
     with jax.enable_x64(True):
-        hn = block.ln_1(jnp.asarray(h.detach().numpy()))
-        logits = jnp.einsum("bqhd,bkhd->bhqk", block.attn.query(hn), block.attn.key(hn))
-        for scale in ("head_dim", "n_embd"):
-            w = jax.nn.softmax(
-                jnp.where(~torch_mask, logits / np.sqrt(8 if scale == "head_dim" else 16), -jnp.inf)
-            )
-            err = np.abs(w - weights).max()
-            print(f"attention weights, softmax(q k^T / sqrt({scale})) against torch's: "
-                  + ("the same to float64 rounding" if err <= 1e-14 else f"{err:.2g} apart"))  # fmt: skip
-            assert (err <= 1e-14) == (scale == "head_dim")  # float64 sums of 8 products, a softmax of 16
+        logits = np.where(~torch_mask, np.asarray(scores(block, h.detach().numpy())), -np.inf)
+    for scale in ("head_dim", "n_embd"):
+        w = np.exp(logits / np.sqrt(8 if scale == "head_dim" else 16))
+        err = np.abs(w / w.sum(-1, keepdims=True) - weights).max()
+        print(f"attention weights, softmax(q k^T / sqrt({scale})) against torch's: "
+              + ("the same to float64 rounding" if err <= 1e-14 else f"{err:.2g} apart"))  # fmt: skip
+        assert (err <= 1e-14) == (scale == "head_dim")  # float64 sums of 8 products, a softmax of 16
 
     # GELU: exact against tanh, in both frameworks
     z = np.linspace(-4, 4, 801)
     exact_t, tanh_t = (nn.GELU(approximate=a)(torch.from_numpy(z)).numpy() for a in ("none", "tanh"))
     with jax.enable_x64(True):
-        exact_j, tanh_j = np.asarray(jax.nn.gelu(z, approximate=False)), np.asarray(jax.nn.gelu(z))
+        gelu = jax.jit(jax.nn.gelu, static_argnames="approximate")
+        exact_j, tanh_j = np.asarray(gelu(z, approximate=False)), np.asarray(gelu(z))
     same = max(np.abs(exact_t - exact_j).max(), np.abs(tanh_t - tanh_j).max())
     gap = np.abs(exact_t - tanh_t).max()
     print("GELU on [-4, 4]: nn.GELU() = jax.nn.gelu(approximate=False), nn.GELU(approximate='tanh') = "
@@ -279,10 +285,10 @@ def main():
     )
     assert torch_decayed == jax_decayed
 
-    # The engine on the pair, float32 (compare's default adds float64; the checks above have it)
+    # The engine on the pair, float32 (compare's default adds float64; the checks above have it).
+    # It gives a copy of the port torch's weights, cast: the trained float64 port serves.
     torch.manual_seed(0)
-    report = parity.compare(GPT(corpus.vocab_size), FlaxGPT(corpus.vocab_size, rngs=nnx.Rngs(0)),
-                            x[:8], y[:8], steps=0, dtypes=("float32",))  # fmt: skip
+    report = parity.compare(GPT(corpus.vocab_size), port, x[:8], y[:8], steps=0, dtypes=("float32",))  # fmt: skip
     sections = sorted({r.section.split(" (")[0] for r in report.rows})
     print(f"compare: {len(report.rows)} rows ({', '.join(sections)}), "
           f"{'all within their bounds' if report.passed else 'FAILED'}")  # fmt: skip
