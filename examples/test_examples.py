@@ -69,5 +69,5 @@ def test_an_example_runs_as_a_script_and_as_a_module():
     assert "Flatten(start_dim=0)" in outputs[0] and outputs[0] == outputs[1]
 
 
-def test_there_are_thirteen_topics():
-    assert len(build.examples()) == 13
+def test_there_are_fifteen_topics():
+    assert len(build.examples()) == 15
