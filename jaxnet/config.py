@@ -151,8 +151,10 @@ class CNNConfig:
         Linears after the 2x2 pool."""
         (c1, c2), out = self.channels, []
         out += flops.conv(batch, 1, 28, c1, 3, input_grad=False) + flops.conv(batch, c1, 26, c2, 3)
-        return out + flops.linear(batch, self.flat_features, self.hidden) + flops.linear(
-            batch, self.hidden, self.num_classes
+        return (
+            out
+            + flops.linear(batch, self.flat_features, self.hidden)
+            + flops.linear(batch, self.hidden, self.num_classes)
         )
 
     @property

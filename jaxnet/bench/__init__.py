@@ -244,7 +244,9 @@ def summarise(peaks: dict, results: list[dict], epochs: int, n: int, startup: di
             floors[name]["epoch_s"] = floors[name]["step_s"] * m["steps"]
     fma_text, fma = limits.fma_peak()
     plain = {
-        (model_name(r["path"]), framework_of(r["path"])): r["epoch_s"] for r in ok if r["path"].endswith("-plain")
+        (model_name(r["path"]), framework_of(r["path"])): r["epoch_s"]
+        for r in ok
+        if r["path"].endswith("-plain")
     }
     one = {r["path"].split("-")[0]: r["epoch_s"] for r in ok if r["path"].endswith(("-ddp-1", "-mesh-1"))}
     for r in ok:

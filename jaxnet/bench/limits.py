@@ -55,7 +55,9 @@ def kernel_name(spec: tuple) -> str:
     if spec[0] != "conv":
         return f"{spec[0]} {'x'.join(map(str, spec[1:]))}"
     _, _, c_in, h, w, c_out, k, stride, pad, _ = spec
-    extra = "".join(f" {tag}{v}" for tag, v, plain in (("k", k, 3), ("s", stride, 1), ("p", pad, 0)) if v != plain)
+    extra = "".join(
+        f" {tag}{v}" for tag, v, plain in (("k", k, 3), ("s", stride, 1), ("p", pad, 0)) if v != plain
+    )
     return f"conv {c_in}->{c_out} {h}x{w}{extra}"
 
 

@@ -124,7 +124,11 @@ def _resnet_torch(config, cfg: TrainConfig, task, state):
         for idx in batches:
             x, y = batch(idx)
             optimizer.zero_grad()
-            loss = F.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y))
+            # numpy's 1-channel batch strides its channel axis as 1 element, which torch reads as
+            # channels-last too; its CPU conv backward then hangs or corrupts the heap (torch
+            # 2.13): restride as a DataLoader's collate would make it
+            x = torch.from_numpy(x).clone(memory_format=torch.contiguous_format)
+            loss = F.cross_entropy(model(x), torch.from_numpy(y))
             loss.backward()
             optimizer.step()
             scheduler.step()
@@ -164,8 +168,9 @@ def _resnet_jax(config, cfg: TrainConfig, task, state):
     opt = cfg.optimizer
     tx = optax.chain(
         optax.add_decayed_weights(opt.weight_decay, mask=resnet.decay_mask),  # torch's coupled decay
-        optax.sgd(optax.cosine_decay_schedule(opt.lr, opt.total_steps), momentum=opt.momentum,
-                  nesterov=opt.nesterov),  # fmt: skip
+        optax.sgd(
+            optax.cosine_decay_schedule(opt.lr, opt.total_steps), momentum=opt.momentum, nesterov=opt.nesterov
+        ),  # fmt: skip
     )
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     step, batch = _nnx_step(), _images(task, cfg.seed)

@@ -15,7 +15,17 @@ import time
 
 import numpy as np
 
-from jaxnet.bench import ALL_PATHS, BATCH, MODEL_PATHS, TRIALS, batch_of, framework_of, is_cnn, model_name, model_of
+from jaxnet.bench import (
+    ALL_PATHS,
+    BATCH,
+    MODEL_PATHS,
+    TRIALS,
+    batch_of,
+    framework_of,
+    is_cnn,
+    model_name,
+    model_of,
+)
 from jaxnet.config import CNN_RECIPE, ModelConfig, OptimConfig
 
 

@@ -53,7 +53,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     paths = args.paths or MODEL_PATHS[args.model]
     ports = sorted({model_name(p) for p in paths if registry.family(model_name(p)).engine == "port"})
     if args.devices > 1 and ports:
-        raise JaxnetError(f"--devices {args.devices}: the port engine ({', '.join(ports)}) runs on one device")
+        raise JaxnetError(
+            f"--devices {args.devices}: the port engine ({', '.join(ports)}) runs on one device"
+        )
     from jaxnet import bench
 
     report = bench.run_bench(tuple(paths), args.epochs, args.train_limit, not args.no_startup, args.devices)
