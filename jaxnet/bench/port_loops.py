@@ -170,7 +170,7 @@ def _resnet_jax(config, cfg: TrainConfig, task, state):
         optax.add_decayed_weights(opt.weight_decay, mask=resnet.decay_mask),  # torch's coupled decay
         optax.sgd(
             optax.cosine_decay_schedule(opt.lr, opt.total_steps), momentum=opt.momentum, nesterov=opt.nesterov
-        ),  # fmt: skip
+        ),
     )
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     step, batch = _nnx_step(), _images(task, cfg.seed)
