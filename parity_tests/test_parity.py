@@ -61,7 +61,8 @@ def test_same_verdicts_on_mkl_generic_kernels_and_one_thread(tmp_path):
     """torch on MKL's generic (SSE) kernels, one thread for torch, MKL and XLA's Eigen: another
     CPU's rounding, in a fresh process because the libraries read these settings when they load."""
     env = {**os.environ, "MKL_CBWR": "COMPATIBLE", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"}  # fmt: skip
+           "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false",
+           "JAX_DISABLE_MOST_OPTIMIZATIONS": "0"}  # XLA optimising, as users run it (conftest)  # fmt: skip
     out = tmp_path / "report.json"
     # Two steps of the recipe with momentum, decay and a schedule; Adam's run in-process above.
     cmd = [sys.executable, "-m", "jaxnet", "parity", "--steps", "2", "--optimizer", "sgd-nesterov-wd-step"]

@@ -31,6 +31,7 @@ from flax import nnx
 from jaxnet import batch, capture, checkpoint, registry
 from jaxnet import model as jmodel
 from jaxnet import train as jtrain
+from jaxnet.backends.host_data import HostData
 from jaxnet.backends.jax import _host, _in_mode, jax_device
 from jaxnet.config import OptimConfig, PortConfig
 from jaxnet.distributed import Rank
@@ -159,7 +160,7 @@ def _dotted(tree) -> dict[str, object]:
     return {".".join(keys(p)): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-class JaxPortBackend:
+class JaxPortBackend(HostData):
     """A user's NNX module as ``(graphdef, params, stats, rest)``, driven through :class:`Backend`."""
 
     name = "jax"
@@ -342,22 +343,6 @@ class JaxPortBackend:
         tree = self._put(jmodel.from_torch_layout(self.params, grads, self.layout))
         self.params, self.opt_state = self._apply(self.params, self.opt_state, tree)
         self.step += 1
-
-    def set_train_data(self, images, labels, gather=None) -> None:
-        """The training data, kept on the host; ``gather(images, labels, idx) -> (x, y)`` makes
-        a batch of an index array (default: the examples at ``idx``; text: windows at offsets)."""
-        self._data, self._gather = (images, labels), gather
-
-    def _batch(self, idx) -> tuple:
-        """One training batch on the host, augmented where the family is, from ``(seed, step)``."""
-        images, labels = self._data
-        if self._gather is not None:
-            x, y = self._gather(images, labels, idx)
-        else:
-            x, y = batch.take(images, idx), batch.take(labels, idx)
-        if self.augment is not None:
-            x = self.augment(x, seed=self.seed, step=self.step)
-        return x, y
 
     @_in_mode
     def train_steps(self, batches: list[np.ndarray]) -> np.ndarray:

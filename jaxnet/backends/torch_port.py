@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from jaxnet import batch, checkpoint, registry
+from jaxnet.backends.host_data import HostData
 from jaxnet.backends.torch import TorchBackend, torch_device
 from jaxnet.config import OptimConfig, PortConfig
 from jaxnet.distributed import Rank
@@ -63,7 +64,7 @@ def loss_value(config: PortConfig, outputs, targets: torch.Tensor) -> torch.Tens
     return F.cross_entropy(flat, labels, ignore_index=config.ignore_index)
 
 
-class TorchPortBackend(TorchBackend):
+class TorchPortBackend(HostData, TorchBackend):
     """A copy of a user's ``nn.Module``, cast to ``dtype``, driven through :class:`Backend`."""
 
     def __init__(
@@ -187,22 +188,6 @@ class TorchPortBackend(TorchBackend):
         return float(loss.detach()), grads
 
     # ------------------------------------------------------------------ steps
-
-    def set_train_data(self, images, labels, gather=None) -> None:
-        """The training data, kept on the host; ``gather(images, labels, idx) -> (x, y)`` makes
-        a batch of an index array (default: the examples at ``idx``; text: windows at offsets)."""
-        self._data, self._gather = (images, labels), gather
-
-    def _batch(self, idx) -> tuple:
-        """One training batch on the host, augmented where the family is, from ``(seed, step)``."""
-        images, labels = self._data
-        if self._gather is not None:
-            x, y = self._gather(images, labels, idx)
-        else:
-            x, y = batch.take(images, idx), batch.take(labels, idx)
-        if self.augment is not None:
-            x = self.augment(x, seed=self.seed, step=self.step)
-        return x, y
 
     def train_steps(self, batches: list[np.ndarray]) -> np.ndarray:
         assert self.optimizer is not None and self._data is not None, "set_optimizer and set_train_data first"

@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -66,19 +65,8 @@ from flax import nnx
 from flax.nnx.nn.attention import dot_product_attention_weights
 
 from jaxnet.errors import CheckpointError, JaxnetError
+from jaxnet.families import GPTConfig  # nanoGPT's sizes, declared once for both backends and the CLI
 from jaxnet.models.state import load_nested
-
-
-@dataclass(frozen=True)
-class GPTConfig:
-    """nanoGPT's configuration (the same fields as ``torchref.models.gpt.GPTConfig``)."""
-
-    vocab_size: int = 96
-    block_size: int = 128
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.1
 
 
 def _normal(std: float) -> nnx.Initializer:

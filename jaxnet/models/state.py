@@ -9,7 +9,6 @@ part of a state dict), then ``nnx.update`` replaces them. The model may be abstr
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -46,5 +45,7 @@ def load_nested(model: nnx.Module, tree: dict, family: str) -> nnx.Module:
             raise CheckpointError(
                 f"{family} state: {key} has shape {np.shape(value)}, the model {current[key].shape}"
             )
-    nnx.update(model, jax.tree.map(jnp.asarray, tree))
+    nnx.update(
+        model, jax.tree.map(lambda v: jax.device_put(v, may_alias=False), tree)
+    )  # no compile per shape
     return model

@@ -128,8 +128,8 @@ def engine(port: PortConfig, side: TorchSide, args: Arguments, inputs, targets, 
     state, n, opt = side.state, batch.size(inputs), args.optimizer
     with session(state, config=port, dtypes=args.dtypes, device=device, matmul_precision=args.matmul_precision,
                  factory=factory, recorded=recorded) as (setup, env):  # fmt: skip
-        first = batch.take(inputs, slice(0, 1))
-        torch_names, jax_names = captured_names(setup, first)
+        # the whole batch, not one example: the programs it compiles serve the forward rows
+        torch_names, jax_names = captured_names(setup, inputs)
         missing = [
             k for k in (*args.relu_inputs, *args.pool_inputs) if k not in torch_names or k not in jax_names
         ]

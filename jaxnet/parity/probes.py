@@ -1,8 +1,9 @@
 """Probe rows: inputs and weights at the edges, where a port's activation, pooling or loss can
 differ from torch's while ordinary batches never show it.
 
-- ``relu'(0)``: the first input example zeroed and every bias zeroed, so every pre-activation
-  is exactly 0: the derivative of each activation at its kink decides the gradients (torch's
+- ``relu'(0)``: every float input zeroed and every bias zeroed, so every pre-activation
+  is exactly 0 (the whole batch, not one example: the programs compiled for the batch's
+  shape serve this probe too): the derivative of each activation at its kink decides the gradients (torch's
   ReLU'(0) = 0, ``jnp.where(x >= 0, x, 0)`` gives 1; LeakyReLU's slope at 0 likewise).
 - ``bend`` (ports): every Linear and convolution weight times :data:`BEND_SCALE`, so
   pre-activations leave the near-linear region around 0 for the bend of GELU-like
@@ -50,10 +51,8 @@ def probes(setup: Run, x, y) -> list[Row]:
         k: (np.zeros_like(v) if k.endswith("bias") and k not in buffers else v)
         for k, v in setup.state.items()
     }
-    zero = batch.tree_map(lambda a: np.zeros_like(a[:1]) if batch.is_float(a) else a[:1], x)
-    rows = _gradient_rows(
-        setup, everyone, zero_bias, zero, batch.take(y, slice(0, 1)), "relu'(0): grad", "probe relu"
-    )
+    zero = batch.tree_map(lambda a: np.zeros_like(a) if batch.is_float(a) else a, x)
+    rows = _gradient_rows(setup, everyone, zero_bias, zero, y, "relu'(0): grad", "probe relu")
     if setup.config.kind == "port":
         rows += _bend(setup, x, y)
         if setup.config.pool_inputs:
