@@ -47,5 +47,5 @@ def family(name: str) -> list[str]:
 
 
 if __name__ == "__main__":
-    lines = family("resnet") + [""] + family("gpt")
+    lines = [*family("resnet"), "", *family("gpt")]
     print("\n".join(lines))
