@@ -13,6 +13,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from jaxnet import flops
 from jaxnet.errors import JaxnetError
 from jaxnet.layout import BUILT_IN, Layout
 
@@ -45,6 +46,12 @@ class ModelConfig:
         """``(in, out)`` of each Linear layer, in order."""
         sizes = (self.in_features, *self.hidden, self.num_classes)
         return list(itertools.pairwise(sizes))
+
+    def products(self, batch: int) -> list[tuple]:
+        """Every matrix product of one training step on ``batch`` images (:mod:`jaxnet.flops`):
+        per Linear the forward, the weight gradient and the input gradient (none for the first
+        layer: nothing reads the images' gradient)."""
+        return [p for i, (a, b) in enumerate(self.linear_shapes) for p in flops.linear(batch, a, b, i > 0)]
 
     # The one place that knows the module paths: ``linear_relu_stack`` is an ``nn.Sequential``
     # of Linear, ReLU, Linear, ..., Linear, so the Linears sit at the even indices.
@@ -137,6 +144,18 @@ class CNNConfig:
     def flat_features(self) -> int:
         """conv2's output after the 2x2 max-pool, flattened: ``channels[1] * 12 * 12``."""
         return self.channels[1] * 12 * 12
+
+    def products(self, batch: int) -> list[tuple]:
+        """Every matrix product of one training step on ``batch`` images (:mod:`jaxnet.flops`):
+        3x3 valid convs 28 -> 26 -> 24 (the first without an input gradient), then the two
+        Linears after the 2x2 pool."""
+        (c1, c2), out = self.channels, []
+        out += flops.conv(batch, 1, 28, c1, 3, input_grad=False) + flops.conv(batch, c1, 26, c2, 3)
+        return (
+            out
+            + flops.linear(batch, self.flat_features, self.hidden)
+            + flops.linear(batch, self.hidden, self.num_classes)
+        )
 
     @property
     def relu_inputs(self) -> list[str]:

@@ -204,7 +204,10 @@ def recorded_tables(readme: str, docs: Path) -> list[str]:
     return found
 
 
-GENERATORS = {"train-gpu.md": "train_tables.py"}  # docs/X -> the docs/scripts/ that prints it
+GENERATORS = {
+    "train-gpu.md": "train_tables.py",
+    "bench-families-cpu.md": "bench_tables.py",
+}  # docs/X -> the docs/scripts/ that prints it
 
 
 def generated_blocks(readme: str, docs: Path) -> list[str]:

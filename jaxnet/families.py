@@ -20,6 +20,7 @@ from functools import cached_property
 
 import numpy as np
 
+from jaxnet import flops
 from jaxnet.errors import JaxnetError
 from jaxnet.rules import RULES, PortLayout
 
@@ -96,6 +97,19 @@ class ResNetConfig(_Family):
                 out.append((f"{stage}.{b}", inplanes, planes, stride))
                 inplanes = planes
         return out
+
+    def products(self, batch: int, size: int = 28) -> list[tuple]:
+        """Every matrix product of one training step on ``batch`` images of ``size x size``
+        (:mod:`jaxnet.flops`): the stem (no input gradient), each block's two 3x3 convs and
+        its 1x1 projection, the head."""
+        out = flops.conv(batch, self.in_channels, size, self.channels[0], 3, pad=1, input_grad=False)
+        for _, cin, cout, stride in self.block_paths():
+            out += flops.conv(batch, cin, size, cout, 3, stride, pad=1)
+            if stride != 1 or cin != cout:
+                out += flops.conv(batch, cin, size, cout, 1, stride)
+            size = (size - 1) // stride + 1
+            out += flops.conv(batch, cout, size, cout, 3, pad=1)
+        return out + flops.linear(batch, self.channels[2], self.num_classes)
 
     def modules(self) -> dict[str, str]:
         kinds = {"conv1": "conv", "bn1": "batchnorm"}
@@ -195,6 +209,16 @@ class GPTConfig(_Family):
             )
         if not 0 <= self.dropout < 1:
             raise JaxnetError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def products(self, batch: int) -> list[tuple]:
+        """Every matrix product of one training step on ``batch`` windows of ``block_size``
+        characters (:mod:`jaxnet.flops`): per block the packed q/k/v projection, the per-head
+        scores and values, the output projection and the MLP's two Linears; then the tied head.
+        The embeddings are lookups, no products."""
+        rows, e, t = batch * self.block_size, self.n_embd, self.block_size
+        block = flops.linear(rows, e, 3 * e) + flops.attention(batch, self.n_head, t, e // self.n_head)
+        block += flops.linear(rows, e, e) + flops.linear(rows, e, 4 * e) + flops.linear(rows, 4 * e, e)
+        return block * self.n_layer + flops.linear(rows, e, self.vocab_size)
 
     def modules(self) -> dict[str, str]:
         kinds = {"wte": "embedding", "wpe": "embedding"}

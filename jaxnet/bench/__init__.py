@@ -19,13 +19,30 @@ with the tutorial's recipe (SGD, lr 1e-3, batch 64):
 - ``cnn-jax-fastconv``: the same JAX path, its ``nnx.Conv`` layers computing as im2col + one
   GEMM with their own gradient (:mod:`jaxnet.fastconv`).
 
+``--model resnet`` and ``--model gpt`` time the port families with their ``jaxnet train``
+recipes and batch sizes (:mod:`jaxnet.bench.port_loops`), on a few steps an epoch by default
+(:data:`DEFAULT_LIMIT`: 384 images, 192 windows of 128 characters):
+
+- ``resnet-torch-plain``, ``gpt-torch-plain``: a torch user's loop (torchref's model, the
+  optimizer with its parameter groups, the LR scheduler, ``zero_grad/backward/step``);
+- ``resnet-jax-plain``, ``gpt-jax-plain``: an NNX user's loop (jaxnet's NNX model,
+  ``nnx.Optimizer`` over an optax chain, one ``nnx.jit`` step per batch);
+- ``resnet-torch-jaxnet``, ``resnet-jax-jaxnet`` (and the GPT's): the port engine's backends,
+  as ``jaxnet train --model resnet`` runs them.
+
+Every path trains on the same batches (the ResNet's crop-and-flip from :mod:`jaxnet.augment`
+in the plain loops too; the GPT's windows at the same offsets); a family on the port engine
+without plain loops of its own gets jaxnet's two paths.
+
 Epoch times are medians of ``--epochs`` timed epochs after a warm-up one (its extra time is
 reported as compile). The limits are the machine's, the same for every path
 (:mod:`jaxnet.bench.limits`): every GEMM and convolution of one training step timed in torch
 and in XLA (best of several trials; a convolution also as its im2col GEMMs), the fastest of
 any framework per kernel summed into the step's floor; and the cores' float32 FMA peak,
-derived from /proc/cpuinfo with its derivation printed. Every path's row gives its share of
-its model's floor and of the FMA peak; a 2048^3 GEMM per framework is shown beside.
+derived from /proc/cpuinfo with its derivation printed. A family declares its step's products
+(``config.products(batch)``, :mod:`jaxnet.flops`: GEMMs, attention's per-head batched GEMMs,
+convolutions of any stride and padding); its FLOP count is theirs. Every path's row gives its
+share of its model's floor and of the FMA peak; a 2048^3 GEMM per framework is shown beside.
 Start-up is the wall time of whole commands (``jaxnet eval``, ``jaxnet predict``) against a
 bare ``import jax, flax.nnx, optax``. A worker that fails is a row with its error; the
 others still run.
@@ -41,36 +58,75 @@ import sys
 import tempfile
 import time
 
-from jaxnet.config import CNNConfig, ModelConfig
+from jaxnet import flops
+from jaxnet.config import ModelConfig
 
 PATHS = ("torch-tutorial", "torch-plain", "torch-jaxnet", "jax-plain", "jax-jaxnet-step", "jax-jaxnet-scan")
 CNN_PATHS = ("cnn-torch-plain", "cnn-torch-jaxnet", "cnn-jax-jaxnet", "cnn-jax-fastconv")
+PLAIN_PORTS = ("resnet", "gpt")  # the port families with plain loops of their own (bench.port_loops)
+
+
+def port_paths(name: str) -> tuple[str, ...]:
+    """A port-engine family's paths: the plain loops where the bench has them, jaxnet's two."""
+    plain = name in PLAIN_PORTS
+    return tuple(f"{name}-{fw}-{kind}" for fw in ("torch", "jax") for kind in ("plain", "jaxnet")
+                 if plain or kind == "jaxnet")  # fmt: skip
+
+
+def _model_paths() -> dict[str, tuple[str, ...]]:
+    from jaxnet import registry
+
+    ports = {n: port_paths(n) for n, f in registry.FAMILIES.items() if f.engine == "port"}
+    return {"mlp": PATHS, "cnn": CNN_PATHS} | ports
+
+
+MODEL_PATHS = _model_paths()
+ALL_PATHS = tuple(p for paths in MODEL_PATHS.values() for p in paths)
+# Samples per epoch where --train-limit is not given: the port families' steps take seconds
+# on a CPU (15 GFLOP a ResNet step of 128 images, 46 GFLOP a GPT step of 64 windows), so
+# three steps an epoch; 0 is the whole training set.
+DEFAULT_LIMIT = {"resnet": 384, "gpt": 192}
 BATCH = 64
 TRIALS = 7
 
 
+def model_name(path: str) -> str:
+    """The family a path trains: its first word where that names one (the MLP's paths have none)."""
+    first = path.split("-")[0]
+    return first if first in MODEL_PATHS and first != "mlp" else "mlp"
+
+
 def is_cnn(path: str) -> bool:
-    return path.startswith("cnn-")
+    return model_name(path) == "cnn"
 
 
-def model_of(path: str) -> ModelConfig | CNNConfig:
+def model_of(path: str):
     from jaxnet import registry
 
-    return registry.family("cnn" if is_cnn(path) else "mlp").config()
+    return registry.family(model_name(path)).config()
+
+
+def batch_of(name: str) -> int:
+    """The family's training batch size (``jaxnet train``'s default for it)."""
+    from jaxnet import registry
+
+    return int(registry.family(name).flags.get("batch_size", BATCH))
+
+
+def train_limit_of(name: str, train_limit: int | None) -> int:
+    """Samples per epoch: ``--train-limit``, else the family's bench default (0: all)."""
+    return DEFAULT_LIMIT.get(name, 0) if train_limit is None else train_limit
 
 
 def framework_of(path: str) -> str:
-    return path.removeprefix("cnn-").split("-")[0]
+    name = model_name(path)
+    return (path.removeprefix(f"{name}-") if name != "mlp" else path).split("-")[0]
 
 
-def epoch_gflop(config: ModelConfig | CNNConfig, n: int) -> float:
-    """Forward + weight gradients + input gradients of all but the first layer, 2 flops per MAC."""
-    if isinstance(config, CNNConfig):  # 3x3 valid convs on 28x28, then 26x26 -> 24x24 -> pool 12x12
-        (c1, c2), h = config.channels, config.hidden
-        macs = [26 * 26 * 9 * c1, 24 * 24 * 9 * c1 * c2, 12 * 12 * c2 * h, h * config.num_classes]
-    else:
-        macs = [i * o for i, o in config.linear_shapes]
-    return 2 * n * (2 * sum(macs) + sum(macs[1:])) / 1e9
+def epoch_gflop(config, n: int, batch: int = BATCH) -> float:
+    """GFLOP of an epoch of ``n`` samples: the products of a step of ``batch`` (the family's
+    ``config.products``: forward, weight gradients, input gradients, 2 flops per MAC), per sample."""
+    return n * flops.step_flop(config.products(batch)) // batch / 1e9
 
 
 # ---------------------------------------------------------------------------- the run and its table
@@ -116,21 +172,26 @@ def startup() -> dict[str, float]:
 
 
 def run_bench(
-    paths: tuple[str, ...], epochs: int, train_limit: int, with_startup: bool = True, devices: int = 1
+    paths: tuple[str, ...], epochs: int, train_limit: int | None, with_startup: bool = True, devices: int = 1
 ) -> dict:
-    models = tuple(dict.fromkeys("cnn" if is_cnn(p) else "mlp" for p in paths))
+    """Time ``paths`` (each in its own worker) beside the limits of their models' steps.
+
+    ``train_limit``: samples per epoch (images; the GPT's: windows of ``block_size``
+    characters), None for each family's default (:data:`DEFAULT_LIMIT`, else all)."""
+    models = tuple(dict.fromkeys(model_name(p) for p in paths))
     peaks = {fw: _spawn("--limits", fw, "--models", *models) for fw in ("torch", "jax")}
     results = []
     for p in paths:
-        result = _spawn("--worker", p, "--epochs", str(epochs), "--train-limit", str(train_limit))
+        limit = train_limit_of(model_name(p), train_limit)
+        result = _spawn("--worker", p, "--epochs", str(epochs), "--train-limit", str(limit))
         results.append(result if "error" not in result else {"path": p, **result})
     if devices > 1:
+        limit = train_limit or 0
         results += [
-            data_parallel(backend, n, epochs, train_limit)
-            for backend in ("torch", "jax")
-            for n in (1, devices)
+            data_parallel(backend, n, epochs, limit) for backend in ("torch", "jax") for n in (1, devices)
         ]
-    return summarise(peaks, results, epochs, train_limit or 60000, startup() if with_startup else {})
+    n = train_limit_of("mlp", train_limit) or 60000
+    return summarise(peaks, results, epochs, n, startup() if with_startup else {})
 
 
 def data_parallel(backend: str, devices: int, epochs: int, train_limit: int) -> dict:
@@ -154,36 +215,51 @@ def data_parallel(backend: str, devices: int, epochs: int, train_limit: int) -> 
 
 
 def summarise(peaks: dict, results: list[dict], epochs: int, n: int, startup: dict[str, float]) -> dict:
-    """Derived columns: throughput, GFLOP/s, the share of the model's floor (the fastest kernel
-    of any framework per GEMM and convolution of a step, times the steps of an epoch) and of
-    the cores' FMA peak, x its plain loop (of the same model and framework). Failed workers
-    (an ``error`` key) stay as rows without numbers."""
+    """Derived columns: throughput (samples/s; tokens/s for a text model), GFLOP/s, the share of
+    the model's floor (the fastest kernel of any framework per GEMM and convolution of a step,
+    times the steps of an epoch) and of the cores' FMA peak, x its plain loop (of the same
+    model and framework). ``n``: samples per epoch of a result that does not say its own.
+    Failed workers (an ``error`` key) stay as rows without numbers."""
+    from jaxnet import registry
     from jaxnet.bench import limits
 
-    gflop = {cnn: epoch_gflop(CNNConfig() if cnn else ModelConfig(), n) for cnn in (False, True)}
-    steps = -(-n // BATCH)
+    ok = [r for r in results if "error" not in r]
+    models = {name: {} for name in ("mlp", "cnn")}
+    for r in ok:
+        models.setdefault(model_name(r["path"]), {}).setdefault("samples", r.get("samples", n))
+    for name, m in models.items():
+        config, batch = registry.family(name).config(), batch_of(name)
+        m |= {"batch": batch, "gflop_per_sample": epoch_gflop(config, 1, batch)}
+        m["samples"] = m.get("samples", n)
+        m["epoch_gflop"] = epoch_gflop(config, m["samples"], batch)
+        m["steps"] = -(-m["samples"] // batch)
+        m["tokens_per_sample"] = getattr(config, "block_size", None)
     kernels = {fw: p["kernels"] for fw, p in peaks.items() if "kernels" in p}
     floors = {}
-    for cnn in (False, True):
-        config = CNNConfig() if cnn else ModelConfig()
-        if kernels and all(k.name in t for k in limits.step_kernels(config) for t in kernels.values()):
-            floors["cnn" if cnn else "mlp"] = limits.floors(kernels, config) | {"epoch_s": None}
-    for floor in floors.values():
-        floor["epoch_s"] = floor["step_s"] * steps
+    for name, m in models.items():
+        config = registry.family(name).config()
+        wanted = limits.step_kernels(config, m["batch"])
+        if kernels and all(k.name in t for k in wanted for t in kernels.values()):
+            floors[name] = limits.floors(kernels, config, m["batch"]) | {"epoch_s": None}
+            floors[name]["epoch_s"] = floors[name]["step_s"] * m["steps"]
     fma_text, fma = limits.fma_peak()
-    ok = [r for r in results if "error" not in r]
     plain = {
-        (is_cnn(r["path"]), framework_of(r["path"])): r["epoch_s"] for r in ok if r["path"].endswith("-plain")
+        (model_name(r["path"]), framework_of(r["path"])): r["epoch_s"]
+        for r in ok
+        if r["path"].endswith("-plain")
     }
     one = {r["path"].split("-")[0]: r["epoch_s"] for r in ok if r["path"].endswith(("-ddp-1", "-mesh-1"))}
     for r in ok:
-        framework, cnn = framework_of(r["path"]), is_cnn(r["path"])
-        floor = floors.get("cnn" if cnn else "mlp")
-        r["samples_per_s"] = n / r["epoch_s"]
-        r["gflops"] = gflop[cnn] / r["epoch_s"]
+        framework, name = framework_of(r["path"]), model_name(r["path"])
+        m, floor = models[name], floors.get(name)
+        samples = r.get("samples", n)
+        r["samples_per_s"] = samples / r["epoch_s"]
+        tokens = m["tokens_per_sample"]
+        r["tokens_per_s"] = None if tokens is None else tokens * r["samples_per_s"]
+        r["gflops"] = m["gflop_per_sample"] * samples / r["epoch_s"]
         r["pct_floor"] = None if floor is None else 100 * floor["epoch_s"] / r["epoch_s"]
         r["pct_fma_peak"] = 100 * r["gflops"] / fma if fma == fma else None
-        key = (cnn, framework)
+        key = (name, framework)
         r["vs_plain"] = plain[key] / r["epoch_s"] if key in plain else None
         if r["path"].endswith(("-ddp-1", "-mesh-1")) or not r["path"][-1].isdigit():
             r["vs_one_device"] = None
@@ -193,8 +269,9 @@ def summarise(peaks: dict, results: list[dict], epochs: int, n: int, startup: di
         "peak_gflops": peaks,
         "floors": floors,
         "fma_peak": {"gflops": fma, "derivation": fma_text},
-        "epoch_gflop": gflop[False],
-        "cnn_epoch_gflop": gflop[True],
+        "epoch_gflop": models["mlp"]["epoch_gflop"],
+        "cnn_epoch_gflop": models["cnn"]["epoch_gflop"],
+        "models": models,
         "samples": n,
         "epochs": epochs,
         "machine": f"{os.uname().machine}, {os.cpu_count()} cores",
@@ -227,7 +304,7 @@ def print_table(report: dict) -> None:
             console.print(f"{fw} on {p['device']}: GEMM 2048^3 {p['square_2048']:.0f} GFLOP/s{share}")
     for model, floor in report.get("floors", {}).items():
         kernels = Table(title=f"the {model}'s step floor: the fastest kernel of any framework per product, "
-                        f"best of {TRIALS} (ms, batch {BATCH})")  # fmt: skip
+                        f"best of {TRIALS} (ms, batch {floor.get('batch', BATCH)})")  # fmt: skip
         options = sorted({o for k in floor["kernels"].values() for o in k["options"]})
         for col in ("kernel", *options, "floor", "GFLOP/s"):
             kernels.add_column(col, justify="left" if col == "kernel" else "right")
@@ -242,21 +319,25 @@ def print_table(report: dict) -> None:
         kernels.caption = (f"one step ({len(floor['kernels'])} kernels, repeats counted): {1e3 * floor['step_s']:.2f} ms, "
                            f"{floor['step_gflop'] / floor['step_s']:.0f} GFLOP/s; the epoch's floor {floor['epoch_s']:.2f} s")  # fmt: skip
         console.print(kernels)
-    title = (f"{report['samples']} samples/epoch, {report['epoch_gflop']:.1f} GFLOP/epoch (the CNN: "
-             f"{report['cnn_epoch_gflop']:.1f}), median of {report['epochs']} epochs")  # fmt: skip
+    models = report.get("models", {})
+    per_sample = ", ".join(f"{name} {1e3 * m['gflop_per_sample']:.1f}" for name, m in models.items())
+    title = (f"median of {report['epochs']} epochs after a warm-up one; MFLOP per sample: {per_sample} "
+             "(tokens/s: samples/s x block_size)")  # fmt: skip
     table = Table(title=title)
-    cols = ("path", "device", "epoch s", "samples/s", "GFLOP/s", "% floor", "% FMA peak", "x plain loop",
-            "x one device", "compile s", "eval 10k s", "peak RSS MB")  # fmt: skip
+    cols = ("path", "device", "samples/epoch", "epoch s", "samples/s", "tokens/s", "GFLOP/s", "% floor",
+            "% FMA peak", "x plain loop", "x one device", "compile s", "eval 10k s", "peak RSS MB")  # fmt: skip
     for col in cols:
         table.add_column(col, justify="left" if col in ("path", "device") else "right")
     for r in report["results"]:
         if "error" in r:
             table.add_row(r["path"], "error", r["error"], style="bold red")
             continue
-        table.add_row(r["path"], r.get("device", "-"), f"{r['epoch_s']:.3f}", f"{r['samples_per_s']:,.0f}",
-                      f"{r['gflops']:.1f}", num(r["pct_floor"], ".0f"), num(r["pct_fma_peak"], ".0f"),
-                      num(r["vs_plain"], ".2f"), num(r.get("vs_one_device"), ".2f"), f"{r['compile_s']:.2f}",
-                      num(r["eval_s"], ".4f"), num(r["peak_rss_mb"], ".0f"))  # fmt: skip
+        samples = r.get("samples", report["samples"])
+        table.add_row(r["path"], r.get("device", "-"), f"{samples:,}", f"{r['epoch_s']:.3f}",
+                      f"{r['samples_per_s']:,.0f}", num(r.get("tokens_per_s"), ",.0f"), f"{r['gflops']:.1f}",
+                      num(r["pct_floor"], ".0f"), num(r["pct_fma_peak"], ".0f"), num(r["vs_plain"], ".2f"),
+                      num(r.get("vs_one_device"), ".2f"), f"{r['compile_s']:.2f}", num(r["eval_s"], ".4f"),
+                      num(r["peak_rss_mb"], ".0f"))  # fmt: skip
     console.print(table)
     if report["startup_s"]:
         start = Table(title="start-up: command to exit, median of 3 (s)")

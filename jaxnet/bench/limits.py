@@ -4,13 +4,15 @@ kernel of any framework for each matrix product and convolution a training step 
 - ``fma_peak()``: derived from what the CPU reports, ``cores x GHz x FMA pipes x float32 lanes
   x 2`` flops, with the derivation as text (the clock is the one /proc/cpuinfo shows now; a
   core in turbo runs faster, so a kernel can exceed it);
-- ``step_kernels(config)``: every GEMM and convolution of one training step (batch 64), each
-  with its candidate kernels (the framework's convolution, or the same products as plain
-  GEMMs: the im2col lowering without its copy);
+- ``step_kernels(config, batch)``: every GEMM, batched GEMM (attention's per-head products)
+  and convolution of one training step, as the family declares them (``config.products``,
+  :mod:`jaxnet.flops`), each with its candidate kernels (the framework's convolution, or the
+  same products as plain GEMMs: the im2col lowering without its copy);
 - ``time_kernels(framework)``: each candidate timed in one framework, best of ``TRIALS``;
 - ``floors(times)``: per kernel, the fastest candidate of any framework; a step's floor is
-  their sum. Elementwise work (ReLU, pooling, dropout, the optimizer) is not in it, so the
-  floor is a lower bound of a step, and a path's "% of floor" its share of that bound.
+  their sum. Elementwise work (ReLU, BatchNorm, LayerNorm, softmax, pooling, dropout, the
+  optimizer) is not in it, so the floor is a lower bound of a step, and a path's "% of
+  floor" its share of that bound.
 
 Example:
     >>> derivation, gflops = fma_peak()                # doctest: +SKIP
@@ -24,7 +26,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from jaxnet.config import CNNConfig, ModelConfig
+from jaxnet import flops
 
 TRIALS = 7
 BATCH = 64
@@ -32,47 +34,37 @@ BATCH = 64
 
 @dataclass(frozen=True)
 class Kernel:
-    """One product of a step: ``("gemm", m, k, n)`` or ``("conv", batch, c_in, h, w, c_out, k,
-    input_grad)`` (a valid, stride-1 convolution's forward and backward)."""
+    """One product of a step (:mod:`jaxnet.flops`): ``("gemm", m, k, n)``, ``("bmm", count, m,
+    k, n)`` or ``("conv", batch, c_in, h, w, c_out, k, stride, pad, input_grad)`` (a
+    convolution's forward and backward)."""
 
     name: str
     spec: tuple
 
     @property
     def flop(self) -> float:
-        if self.spec[0] == "gemm":
-            _, m, k, n = self.spec
-            return 2.0 * m * k * n
-        return sum(2.0 * m * k * n for m, k, n in conv_gemms(self.spec))
+        return flops.flop(self.spec)
 
 
-def conv_gemms(spec: tuple) -> list[tuple[int, int, int]]:
-    """The GEMMs of a convolution's forward, weight gradient and (if asked) input gradient,
-    lowered by im2col: ``[B*OH*OW, K*K*C_in] @ [K*K*C_in, C_out]`` and its transposes."""
-    _, b, c_in, h, w, c_out, k, input_grad = spec
-    rows, depth = b * (h - k + 1) * (w - k + 1), k * k * c_in
-    gemms = [(rows, depth, c_out), (depth, rows, c_out)]
-    return gemms + ([(rows, c_out, depth)] if input_grad else [])
+conv_gemms = flops.conv_gemms
 
 
-def step_kernels(config: ModelConfig | CNNConfig, batch: int = BATCH) -> list[Kernel]:
-    """Every GEMM and convolution of one training step, in order (repeats included)."""
-    linears = config.linear_shapes if isinstance(config, ModelConfig) else _cnn_linears(config)
-    kernels = []
-    if isinstance(config, CNNConfig):  # 3x3 valid convs on 28x28: 28 -> 26 -> 24
-        (c1, c2), k = config.channels, 3
-        kernels.append(Kernel(f"conv {1}->{c1} 28x28", ("conv", batch, 1, 28, 28, c1, k, False)))
-        kernels.append(Kernel(f"conv {c1}->{c2} 26x26", ("conv", batch, c1, 26, 26, c2, k, True)))
-    for layer, (fan_in, fan_out) in enumerate(linears):
-        shapes = [(batch, fan_in, fan_out), (fan_in, batch, fan_out)]  # forward, weight gradient
-        if layer or isinstance(config, CNNConfig):  # input gradient (not of the first MLP layer)
-            shapes.append((batch, fan_out, fan_in))
-        kernels += [Kernel(f"gemm {m}x{k}x{n}", ("gemm", m, k, n)) for m, k, n in shapes]
-    return kernels
+def kernel_name(spec: tuple) -> str:
+    """``gemm 64x784x512``, ``bmm 256x128x32x128``, ``conv 16->32 28x28 s2 p1`` (the kernel
+    size, stride and padding where they are not 3, 1 and 0)."""
+    if spec[0] != "conv":
+        return f"{spec[0]} {'x'.join(map(str, spec[1:]))}"
+    _, _, c_in, h, w, c_out, k, stride, pad, _ = spec
+    extra = "".join(
+        f" {tag}{v}" for tag, v, plain in (("k", k, 3), ("s", stride, 1), ("p", pad, 0)) if v != plain
+    )
+    return f"conv {c_in}->{c_out} {h}x{w}{extra}"
 
 
-def _cnn_linears(config: CNNConfig) -> list[tuple[int, int]]:
-    return [(12 * 12 * config.channels[1], config.hidden), (config.hidden, config.num_classes)]
+def step_kernels(config, batch: int = BATCH) -> list[Kernel]:
+    """Every product of one training step on ``batch`` examples, in order (repeats included):
+    the family's own list (``config.products``, declared beside the family)."""
+    return [Kernel(kernel_name(spec), spec) for spec in config.products(batch)]
 
 
 def fma_peak() -> tuple[str, float]:
@@ -117,18 +109,19 @@ def best_time(fn, trials: int = TRIALS) -> float:
     return min(times)
 
 
-def time_kernels(framework: str, configs: tuple, trials: int = TRIALS) -> dict[str, dict[str, float]]:
-    """``{kernel name: {candidate: seconds}}`` for every kernel of the models' steps, in
-    ``framework`` (``"torch"`` or ``"jax"``) on its default device; candidates: ``"gemm"`` for
-    a GEMM, ``"conv"`` and ``"as gemms"`` for a convolution."""
+def time_kernels(framework: str, models: tuple, trials: int = TRIALS) -> dict[str, dict[str, float]]:
+    """``{kernel name: {candidate: seconds}}`` for every kernel of the models' steps
+    (``(config, batch)`` pairs), in ``framework`` (``"torch"`` or ``"jax"``) on its default
+    device; candidates: ``"gemm"`` for a GEMM or a batch of them, ``"conv"`` and ``"as gemms"``
+    for a convolution."""
     timer = _torch_timers() if framework == "torch" else _jax_timers()
     out: dict[str, dict[str, float]] = {}
-    for config in configs:
-        for kernel in step_kernels(config):
+    for config, batch in models:
+        for kernel in step_kernels(config, batch):
             if kernel.name in out:
                 continue
-            if kernel.spec[0] == "gemm":
-                out[kernel.name] = {"gemm": best_time(timer["gemm"](*kernel.spec[1:]), trials)}
+            if kernel.spec[0] != "conv":
+                out[kernel.name] = {"gemm": best_time(timer[kernel.spec[0]](*kernel.spec[1:]), trials)}
             else:
                 gemms = [timer["gemm"](*s) for s in conv_gemms(kernel.spec)]
                 out[kernel.name] = {
@@ -145,18 +138,22 @@ def _torch_timers():
         a, b = torch.rand(m, k), torch.rand(k, n)
         return lambda: torch.mm(a, b)
 
-    def conv(b, c_in, h, w, c_out, k, input_grad):
+    def bmm(count, m, k, n):
+        a, b = torch.rand(count, m, k), torch.rand(count, k, n)
+        return lambda: torch.bmm(a, b)
+
+    def conv(b, c_in, h, w, c_out, k, stride, pad, input_grad):
         x = torch.rand(b, c_in, h, w, requires_grad=input_grad)
         weight = torch.rand(c_out, c_in, k, k, requires_grad=True)
-        bias = torch.rand(c_out, requires_grad=True)
-        g = torch.rand(b, c_out, h - k + 1, w - k + 1)
+        oh, ow = flops.out_size(("conv", b, c_in, h, w, c_out, k, stride, pad, input_grad))
+        g = torch.rand(b, c_out, oh, ow)
 
         def run():  # forward, then the gradients autograd computes for a training step
-            torch.nn.functional.conv2d(x, weight, bias).backward(g)
+            torch.nn.functional.conv2d(x, weight, None, stride, pad).backward(g)
 
         return run
 
-    return {"gemm": gemm, "conv": conv}
+    return {"gemm": gemm, "bmm": bmm, "conv": conv}
 
 
 def _jax_timers():
@@ -165,20 +162,27 @@ def _jax_timers():
     import numpy as np
 
     rng = np.random.default_rng(0)
-    dot = jax.jit(jnp.dot)
+    dot, matmul = jax.jit(jnp.dot), jax.jit(jnp.matmul)
 
     def gemm(m, k, n):
         a, b = jnp.asarray(rng.random((m, k), np.float32)), jnp.asarray(rng.random((k, n), np.float32))
         return lambda: dot(a, b).block_until_ready()
 
-    def conv(b, c_in, h, w, c_out, k, input_grad):
+    def bmm(count, m, k, n):
+        a = jnp.asarray(rng.random((count, m, k), np.float32))
+        b = jnp.asarray(rng.random((count, k, n), np.float32))
+        return lambda: matmul(a, b).block_until_ready()
+
+    def conv(b, c_in, h, w, c_out, k, stride, pad, input_grad):
         x = jnp.asarray(rng.random((b, h, w, c_in), np.float32))  # NHWC, HWIO: as flax's nnx.Conv
         weight = jnp.asarray(rng.random((k, k, c_in, c_out), np.float32))
-        g = jnp.asarray(rng.random((b, h - k + 1, w - k + 1, c_out), np.float32))
+        oh, ow = flops.out_size(("conv", b, c_in, h, w, c_out, k, stride, pad, input_grad))
+        g = jnp.asarray(rng.random((b, oh, ow, c_out), np.float32))
 
         def f(x, weight):
             dims = ("NHWC", "HWIO", "NHWC")
-            return jax.lax.conv_general_dilated(x, weight, (1, 1), "VALID", dimension_numbers=dims)
+            padding = ((pad, pad), (pad, pad))
+            return jax.lax.conv_general_dilated(x, weight, (stride, stride), padding, dimension_numbers=dims)
 
         @jax.jit
         def step(x, weight, g):  # the forward's output is returned, so it is computed
@@ -190,14 +194,15 @@ def _jax_timers():
 
         return lambda: jax.block_until_ready(step(x, weight, g))
 
-    return {"gemm": gemm, "conv": conv}
+    return {"gemm": gemm, "bmm": bmm, "conv": conv}
 
 
-def floors(times: dict[str, dict[str, dict[str, float]]], config) -> dict:
+def floors(times: dict[str, dict[str, dict[str, float]]], config, batch: int = BATCH) -> dict:
     """The step's floor from every framework's kernel times (``{framework: time_kernels()}``):
-    per kernel the fastest candidate of any framework, and the sum over one step."""
+    per kernel the fastest candidate of any framework, and the sum over one step of ``batch``."""
     per_kernel = {}
-    for kernel in step_kernels(config):
+    kernels = step_kernels(config, batch)
+    for kernel in kernels:
         options = {
             f"{fw} {c}": s for fw, t in times.items() if kernel.name in t for c, s in t[kernel.name].items()
         }
@@ -208,6 +213,6 @@ def floors(times: dict[str, dict[str, dict[str, float]]], config) -> dict:
             "flop": kernel.flop,
             "options": options,
         }
-    step_s = sum(per_kernel[k.name]["seconds"] for k in step_kernels(config))
-    step_flop = sum(k.flop for k in step_kernels(config))
-    return {"step_s": step_s, "step_gflop": step_flop / 1e9, "kernels": per_kernel}
+    step_s = sum(per_kernel[k.name]["seconds"] for k in kernels)
+    step_flop = sum(k.flop for k in kernels)
+    return {"step_s": step_s, "step_gflop": step_flop / 1e9, "kernels": per_kernel, "batch": batch}

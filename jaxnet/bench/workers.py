@@ -15,17 +15,28 @@ import time
 
 import numpy as np
 
-from jaxnet.bench import BATCH, CNN_PATHS, PATHS, TRIALS, framework_of, is_cnn, model_of
-from jaxnet.config import CNN_RECIPE, CNNConfig, ModelConfig, OptimConfig
+from jaxnet.bench import (
+    ALL_PATHS,
+    BATCH,
+    MODEL_PATHS,
+    TRIALS,
+    batch_of,
+    framework_of,
+    is_cnn,
+    model_name,
+    model_of,
+)
+from jaxnet.config import CNN_RECIPE, ModelConfig, OptimConfig
 
 
 def limits(framework: str, trials: int = TRIALS, models: tuple[str, ...] = ("mlp", "cnn")) -> dict:
     """This framework's kernels, best of ``trials``: float32 GFLOP/s of a 2048^3 GEMM, and the
-    seconds of every GEMM and convolution a training step of ``models`` performs
+    seconds of every product a training step of ``models`` performs at its batch size
     (:func:`jaxnet.bench.limits.time_kernels`), on the framework's default device."""
+    from jaxnet import registry
     from jaxnet.bench import limits as machine
 
-    configs = tuple(CNNConfig() if m == "cnn" else ModelConfig() for m in models)
+    configs = tuple((registry.family(m).config(), batch_of(m)) for m in models)
     square = np.random.default_rng(0).random((2048, 2048), np.float32)
     if framework == "torch":
         import torch
@@ -51,8 +62,12 @@ def _epoch_fn(path: str, train_limit: int, test_limit: int = 0):
     """Build ``path``'s model and data; return (run one epoch, evaluate the test set)."""
     from dataclasses import replace
 
-    from jaxnet import checkpoint, data
+    from jaxnet import checkpoint, data, registry
 
+    if registry.family(model_name(path)).engine == "port":
+        from jaxnet.bench import port_loops
+
+        return port_loops.epoch_fn(path, train_limit), None
     ds = data.load()
     images, labels = ds.train.images, ds.train.labels
     if train_limit:
@@ -179,6 +194,8 @@ def _jax_loop(state, x, labels, batches, test_x, test_y):
 
 
 def run_worker(path: str, epochs: int, train_limit: int, test_limit: int = 0) -> dict:
+    """Time ``path``: one warm-up epoch, then ``epochs`` more; the evaluation (the MLP's and
+    the CNN's, on the test set) four times. A port family's epoch function says its own samples."""
     t0 = time.perf_counter()
     run_epoch, evaluate = _epoch_fn(path, train_limit, test_limit)
     setup = time.perf_counter() - t0
@@ -187,14 +204,16 @@ def run_worker(path: str, epochs: int, train_limit: int, test_limit: int = 0) ->
         start = time.perf_counter()
         run_epoch()
         times.append(time.perf_counter() - start)
-    eval_times = []
-    for _ in range(4):
+    eval_times = [float("nan")] * 4  # not timed where there is no evaluation (the port families)
+    for i in range(4 if evaluate else 0):
         start = time.perf_counter()
         evaluate()
-        eval_times.append(time.perf_counter() - start)
+        eval_times[i] = time.perf_counter() - start
     median = statistics.median(times[1:])
+    samples = getattr(run_epoch, "samples", None) or train_limit or 60000
     return {
         "path": path,
+        "samples": samples,
         "setup_s": setup,
         "epoch_s": median,
         "epoch_times": times[1:],
@@ -212,7 +231,7 @@ def _device_of(path: str) -> str:
         import jax
 
         return jax.devices()[0].platform
-    if path.removeprefix("cnn-") == "torch-jaxnet":
+    if path.removeprefix(f"{model_name(path)}-") == "torch-jaxnet":
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -223,9 +242,9 @@ if __name__ == "__main__":
     import argparse
 
     worker = argparse.ArgumentParser()
-    worker.add_argument("--worker", choices=PATHS + CNN_PATHS)
+    worker.add_argument("--worker", choices=ALL_PATHS)
     worker.add_argument("--limits", choices=("torch", "jax"))
-    worker.add_argument("--models", nargs="+", choices=("mlp", "cnn"), default=("mlp", "cnn"))
+    worker.add_argument("--models", nargs="+", choices=tuple(MODEL_PATHS), default=("mlp", "cnn"))
     worker.add_argument("--epochs", type=int, default=3)
     worker.add_argument("--train-limit", type=int, default=0)
     w = worker.parse_args()

@@ -1,0 +1,103 @@
+"""``jaxnet bench --model resnet|gpt``: the command prints its rows, and bad flags are one-line errors.
+
+Tiny models (the families' configs swapped for small ones), two samples a step, the workers
+in-process (the command runs each in its own process; that is plumbing). The torch paths run;
+the JAX paths stand as error rows: starting JAX, building the NNX model and compiling a ResNet
+or GPT training step costs 7-20 s of CPU, which the suite's budget has no room for (``jaxnet
+bench --model resnet`` runs them, docs/bench-*-cpu.md). Speed itself is measured by
+``jaxnet bench``, never asserted here.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import replace
+
+import pytest
+
+from jaxnet import bench, registry
+from jaxnet.bench import limits, workers
+from jaxnet.cli import main
+from jaxnet.families import GPTConfig, ResNetConfig
+
+TINY = {
+    "resnet": functools.partial(ResNetConfig, channels=(2, 4, 4), blocks=1),
+    "gpt": functools.partial(GPTConfig, block_size=8, n_layer=1, n_head=1, n_embd=8),
+}
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    """The port families at toy sizes, batch 2; workers and limits in this process."""
+    for name, config in TINY.items():
+        family = registry.FAMILIES[name]
+        monkeypatch.setitem(
+            registry.FAMILIES, name, replace(family, config=config, flags=family.flags | {"batch_size": 2})
+        )
+
+    def spawn(*args: str) -> dict:
+        if args[0] == "--limits":  # torch's kernels only: XLA would compile one program per kernel
+            if args[1] == "jax":
+                return {"error": "not timed in the test"}
+            models = tuple((registry.family(m).config(), bench.batch_of(m)) for m in args[3:])
+            return {"square_2048": 1.0, "kernels": limits.time_kernels("torch", models, 1), "device": "cpu"}
+        path, epochs, limit = args[1], int(args[3]), int(args[5])
+        if bench.framework_of(path) == "jax":
+            return {"error": f"{path}: not run in the test"}
+        return workers.run_worker(path, epochs, limit)
+
+    monkeypatch.setattr(bench, "_spawn", spawn)
+
+
+@pytest.mark.parametrize("model", ["resnet", "gpt"])
+def test_bench_of_a_port_family_prints_its_rows(model, tiny, tmp_path, capsys):
+    out_json = tmp_path / "b.json"
+    args = [
+        "bench",
+        "--model",
+        model,
+        "--epochs",
+        "1",
+        "--train-limit",
+        "4",
+        "--no-startup",
+        "--json",
+        out_json,
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    paths = bench.MODEL_PATHS[model]
+    assert paths == tuple(f"{model}-{fw}-{kind}" for fw in ("torch", "jax") for kind in ("plain", "jaxnet"))
+    assert all(p in out for p in paths) and f"the {model}'s step floor" in out and "tokens/s" in out
+    report = json.loads(out_json.read_text())
+    rows = {r["path"]: r for r in report["results"]}
+    assert rows[f"{model}-jax-plain"]["error"].endswith("not run in the test")  # a failed worker: a row
+    config, batch = TINY[model](), 2
+    floor = report["floors"][model]
+    assert floor["step_s"] == sum(
+        floor["kernels"][k.name]["seconds"] for k in limits.step_kernels(config, batch)
+    )
+    for path in (f"{model}-torch-plain", f"{model}-torch-jaxnet"):
+        row = rows[path]
+        assert row["samples"] == 4 and row["epoch_s"] > 0 and row["peak_rss_mb"] > 0
+        assert row["gflops"] == pytest.approx(
+            report["models"][model]["gflop_per_sample"] * 4 / row["epoch_s"]
+        )
+        assert row["pct_floor"] == 100 * floor["step_s"] * 2 / row["epoch_s"]  # two steps of 2 an epoch
+        tokens = row["tokens_per_s"]
+        assert tokens is None if model == "resnet" else tokens == 8 * row["samples_per_s"]
+    assert rows[f"{model}-torch-plain"]["vs_plain"] == 1.0
+    # the FLOP count is the family's own declaration: per sample, the step's products over the batch
+    step = sum(k.flop for k in limits.step_kernels(config, batch))
+    assert report["models"][model]["gflop_per_sample"] == step / batch / 1e9
+
+
+def test_bench_refuses_bad_flags_in_one_line(capsys):
+    assert main(["bench", "--model", "gpt", "--devices", "2", "--no-startup"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["jaxnet: error: --devices 2: the port engine (gpt) runs on one device"]
+    with pytest.raises(SystemExit) as stop:
+        main(["bench", "--model", "vgg"])
+    assert stop.value.code == 2
+    assert "argument --model: invalid choice: 'vgg'" in capsys.readouterr().err.strip().splitlines()[-1]
