@@ -37,7 +37,9 @@ def diagnose(rows: list[Row]) -> str:
         "probe extreme": f"{where}: the loss at extreme logits: log of softmax instead of log_softmax / logsumexp",
         "probe bend": (
             f"{where}: with pre-activations at the bend of GELU-like activations: the activation's form "
-            "(GELU exact against its tanh approximation, SiLU, Mish, ELU's alpha) in the module that feeds it"
+            "(GELU exact against its tanh approximation, SiLU, Mish, ELU's alpha) in the module that feeds it; "
+            "in a network of ReLUs, a pre-activation the scaled weights put within rounding of 0 (pass "
+            "relu_inputs so that ties are looked for)"
         ),
         "probe pool": (
             f"{where}: where max-pool windows tie: the pool's tie rule (torch and nnx.max_pool send the gradient "
