@@ -39,6 +39,14 @@ def show(name: str, torch_value, jax_value, digits: int | None = None) -> None:
         print(f"{name}\n  torch: {np.array2string(t)}\n  jax:   {np.array2string(j)}")
 
 
+def show_compare(report) -> None:
+    """Print ``parity.compare``'s row count, its sections and its verdict; assert that it passed."""
+    sections = sorted({r.section.split(" (")[0] for r in report.rows})
+    verdict = "all within their bounds" if report.passed else "FAILED"
+    print(f"compare: {len(report.rows)} rows ({', '.join(sections)}), {verdict}")
+    assert report.passed, report.first_failure()
+
+
 # A meta-path finder that refuses torch: the process behaves as a CI image without torch does.
 NO_TORCH = """
 import sys

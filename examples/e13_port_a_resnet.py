@@ -199,7 +199,7 @@ def jax_side(images, labels, state, steps):  # images: [N, 1, 28, 28], torch's l
 def main():
     import numpy as np
 
-    from examples._common import real_batch, show
+    from examples._common import real_batch, show, show_compare
     from jaxnet import parity
 
     steps = 3
@@ -292,10 +292,7 @@ def main():
     torch.manual_seed(0)
     report = parity.compare(ResNet(), port, x, y, channels_last=True, steps=0,
                             dtypes=("float32",), relu_inputs=["bn1", "layer1.0.bn1"])  # fmt: skip
-    sections = sorted({r.section.split(" (")[0] for r in report.rows})
-    print(f"compare: {len(report.rows)} rows ({', '.join(sections)}), "
-          f"{'all within their bounds' if report.passed else 'FAILED'}")  # fmt: skip
-    assert report.passed, report.first_failure()
+    show_compare(report)
 
 
 if __name__ == "__main__":

@@ -182,7 +182,7 @@ def jax_side(ids, targets, state, steps, dtype=jnp.float32):
 def main():
     import numpy as np
 
-    from examples._common import show
+    from examples._common import show, show_compare
     from jaxnet import parity, text
 
     steps = 3
@@ -289,10 +289,7 @@ def main():
     # It gives a copy of the port torch's weights, cast: the trained float64 port serves.
     torch.manual_seed(0)
     report = parity.compare(GPT(corpus.vocab_size), port, x[:8], y[:8], steps=0, dtypes=("float32",))  # fmt: skip
-    sections = sorted({r.section.split(" (")[0] for r in report.rows})
-    print(f"compare: {len(report.rows)} rows ({', '.join(sections)}), "
-          f"{'all within their bounds' if report.passed else 'FAILED'}")  # fmt: skip
-    assert report.passed, report.first_failure()
+    show_compare(report)
 
 
 if __name__ == "__main__":
