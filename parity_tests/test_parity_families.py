@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from flax import nnx
 
 from jaxnet.cli import main
 from parity_tests.test_cli import jaxnet
@@ -41,19 +40,22 @@ def test_a_family_report_passes(family, dtype, tmp_path, capsys):
     assert all(r["passed"] for r in rows) and "FAIL" not in out
 
 
-def test_a_port_slip_in_the_resnet_fails_its_report(monkeypatch, capsys):
-    """The port with nnx.BatchNorm's default momentum (0.99: torch's 0.01, not its 0.1) fails
-    at the running mean after one train-mode forward, with no step run."""
+def test_a_port_slip_in_the_resnet_fails_its_report(monkeypatch, tmp_path, capsys):
+    """The port's BatchNorms at nnx.BatchNorm's default momentum (0.99: torch's 0.01, not its
+    0.1), nothing else changed, fail first at a running mean after one train-mode forward."""
     from jaxnet.models import resnet
+    from jaxnet.nn import TorchBatchNorm
 
     def slipped(channels, dtype, rngs):
-        return nnx.BatchNorm(channels, use_fast_variance=False, param_dtype=dtype, rngs=rngs)
+        return TorchBatchNorm(channels, momentum=0.99, param_dtype=dtype, rngs=rngs)
 
     monkeypatch.setattr(resnet, "batch_norm", slipped)
-    code = main(["parity", *RESNET, "--dtype", "float64", "--optimizer", "none"])
-    out = capsys.readouterr().out
+    out_json = tmp_path / "r.json"
+    code = main(["parity", *RESNET, "--dtype", "float64", "--optimizer", "none", "--json", str(out_json)])
+    capsys.readouterr()
     assert code == 1
-    assert "running_mean" in out and "FAIL" in out
+    first = next(r for r in json.loads(out_json.read_text())["rows"] if not r["passed"])
+    assert first["quantity"].startswith("running ") and first["quantity"].endswith(".running_mean"), first
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,8 @@ import numpy as np
 
 from jaxnet.errors import JaxnetError
 
-FORMAT = 2  # 2: the engine asks the bend and max-pool-tie probes and the outcome runs too
+FORMAT = 3  # 2: the bend and max-pool-tie probes and the outcome runs; 3: the relu'(0) probe at
+# the batch's size, the probes' reversed batches, the float32 outcome run of a float64 check
 ARRAYS, INDEX = "answers.safetensors", "bundle.json"
 
 

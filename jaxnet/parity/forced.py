@@ -239,7 +239,7 @@ def _order_spread(
     other framework's) does not: the spread's size is the tensor's, as every forward and
     gradient row's floor is normwise (:func:`verdict.ladder_floor`). The float32 term is at
     least the float64 one up the dtype ladder (below)."""
-    if not buffers:
+    if not buffers or not getattr(sides.ref, "training", False):  # eval mode: no batch statistics
         return {}
     back = np.arange(batch.size(x))[::-1]
     out = {}

@@ -101,6 +101,8 @@ def _down_the_ladder(outcomes: dict, factor: float) -> tuple[np.ndarray, float, 
     Predictions and accuracy keep torch's float64 ones (their floors are at least 1)."""
     pred64, acc64, loss64 = outcomes["torch", "float64"]
     loss32 = outcomes["torch", "float32"][2]
+    if not np.isfinite(loss32):  # a diverged float32 run is no reference (its gap would pass anything)
+        return pred64, acc64, loss64
     return pred64, acc64, loss64 + (loss32 - loss64) * factor
 
 

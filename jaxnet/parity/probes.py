@@ -1,9 +1,8 @@
 """Probe rows: inputs and weights at the edges, where a port's activation, pooling or loss can
 differ from torch's while ordinary batches never show it.
 
-- ``relu'(0)``: every float input zeroed and every bias zeroed, so every pre-activation
-  is exactly 0 (the whole batch, not one example: the programs compiled for the batch's
-  shape serve this probe too): the derivative of each activation at its kink decides the gradients (torch's
+- ``relu'(0)``: the first example, repeated to the batch's size, with every float input and
+  every bias zeroed, so every pre-activation is exactly 0: the derivative of each activation at its kink decides the gradients (torch's
   ReLU'(0) = 0, ``jnp.where(x >= 0, x, 0)`` gives 1; LeakyReLU's slope at 0 likewise).
 - ``bend`` (ports): every Linear and convolution weight times :data:`BEND_SCALE`, so
   pre-activations leave the near-linear region around 0 for the bend of GELU-like
@@ -52,8 +51,14 @@ def probes(setup: Run, x, y) -> list[Row]:
         k: (np.zeros_like(v) if k.endswith("bias") and k not in buffers else v)
         for k, v in setup.state.items()
     }
-    zero = batch.tree_map(lambda a: np.zeros_like(a) if batch.is_float(a) else a, x)
-    rows = _gradient_rows(setup, everyone, zero_bias, zero, y, "relu'(0): grad", "probe relu")
+    # The first example, once per row of the batch (the batch's compiled programs serve): every
+    # example alike, so the loss's gradient is the one example's whatever the labels' balance
+    # (distinct labels could sum the logits' gradients to exactly 0 and hide ReLU'(0)).
+    first = np.zeros(batch.size(x), dtype=np.int64)
+    zero = batch.tree_map(lambda a: np.zeros_like(a) if batch.is_float(a) else a, batch.take(x, first))
+    rows = _gradient_rows(
+        setup, everyone, zero_bias, zero, batch.take(y, first), "relu'(0): grad", "probe relu"
+    )
     if setup.config.kind == "port":
         rows += _bend(setup, x, y)
         if setup.config.pool_inputs:
