@@ -20,6 +20,7 @@ from jaxnet.config import AnyModel
 from jaxnet.errors import CheckpointError
 from jaxnet.layout import BUILT_IN, Layout, kernel_to_torch, keys, leaf_name
 from jaxnet.models.mlp import NeuralNetwork, flatten, relu, torch_linear_init  # noqa: F401  (public names)
+from jaxnet.models.state import upload
 from jaxnet.rules import PortLayout
 
 
@@ -107,13 +108,6 @@ def to_torch_layout(tree, layout: Layout = BUILT_IN) -> dict[str, np.ndarray]:
     return dict(layout.to_torch(path, leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0])
 
 
-def _upload(value: np.ndarray) -> jax.Array:
-    """A copy of ``value`` as a JAX array, without the per-shape compiled program that
-    ``jnp.asarray`` of a numpy array runs (``lax.stage``: one compile per new shape and dtype).
-    A copy: ``device_put`` alone aliases numpy's memory on a CPU."""
-    return jax.device_put(value, may_alias=False)
-
-
 def from_torch_layout(template, state: dict[str, np.ndarray], layout: Layout = BUILT_IN):
     """Inverse of :func:`to_torch_layout`: fill ``template``'s structure from torch-layout arrays.
 
@@ -136,7 +130,7 @@ def from_torch_layout(template, state: dict[str, np.ndarray], layout: Layout = B
             raise CheckpointError(
                 f"key {name!r}: expected {leaf.dtype}{list(expected)}, found {value.dtype}{list(value.shape)}"
             )
-        return _upload(layout.from_torch(name, value, is_kernel))
+        return upload(layout.from_torch(name, value, is_kernel))
 
     return jax.tree_util.tree_map_with_path(take, template)
 
@@ -155,5 +149,5 @@ def _from_port_layout(template, state: dict[str, np.ndarray], layout: PortLayout
             raise CheckpointError(
                 f"nnx {name!r}: expected {leaf.dtype}{list(leaf.shape)}, the torch weights give {value.dtype}{list(value.shape)}"
             )
-        out.append(_upload(value))
+        out.append(upload(value))
     return jax.tree_util.tree_unflatten(treedef, out)

@@ -15,6 +15,13 @@ from flax import nnx
 from jaxnet.errors import CheckpointError
 
 
+def upload(value: np.ndarray) -> jax.Array:
+    """A copy of ``value`` as a JAX array, without the per-shape compiled program that
+    ``jnp.asarray`` of a numpy array runs (``lax.stage``: one compile per new shape and dtype).
+    A copy: ``device_put`` alone aliases numpy's memory on a CPU."""
+    return jax.device_put(value, may_alias=False)
+
+
 def flat(tree: dict, prefix: str = "") -> dict[str, object]:
     """``{"a": {0: {"kernel": x}}}`` -> ``{"a.0.kernel": x}``."""
     out: dict[str, object] = {}
@@ -45,7 +52,5 @@ def load_nested(model: nnx.Module, tree: dict, family: str) -> nnx.Module:
             raise CheckpointError(
                 f"{family} state: {key} has shape {np.shape(value)}, the model {current[key].shape}"
             )
-    nnx.update(
-        model, jax.tree.map(lambda v: jax.device_put(v, may_alias=False), tree)
-    )  # no compile per shape
+    nnx.update(model, jax.tree.map(upload, tree))
     return model

@@ -2,8 +2,9 @@
 differ from torch's while ordinary batches never show it.
 
 - ``relu'(0)``: the first example, repeated to the batch's size, with every float input and
-  every bias zeroed, so every pre-activation is exactly 0: the derivative of each activation at its kink decides the gradients (torch's
-  ReLU'(0) = 0, ``jnp.where(x >= 0, x, 0)`` gives 1; LeakyReLU's slope at 0 likewise).
+  every bias zeroed, so every pre-activation is exactly 0: the derivative of each activation
+  at its kink decides the gradients (torch's ReLU'(0) = 0, ``jnp.where(x >= 0, x, 0)`` gives
+  1; LeakyReLU's slope at 0 likewise).
 - ``bend`` (ports): every Linear and convolution weight times :data:`BEND_SCALE`, so
   pre-activations leave the near-linear region around 0 for the bend of GELU-like
   activations (GELU, SiLU, Mish, ELU), where an approximation (GELU's tanh form: up to
