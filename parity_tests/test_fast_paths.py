@@ -15,7 +15,9 @@ from jaxnet.backends.jax import JaxBackend
 from jaxnet.bench import workers
 from jaxnet.config import RECIPES, ModelConfig
 
-LIMIT = 3232  # 50 full batches and a tail of 32: both code paths of the scan
+LIMIT = (
+    288  # 4 full batches (one scan of 4 steps) and a tail of 32 (a scan of 1): both code paths of the scan
+)
 
 
 def _batches(n: int) -> list[np.ndarray]:
@@ -73,7 +75,8 @@ def test_jax_one_call_evaluation_matches_torch_batched_evaluation(fmnist):
 
 def test_every_bench_path_runs_and_the_table_shows_limits_and_plain_loops(capsys):
     """The workers in-process (the command runs each in its own process; that is plumbing)."""
-    results = [workers.run_worker(path, epochs=1, train_limit=128) for path in bench.PATHS]
+    # 128 training images (two steps an epoch) and 100 test images: every path's code runs whole
+    results = [workers.run_worker(p, epochs=1, train_limit=128, test_limit=100) for p in bench.PATHS]
     # The CNN's torch paths run whole; its JAX path is the JAX backend training the CNN, which
     # test_port and test_cli compile and run: here it is built (the CNN, Adadelta) and evaluates.
     cnn_paths = [p for p in bench.CNN_PATHS if "-jax-" not in p]
