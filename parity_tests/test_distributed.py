@@ -81,19 +81,10 @@ def _rank_of(pid: int) -> int | None:
 
 
 def _launch_and_wait_for_epoch_1(save: Path) -> subprocess.Popen:
-    args = [
-        "train",
-        "--backend",
-        "torch",
-        "--devices",
-        "2",
-        "--train-limit",
-        "3200",
-        "--epochs",
-        "5",
-        "--save",
-        str(save),
-    ]
+    # 50 steps an epoch of a 64-wide MLP (the processes' start-up is most of the cost); 20
+    # epochs, so that the run is still going when the test acts on epoch 1's checkpoint
+    args = ["train", "--backend", "torch", "--devices", "2", "--train-limit", "3200", "--hidden", "64",
+            "--test-limit", "64", "--epochs", "20", "--save", str(save)]  # fmt: skip
     proc = subprocess.Popen([*JAXNET, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not save.exists():
