@@ -98,7 +98,7 @@ def jax_side(images, state):  # images: float64 [N, 1, 28, 28], torch's layout
 
 
 # %% check
-def main():
+def main(n: int = 32):  # compare's batch (the tests take 8: the same rows and verdicts)
     import numpy as np
 
     from examples._common import real_batch
@@ -118,7 +118,7 @@ def main():
     # ~1e-16 relative; their sum stays below 1e-12 of the largest log-probability
     assert np.abs(jax_out - torch_out).max() <= 1e-12 * np.abs(torch_out).max()
 
-    x, y = real_batch(32)
+    x, y = real_batch(n)
     torch_net = Net()
     torch_net.load_state_dict({k: torch.from_numpy(v) for k, v in init_state_dict(CNNConfig(), 0).items()})
     # float32, the dtype one trains in (compare's default adds float64; the check above has it)

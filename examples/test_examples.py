@@ -24,7 +24,7 @@ def images(tmp_path_factory):
 
 @pytest.mark.parametrize("name", build.examples())
 def test_example_runs_and_agrees(name, images):
-    OUTPUTS[name] = build.run(name, images)  # main() asserts that both frameworks agree
+    OUTPUTS[name] = build.run(name, images, small=True)  # main() asserts that both frameworks agree
     assert OUTPUTS[name].strip()
     assert not jax.config.jax_enable_x64  # float64 only inside the example's `with jax.enable_x64(True)`
     if build.has_plot(name):
@@ -32,7 +32,7 @@ def test_example_runs_and_agrees(name, images):
 
 
 def test_page_is_up_to_date(images):
-    outputs = {name: OUTPUTS.get(name) or build.run(name, images) for name in build.examples()}
+    outputs = {name: OUTPUTS.get(name) or build.run(name, images, small=True) for name in build.examples()}
     problems = build.differences(build.PAGE.read_text(), build.render(outputs))
     assert not problems, "\n".join([*problems, "run: python -m examples.build"])
 

@@ -212,9 +212,13 @@ class JaxPortBackend(HostData):
             _set_mode(model, True)
             graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
             self.graphdefs[True] = graphdef
+            # cast on the host: an eager astype compiles one program per leaf's shape (16 for
+            # e13's ResNet); an abstract leaf (state given) is replaced by load_state_dict below
             cast = lambda a: (  # noqa: E731
-                a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) and isinstance(a, jax.Array) else a
-            )  # an abstract leaf (state given) is replaced by load_state_dict below
+                jax.device_put(np.asarray(a, dtype), self.device)
+                if isinstance(a, jax.Array) and jnp.issubdtype(a.dtype, jnp.floating) and a.dtype != dtype
+                else a
+            )
             self.params, self.stats = jax.tree.map(cast, params), jax.tree.map(cast, stats)
             self.rest = rest
         shapes = {k: tuple(v.shape) for k, v in (_dotted(self.params) | _dotted(self.stats)).items()}
