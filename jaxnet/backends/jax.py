@@ -64,6 +64,7 @@ def clear_caches(model: bool = True) -> None:
     programs), so that a function swapped for another (a planted fault) is traced afresh;
     JAX's other caches stay warm."""
     _COMPILED.clear()
+    _abstract.cache_clear()  # a model built before holds the functions it was built with
     if model:
         for jitted in (_EVAL, _GRADS, _ACTS, _LOGITS):
             jitted.clear_cache()
