@@ -80,7 +80,7 @@ assert main(["eval", "--checkpoint", r"{tmp_path / "c"}", "--json"]) == 0
 assert "torch" not in sys.modules
 """
     )
-    result = _run(code, JAX_DISABLE_MOST_OPTIMIZATIONS="0")  # XLA as users run it (conftest)
+    result = _run(code, JAX_DISABLE_MOST_OPTIMIZATIONS="0", XLA_FLAGS=None)  # XLA as users run it (conftest)
     assert result.returncode == 0, result.stderr[-3000:]
     assert '"total": 10000' in result.stdout
 
