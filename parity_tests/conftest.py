@@ -16,8 +16,15 @@ import os
 # arithmetic (test_parity's MKL-generic / one-thread run, test_imports' JAX-only training) set
 # it back to 0, and `JAX_DISABLE_MOST_OPTIMIZATIONS=0 make test` runs the whole suite so.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # before jax is imported
+# XLA:CPU's older loop emitters, not its MLIR fusion emitters: the same HLO, compiled in about
+# half the CPU time (a float32 port compare of the BatchNorm net and the transformer block:
+# 10 CPU-s -> 5). Another code generator for the same operations, so one more arithmetic order
+# again. Subprocesses inherit it; the tests that run XLA as users do clear XLA_FLAGS or set their own.
+SUITE_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false"
+if "JAXNET_SUITE_XLA_CACHE" not in os.environ and os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] != "0":
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SUITE_XLA_FLAGS}".strip()
 
-from jaxnet import process
+from jaxnet import process  # noqa: E402 (after the XLA environment above)
 
 process.prepare(shared=True)  # before torch loads: MKL's reproducible mode, OpenMP waits passive
 # The command line keeps JAX's compiled programs in ~/.cache; the suite's commands (in-process

@@ -113,6 +113,7 @@ def without_torch(tmp_path_factory) -> dict:
     results = _results(  # without the suite's own cache (conftest), as a user's shell has none
         code,
         JAX_DISABLE_MOST_OPTIMIZATIONS="0",  # XLA as users run it (conftest)
+        XLA_FLAGS=None,
         JAXNET_COMPILE_CACHE="1",  # the command line keeps JAX's compiled programs (the suite turns it off)
         XDG_CACHE_HOME=str(where / "xdg"),
         JAX_COMPILATION_CACHE_DIR=None,

@@ -37,7 +37,7 @@ from jaxnet.config import OptimConfig, PortConfig
 from jaxnet.distributed import Rank
 from jaxnet.errors import JaxnetError
 from jaxnet.layout import keys
-from jaxnet.rules import NNX_CLASSES, channel_first, channel_last
+from jaxnet.rules import NNX_CLASSES, PortLayout, channel_first, channel_last
 
 
 def main_output(output):
@@ -128,7 +128,7 @@ def _optimizer(graphdef, cfg: OptimConfig, dtype: str, loss, layout) -> tuple:
     """``(tx, step, apply)`` for one port, recipe and dtype, jitted once."""
     if cfg.schedule == "constant":
         cfg = replace(cfg, total_steps=0)
-    key = (graphdef, cfg, dtype, loss, repr(layout) if cfg.no_decay else None)
+    key = (graphdef, cfg, dtype, loss, _names_key(layout) if cfg.no_decay else None)
     if key not in _COMPILED:
         # the layout only where it is read (decay masks by torch name): faults stand in for make_optimizer(cfg, dtype)
         tx = jtrain.make_optimizer(cfg, dtype, layout) if cfg.no_decay else jtrain.make_optimizer(cfg, dtype)
@@ -138,6 +138,13 @@ def _optimizer(graphdef, cfg: OptimConfig, dtype: str, loss, layout) -> tuple:
             jax.jit(functools.partial(jtrain.apply_gradients, tx)),
         )
     return _COMPILED[key]
+
+
+def _names_key(layout) -> str:
+    """What a decay mask reads of a layout: the torch names (``torch_name``), not the rules,
+    which are functions whose repr (an address) differs on every ``compare`` call and made each
+    call trace and compile its steps again."""
+    return repr(replace(layout, rules={}) if isinstance(layout, PortLayout) else layout)
 
 
 def clear_caches() -> None:
