@@ -26,6 +26,7 @@ from jaxnet.numerics import UNIT_ROUNDOFF
 from parity_tests.conftest import tree_bytes
 
 JAXNET = [sys.executable, "-m", "jaxnet"]
+CNN_SIZE = ["channels=4,8", "hidden=16"]  # the CNN's layers, tiny (the default is 32,64 and 128)
 
 
 def jaxnet(capsys, *args) -> str:
@@ -166,7 +167,7 @@ def test_bad_files_get_one_line_errors(tmp_path, capsys):
 
 def test_resume_refuses_conflicting_flags(tmp_path, capsys):
     ckpt = tmp_path / "c"
-    jaxnet(capsys, "train", "--epochs", "1", "--train-limit", "640", "--save", ckpt)
+    jaxnet(capsys, "train", "--epochs", "1", "--train-limit", "640", "--test-limit", "64", "--save", ckpt)
     for flags, message in (
         (["--lr", "0.5"], "--lr 0.5 differs from the checkpoint's 0.001"),
         (["--hidden", "256"], "--hidden 256 differs from the checkpoint's (512, 512)"),
@@ -179,35 +180,39 @@ def test_resume_refuses_conflicting_flags(tmp_path, capsys):
 
 
 def test_the_cnn_trains_resumes_in_the_other_backend_and_predicts_alike(tmp_path, fmnist, capsys):
-    """``--model cnn``: an epoch in torch, the next in JAX from its checkpoint (the model comes
-    from the checkpoint), then both backends predict alike with what JAX saved."""
+    """``--model cnn``: an epoch in torch, the next in JAX from its checkpoint (the model, a
+    non-default size, comes from the checkpoint), then both backends predict alike with what
+    JAX saved. Tiny layers and 256 test images: the claim is the hand-over, not the size."""
     first, second = tmp_path / "torch", tmp_path / "jax"
-    jaxnet(capsys, "train", "--model", "cnn", "--backend", "torch", "--epochs", "1", "--train-limit", "128",
-           "--save", first)  # fmt: skip
+    jaxnet(capsys, "train", "--model", "cnn", "--size", *CNN_SIZE, "--backend", "torch", "--epochs", "1",
+           "--train-limit", "128", "--test-limit", "256", "--save", first)  # fmt: skip
     with pytest.raises(SystemExit):  # the checkpoint holds a CNN
         main(["train", "--model", "mlp", "--resume", str(first)])
     assert "--model mlp differs from the checkpoint's cnn" in capsys.readouterr().err
-    out = jaxnet(capsys, "train", "--backend", "jax", "--resume", first, "--epochs", "2", "--save", second)
+    out = jaxnet(capsys, "train", "--backend", "jax", "--resume", first, "--epochs", "2", "--test-limit", "256",
+                 "--save", second)  # fmt: skip
     assert "Epoch 2" in out and "Epoch 1\n" not in out
     saved = checkpoint.load(second)
     assert (saved.config.kind, saved.step, saved.backend) == ("cnn", 4, "jax")
     assert {"conv1.weight", "fc2.bias"} <= saved.model.keys()
-    # Both backends predict with that checkpoint (the first 1,000 test images; the run evaluated
-    # all 10,000): a prediction may differ only at a near-tie of the top two log-probabilities,
-    # within the worst-case float32 rounding of the four layers' reductions (9 + 288 + 9216 +
-    # 128 terms).
+    assert (saved.config.channels, saved.config.hidden) == ((4, 8), 16)  # the checkpoint's size, kept
+    # Both backends predict with that checkpoint (the first 1,000 test images): a prediction may
+    # differ only at a near-tie of the top two log-probabilities, within the worst-case float32
+    # rounding of the four layers' reductions (conv1 9, conv2 9 * 4, fc1 8 * 12 * 12, fc2 16 terms).
     x = fmnist.test.float_images()[:1000]
     out_j = get_backend("jax", saved.config, state=saved.model).predict(x)
     out_t = get_backend("torch", saved.config, state=saved.model).predict(x)
     differ = np.flatnonzero(out_j.argmax(1) != out_t.argmax(1))
     top2 = np.sort(out_t[differ], axis=1)[:, -2:]
-    bound = (9 + 288 + 9216 + 128) * UNIT_ROUNDOFF["float32"] * np.abs(out_t).max()
+    c1, c2 = saved.config.channels
+    bound = (9 + 9 * c1 + c2 * 144 + saved.config.hidden) * UNIT_ROUNDOFF["float32"] * np.abs(out_t).max()
     assert np.all(top2[:, 1] - top2[:, 0] <= bound), differ
 
 
 def test_metrics_and_plot(tmp_path, capsys):
     metrics, plot = tmp_path / "m.jsonl", tmp_path / "m.png"
-    jaxnet(capsys, "train", "--epochs", "2", "--train-limit", "1280", "--metrics", metrics, "--plot", plot)
+    jaxnet(capsys, "train", "--epochs", "2", "--train-limit", "640", "--hidden", "32", "--test-limit", "64",
+           "--metrics", metrics, "--plot", plot)  # fmt: skip
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert {"train_loss", "test_loss", "accuracy", "seconds", "samples_per_s"} <= rows[0].keys()
@@ -220,11 +225,16 @@ def test_metrics_and_plot(tmp_path, capsys):
 # ---------------------------------------------------------------------------- interruptions
 
 
+# The interrupted runs: a 64-wide MLP evaluated on 64 test images (the checkpoints, the subject,
+# do not depend on the test images), so that a step costs a few ms and an evaluation nothing.
+SMALL_RUN = ["--hidden", "64", "--test-limit", "64", "--optimizer", "adam", "--seed", "9"]
+
+
 def _train_args(save: Path, backend: str, *extra: str) -> list[str]:
     # 6,400 images, 100 steps an epoch: the kill comes within ms of the first checkpoint, with
-    # two epochs (over a second of work) still to go.
-    return ["train", "--backend", backend, "--epochs", "3", "--train-limit", "6400", "--optimizer", "adam",
-            "--seed", "9", "--save", str(save), *extra]  # fmt: skip
+    # two epochs (200 steps, about a second of work) still to go.
+    return ["train", "--backend", backend, "--epochs", "3", "--train-limit", "6400", *SMALL_RUN,
+            "--save", str(save), *extra]  # fmt: skip
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -247,22 +257,12 @@ def test_killed_run_resumes_bit_identical(tmp_path, backend, capsys):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert checkpoint.load(killed).epoch < 3  # it really was stopped before the end
-    jaxnet(capsys, "train", "--backend", backend, "--resume", killed, "--save", killed)
+    jaxnet(capsys, "train", "--backend", backend, "--resume", killed, "--test-limit", "64", "--save", killed)
     assert tree_bytes(killed) == tree_bytes(reference)
 
 
 def test_ctrl_c_saves_mid_epoch_and_resume_is_bit_identical(tmp_path, capsys):
-    args = [
-        "train",
-        "--epochs",
-        "3",
-        "--train-limit",
-        "19200",
-        "--optimizer",
-        "adam",
-        "--seed",
-        "9",
-    ]  # 300 steps/epoch
+    args = ["train", "--epochs", "3", "--train-limit", "19200", *SMALL_RUN]  # 300 steps/epoch
     reference = tmp_path / "reference"
     jaxnet(capsys, *args, "--save", reference)
     stopped = tmp_path / "stopped"
@@ -283,5 +283,5 @@ def test_ctrl_c_saves_mid_epoch_and_resume_is_bit_identical(tmp_path, capsys):
     assert "interrupted at step" in err and "Traceback" not in err
     step = checkpoint.load(stopped).step
     assert 400 <= step < 900 and step % 300 != 0, step
-    jaxnet(capsys, "train", "--resume", stopped, "--save", stopped)
+    jaxnet(capsys, "train", "--resume", stopped, "--test-limit", "64", "--save", stopped)
     assert tree_bytes(stopped) == tree_bytes(reference)

@@ -5,27 +5,37 @@
   subject is what a process has imported);
 - jaxnet works without torch installed, and asking for torch then is a clear error;
 - jaxnet's modules import each other without cycles.
+
+Two fresh processes hold the checks on what a process imports, each in turn (a process costs
+seconds of imports): one that has torch, and one where ``import torch`` fails (every attempt
+recorded, caught or not).
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import jaxnet
 
 BLOCK_TORCH = """
 import sys
 class Block:
+    tried = []  # every attempt to import torch, whether the importer caught the error or not
     def find_spec(self, name, path=None, target=None):
         if name == "torch" or name.startswith("torch."):
+            Block.tried.append(name)
             raise ImportError("torch is blocked in this test", name="torch")
 sys.meta_path.insert(0, Block())
 """
 FRAMEWORKS = ("jax", "jaxlib", "flax", "optax", "torch")
+LOADED = f"sorted({{m.split('.')[0] for m in sys.modules}} & {set(FRAMEWORKS)!r})"  # frameworks imported
 
 
 def _run(code: str, **env: str | None) -> subprocess.CompletedProcess:
@@ -35,89 +45,108 @@ def _run(code: str, **env: str | None) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=merged)
 
 
-def _loaded(code: str, **env: str | None) -> set[str]:
-    """The frameworks a fresh process has imported after running ``code``."""
-    probe = (
-        code + f"\nimport sys; print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(FRAMEWORKS)!r}))"
-    )
-    result = _run(probe, **env)
+def _results(code: str, **env: str | None) -> dict:
+    """The JSON object the last line of ``code``'s output holds (it must succeed)."""
+    result = _run(code, **env)
     assert result.returncode == 0, result.stderr[-3000:]
-    return set(ast.literal_eval(result.stdout.strip().splitlines()[-1]))
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_torchref_imports_neither_jax_nor_jaxnet():
-    result = _run(
-        "import sys, torchref; print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxnet', 'flax')))"
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
-
-
-def test_a_torch_run_never_starts_jax_and_a_jax_run_never_loads_torch(tmp_path):
-    train = "from jaxnet.cli import main\nassert main(['train', '--backend', '{b}', '--epochs', '1', '--train-limit', '128', '--save', r'{p}']) == 0"
-    assert _loaded(train.format(b="torch", p=tmp_path / "t")) == {"torch"}
-    # The command line keeps JAX's compiled programs in the user cache (the suite turns it off).
-    cache = tmp_path / "xdg"
-    run_jax = _loaded(  # without the suite's own cache (conftest), as a user's shell has none
-        train.format(b="jax", p=tmp_path / "j"),
-        JAXNET_COMPILE_CACHE="1",
-        XDG_CACHE_HOME=str(cache),
-        JAX_COMPILATION_CACHE_DIR=None,
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=None,
-    )
-    assert run_jax == {"jax", "jaxlib", "flax", "optax"}
-    assert any((cache / "jaxnet" / "xla").iterdir())
-
-
-def test_jaxnet_trains_and_evaluates_without_torch(tmp_path):
-    code = (
-        BLOCK_TORCH
-        + f"""
-import jaxnet, jaxnet.backends, jaxnet.run, jaxnet.parity, jaxnet.bench, jaxnet.cli
+WITH_TORCH = """
+import json, sys
+import torchref
+out = {"torchref": sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxnet', 'flax'))}
 from jaxnet.cli import main
-assert main(["train", "--epochs", "1", "--train-limit", "640", "--save", r"{tmp_path / "c"}"]) == 0
-assert main(["eval", "--checkpoint", r"{tmp_path / "c"}", "--json"]) == 0
-assert "torch" not in sys.modules
+assert main(['train', '--backend', 'torch', '--epochs', '1', '--train-limit', '128', '--save', r'SAVE']) == 0
+out["torch run"] = LOADED
+print(json.dumps(out))
 """
-    )
-    result = _run(code, JAX_DISABLE_MOST_OPTIMIZATIONS="0", XLA_FLAGS=None)  # XLA as users run it (conftest)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert '"total": 10000' in result.stdout
 
 
-def test_asking_for_torch_without_it_is_a_clear_error(tmp_path):
-    import torch
+@pytest.fixture(scope="module")
+def with_torch(tmp_path_factory) -> dict:
+    """A process that imports torchref, then trains with ``--backend torch``."""
+    save = tmp_path_factory.mktemp("torch") / "t"
+    return _results(WITH_TORCH.replace("LOADED", LOADED).replace("SAVE", str(save)))
 
-    import torchref
 
-    torch.save(torchref.NeuralNetwork().state_dict(), tmp_path / "model.pth")
-    code = (
-        BLOCK_TORCH
-        + f"""
-from jaxnet.backends import get_backend
+WITHOUT_TORCH = """
+import contextlib, io, json
+out = {}
+import jaxnet
+out["lazy"] = ["jax" in sys.modules, list(Block.tried),
+               str(jaxnet.ModelConfig().param_shapes()['linear_relu_stack.0.weight']), jaxnet.CLASS_NAMES[9]]
+import jaxnet.backends, jaxnet.run, jaxnet.parity, jaxnet.bench, jaxnet.cli
 from jaxnet.cli import main
+assert main(["train", "--epochs", "1", "--train-limit", "128", "--save", r"CKPT"]) == 0
+printed = io.StringIO()
+with contextlib.redirect_stdout(printed):
+    assert main(["eval", "--checkpoint", r"CKPT", "--json"]) == 0
+out["eval"] = json.loads(printed.getvalue())
+out["jax run"] = [LOADED, list(Block.tried)]
+from jaxnet.backends import get_backend
 from jaxnet.config import ModelConfig
 from jaxnet.errors import JaxnetError
 try:
     get_backend("torch", ModelConfig())
 except JaxnetError as err:
-    print(err)
-raise SystemExit(main(["eval", "--checkpoint", r"{tmp_path / "model.pth"}"]))
+    out["get_backend"] = str(err)
+printed, err = io.StringIO(), io.StringIO()
+with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(err):
+    out["eval .pth"] = [main(["eval", "--checkpoint", r"PTH"]), printed.getvalue(), err.getvalue()]
+print(json.dumps(out))
 """
-    )
-    result = _run(code)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "the torch backend needs torch" in result.stdout
-    assert "reading .pth files needs torch" in result.stderr
 
 
-def test_public_api_resolves_lazily():
-    result = _run(
-        "import sys, jaxnet; assert 'jax' not in sys.modules and 'torch' not in sys.modules; "
-        "print(jaxnet.ModelConfig().param_shapes()['linear_relu_stack.0.weight'], jaxnet.CLASS_NAMES[9])"
+@pytest.fixture(scope="module")
+def without_torch(tmp_path_factory) -> dict:
+    """A process where ``import torch`` fails: ``import jaxnet``, a JAX run (train and eval, XLA
+    and the compile cache as users have them), then asking for torch."""
+    import torch
+
+    import torchref
+
+    where = tmp_path_factory.mktemp("no-torch")
+    torch.save(torchref.NeuralNetwork().state_dict(), where / "model.pth")
+    code = WITHOUT_TORCH.replace("LOADED", LOADED).replace("CKPT", str(where / "c"))
+    code = BLOCK_TORCH + code.replace("PTH", str(where / "model.pth"))
+    results = _results(  # without the suite's own cache (conftest), as a user's shell has none
+        code,
+        JAX_DISABLE_MOST_OPTIMIZATIONS="0",  # XLA as users run it (conftest)
+        XLA_FLAGS=None,
+        JAXNET_COMPILE_CACHE="1",  # the command line keeps JAX's compiled programs (the suite turns it off)
+        XDG_CACHE_HOME=str(where / "xdg"),
+        JAX_COMPILATION_CACHE_DIR=None,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=None,
     )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "(512, 784) Ankle boot"
+    return {**results, "xdg": where / "xdg"}
+
+
+def test_torchref_imports_neither_jax_nor_jaxnet(with_torch):
+    assert with_torch["torchref"] == []
+
+
+def test_a_torch_run_never_starts_jax_and_a_jax_run_never_loads_torch(with_torch, without_torch):
+    assert set(with_torch["torch run"]) == {"torch"}
+    loaded, tried = without_torch["jax run"]
+    assert set(loaded) == {"jax", "jaxlib", "flax", "optax"} and tried == []  # not even a caught attempt
+    assert any((without_torch["xdg"] / "jaxnet" / "xla").iterdir())  # the user's compile cache
+
+
+def test_jaxnet_trains_and_evaluates_without_torch(without_torch):
+    assert without_torch["eval"]["total"] == 10000
+
+
+def test_asking_for_torch_without_it_is_a_clear_error(without_torch):
+    assert "the torch backend needs torch" in without_torch["get_backend"]
+    code, _, err = without_torch["eval .pth"]
+    assert code == 2 and "Traceback" not in err and "reading .pth files needs torch" in err
+
+
+def test_public_api_resolves_lazily(without_torch):
+    jax_loaded, tried, shape, name = without_torch["lazy"]
+    assert not jax_loaded and tried == []  # and torch: blocked, so any attempt is recorded
+    assert (shape, name) == ("(512, 784)", "Ankle boot")
 
 
 def _module_imports() -> dict[str, set[str]]:

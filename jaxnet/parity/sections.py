@@ -60,6 +60,10 @@ class Run:
                     module=self.modules.get(name),
                 )
             made.train_dropout = False  # steps are compared without random draws
+            if getattr(made, "scan", False):
+                # one batch per call here: a scan would compile again for every size of the
+                # training data a section puts on the device; the step is bit-identical to it
+                made.scan = False
             made.training = self.config.trains  # a port with BatchNorm steps in train mode
             self._made[key] = made
         else:
