@@ -15,9 +15,8 @@ from jaxnet.backends.jax import JaxBackend
 from jaxnet.bench import workers
 from jaxnet.config import RECIPES, ModelConfig
 
-LIMIT = (
-    288  # 4 full batches (one scan of 4 steps) and a tail of 32 (a scan of 1): both code paths of the scan
-)
+# 4 full batches (one scan of 4 steps) and a tail of 32 (a scan of 1): both code paths of the scan
+LIMIT = 288
 
 
 def _batches(n: int) -> list[np.ndarray]:

@@ -35,7 +35,9 @@ def small(fmnist) -> SimpleNamespace:
     """The real data the runs here read: the training examples the quick epoch reaches (the
     same 352, in the same order) and a fifth of the test split. The epoch's outcome rows judge
     jax against torch on the same images however many there are, each bound from torch's own
-    spread on them; predicting 10000 images six times was a fifth of this file's CPU."""
+    spread on them; predicting 10000 images six times was a fifth of this file's CPU. The
+    outcome rows at the full 10000 (a count bound of 16 in 10000, not in 2000) are held by the
+    saved full reports (docs/parity-cpu*.json, ``jaxnet parity`` regenerates them), not here."""
     train, test = fmnist.train, fmnist.test
     return SimpleNamespace(
         train=data.Split(train.images[: QUICK["train_limit"]], train.labels[: QUICK["train_limit"]]),

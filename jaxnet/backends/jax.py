@@ -61,8 +61,9 @@ _COMPILED: dict[tuple, tuple] = {}
 
 def clear_caches(model: bool = True) -> None:
     """Forget this module's compiled steps (and with ``model`` its forward and gradient
-    programs), so that a function swapped for another (a planted fault) is traced afresh;
-    JAX's other caches stay warm."""
+    programs) and the shapes-only models, so that a function swapped for another (a planted
+    fault) is traced afresh; JAX's other caches stay warm. Whoever patches model code outside
+    :func:`jaxnet.parity.faults.planted` calls this first."""
     _COMPILED.clear()
     _abstract.cache_clear()  # a model built before holds the functions it was built with
     if model:

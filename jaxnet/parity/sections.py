@@ -62,7 +62,8 @@ class Run:
             made.train_dropout = False  # steps are compared without random draws
             if getattr(made, "scan", False):
                 # one batch per call here: a scan would compile again for every size of the
-                # training data a section puts on the device; the step is bit-identical to it
+                # training data a section puts on the device; on CPU the step is bit-identical
+                # to it (test_fast_paths); users' training runs the scan
                 made.scan = False
             made.training = self.config.trains  # a port with BatchNorm steps in train mode
             self._made[key] = made
