@@ -40,9 +40,9 @@ test: $(STAMP) data
 	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=15 $(ARGS)
 
 # The README's command blocks, as written, in a scratch copy (parity_tests/readme_blocks.py;
-# about half an hour on 2 cores: full training runs, the CNN's report, the bench).
+# CI runs it after make test: the training demos, the CNN's report, the bench, the device check).
 test-readme: $(STAMP) data
-	$(BIN)/python -m pytest -m readme -p no:xdist -q parity_tests/test_readme_blocks.py $(ARGS)
+	$(BIN)/python -m pytest -m readme -p no:xdist -q --durations=0 parity_tests/test_readme_blocks.py $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -1,4 +1,4 @@
-"""The README's command blocks run as written (``make test-readme``; not yet in CI).
+"""The README's command blocks run as written (``make test-readme``, which CI runs after the suite).
 
 The ordinary suite checks that every block says how it is run (:mod:`parity_tests.readme_blocks`);
 the ``readme`` tests run the ``ci`` blocks, in the README's order, in one scratch copy of the
