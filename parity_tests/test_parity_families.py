@@ -27,17 +27,31 @@ GPT = ["--model", "gpt", "--size", "block_size=16", "n_layer=1", "n_head=2", "n_
 # dtypes costs about a minute of CPU). The engine's own tests hold a BatchNorm model and a
 # transformer block in both dtypes (test_port_engine); these hold the families' command line.
 @pytest.mark.parametrize(
-    ("family", "dtype"), [(RESNET, "float64"), (GPT, "float32")], ids=["resnet-float64", "gpt-float32"]
+    ("family", "dtype"),
+    [(RESNET, "float64"), ([*RESNET, "--seed", "1"], "float32"), (GPT, "float32")],
+    ids=["resnet-float64", "resnet-seed1-float32", "gpt-float32"],
 )
 def test_a_family_report_passes(family, dtype, tmp_path, capsys):
     """A correct port passes every row: forward, gradient, probes, teacher-forced steps, the
-    free-running trajectory and outcomes, each within K of its measured floor."""
+    free-running trajectory and outcomes, each within K of its measured floor.
+
+    Seed 1 in float32 holds the outcome rows after a tie: measured on an AVX2 EPYC, the two
+    frameworks decide a ReLU tie after ``layer3.0.bn1`` differently at step 1; BatchNorm spreads
+    the flip over the whole batch, and torch's reversed-order and float64 runs (which did not
+    cross it) put the loss 26 times its bound from jax's without the run that did: torch
+    continued from jax's state after that step. Where another CPU's rounding takes no such
+    tie, the run stays within its bounds and the same assertions hold."""
     out = jaxnet(capsys, "parity", *family, "--dtype", dtype, "--steps", "2", "--json", tmp_path / "r.json")
     rows = json.loads((tmp_path / "r.json").read_text())["rows"]
     kinds = {r["section"].split(" ")[0] for r in rows}
     assert {"forward", "gradient", "probe", "step", "trajectory"} <= kinds, kinds
     assert {r["dtype"] for r in rows} == {dtype}
     assert all(r["passed"] for r in rows) and "FAIL" not in out
+    diverged = any(r["section"].startswith("trajectory") and "rose above" in r["note"] for r in rows)
+    crossed = [
+        r for r in rows if r["section"].startswith("outcome") and "torch from jax's state" in r["note"]
+    ]
+    assert bool(crossed) == (diverged and "outcome" in kinds), (diverged, kinds)
 
 
 def test_a_port_slip_in_the_resnet_fails_its_report(monkeypatch, tmp_path, capsys):

@@ -65,6 +65,9 @@ class FreePair:
     gaps: list[float] = field(default_factory=list)
     bounds: list[float] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)  # the latest of each kind, up to the first excess
+    # the jax side's (step, parameters and buffers, optimizer state) right after the first excess:
+    # where a tie explains it, a correct torch run continued from there is one that crossed too
+    crossed: tuple[int, dict, dict] | None = None
 
     def before(self, x: np.ndarray, y: np.ndarray) -> None:
         """Record both sides' state, pre-activations and torch's gradient on the coming batch."""
@@ -84,6 +87,13 @@ class FreePair:
         before = self.bounds[-1] if self.bounds else 0.0
         self.gaps.append(max(rel_error(pj[k], pt[k]) for k in pt))
         self.bounds.append(before + allowance)
+        if self.crossed is None and self.gaps[-1] > self.bounds[-1]:
+            optimizer = self.jax.optimizer_state()
+            self.crossed = (
+                t,
+                {k: np.array(v) for k, v in pj.items()},
+                {k: np.array(v) for k, v in optimizer.items()},
+            )
         if len(self.gaps) < 2 or self.gaps[-2] <= self.bounds[-2]:  # up to the first excess
             self._find_ties(t, max(before, allowance))
             if self.eps > 0:

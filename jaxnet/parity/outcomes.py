@@ -8,6 +8,14 @@ between torch and correct torch runs that differ only in arithmetic order: the s
 each batch's examples reversed, and (for float32) torch in float64. Predictions are the argmax
 of the logits' last axis at every position a target counts (not ``ignore_index``), so they
 exist for the classification losses (cross-entropy, NLL) only.
+
+Where a free-running pair left its accumulated bound after a tie or a near-zero gradient (an
+explained divergence), those references need not have crossed it: a short run over one batch
+can take it in one framework only, and then torch's two correct orders agree far more closely than either agrees
+with a run that decided the tie the other way. So one more correct run joins the references:
+torch continued from the jax side's state right after that step (every step before it
+teacher-forced and within bounds, the step itself explained), over the remaining steps. Live
+runs only: a recorded reference cannot hold a state the port reaches later.
 """
 
 from __future__ import annotations
@@ -19,7 +27,8 @@ import numpy as np
 from jaxnet import batch
 from jaxnet.backends import Backend
 from jaxnet.config import OptimConfig
-from jaxnet.parity.forced import TeacherForced
+from jaxnet.parity.bundle import Replayer
+from jaxnet.parity.forced import OPT, TeacherForced, load
 from jaxnet.parity.layers import mode
 from jaxnet.parity.report import Row
 from jaxnet.parity.sections import Run, outcome_rows
@@ -27,7 +36,8 @@ from jaxnet.parity.sections import Run, outcome_rows
 NOTE = (
     "after the free-running steps (an epoch or more over the inputs): predictions, accuracy and "
     "loss on every input, in eval mode; floors: torch against torch with each batch's examples "
-    "reversed, and torch in the other dtype (float64 rows: its float32 gap times u64/u32, the dtype ladder)"
+    "reversed, and torch in the other dtype (float64 rows: its float32 gap times u64/u32, the dtype ladder); "
+    "after a divergence explained by a tie, also torch continued from the jax side's state after that step"
 )
 
 
@@ -61,10 +71,20 @@ def port_outcomes(
         return backend
 
     reversed_batches = [b[::-1].copy() for b in batches]
+    crossed: dict[str, str] = {}  # dtype -> the name of its crossed run
     for dtype, pair in tf.free.items():
         outcomes["jax", dtype] = measure(pair.jax)
         outcomes["torch", dtype] = measure(pair.torch)
         outcomes["torch reversed", dtype] = measure(trained(dtype, "reversed", reversed_batches))
+        if pair.crossed is not None and _explained(pair, dtype, tf) and not _replayed(pair.torch):
+            t, params, optimizer = pair.crossed
+            name = f"torch from jax's state after step {t}"
+            backend = setup.backend("torch", dtype, "outcome crossed")
+            backend.set_optimizer(opt)
+            backend.set_train_data(batch.cast(inputs, dtype), batch.cast(targets, dtype))
+            load(backend, params | {OPT + k: v for k, v in optimizer.items()}, t)
+            backend.train_steps(batches[t:])
+            outcomes[name, dtype], crossed[dtype] = measure(backend), name
     if "float32" in tf.free and ("torch", "float64") not in outcomes:
         outcomes["torch", "float64"] = measure(trained("float64", "", batches))
     if "float64" in tf.free:
@@ -77,6 +97,7 @@ def port_outcomes(
         references = [
             ("torch reversed", dtype),
             ("torch", "float64") if dtype == "float32" else (LADDER, dtype),
+            *([(crossed[dtype], dtype)] if dtype in crossed else []),
         ]
         rows += [
             _kind(r)
@@ -104,6 +125,17 @@ def _down_the_ladder(outcomes: dict, factor: float) -> tuple[np.ndarray, float, 
     if not np.isfinite(loss32):  # a diverged float32 run is no reference (its gap would pass anything)
         return pred64, acc64, loss64
     return pred64, acc64, loss64 + (loss32 - loss64) * factor
+
+
+def _explained(pair, dtype: str, tf: TeacherForced) -> bool:
+    """The pair's trajectory row passes on an explained divergence (not within bounds throughout)."""
+    row = pair.row("", "", dtype, tf.ratios[dtype])
+    return row.passed and np.isinf(row.bound)
+
+
+def _replayed(backend: Backend) -> bool:
+    """A recorded reference's torch side: it holds no answers from a state the port reached."""
+    return isinstance(backend, Replayer)
 
 
 def _kind(row: Row) -> Row:
