@@ -24,8 +24,9 @@ import numpy as np
 
 from jaxnet.errors import JaxnetError
 
-FORMAT = 3  # 2: the bend and max-pool-tie probes and the outcome runs; 3: the relu'(0) probe at
-# the batch's size, the probes' reversed batches, the float32 outcome run of a float64 check
+FORMAT = 4  # 2: the bend and max-pool-tie probes and the outcome runs; 3: the relu'(0) probe at
+# the batch's size, the probes' reversed batches, the float32 outcome run of a float64 check;
+# 4: a second other order of the batch (rotated by half) in the BatchNorm order spreads
 ARRAYS, INDEX = "answers.safetensors", "bundle.json"
 
 

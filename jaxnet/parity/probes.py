@@ -30,6 +30,7 @@ import numpy as np
 from jaxnet import batch
 from jaxnet.numerics import unit_roundoff
 from jaxnet.parity import verdict
+from jaxnet.parity.forced import other_orders
 from jaxnet.parity.layers import forward_and_gradient
 from jaxnet.parity.report import Row
 from jaxnet.parity.sections import Run
@@ -122,23 +123,25 @@ def _order_spread(setup: Run, ref, ref64, xs, ys, values: dict, loss: bool = Fal
     carries 10-60 ulp over n = N*H*W elements (12544 for 16 images of 28 x 28) and a correct
     port's order carries its own. Each probe output depends on those sums through every
     example of the batch; reversing the batch is another correct order of the same sums, so
-    its spread is a sample of that error's size, taken normwise (one perturbation per
+    its spread is a sample of that error's size, as is rotating it by half; the larger of the
+    two is taken (:func:`jaxnet.parity.forced.other_orders`), normwise (one perturbation per
     channel moves the whole tensor, as :func:`jaxnet.parity.forced._order_spread` argues).
     A single example has only one order: no term."""
     buffers = getattr(setup.config, "buffers", ())
     if not (buffers and setup.config.trains) or batch.size(xs) < 2:
         return {}
-    back = np.arange(batch.size(xs))[::-1]
     out = {}
     for dtype, backend in (("float32", ref), ("float64", ref64)):
-        xr, yr = batch.cast(batch.take(xs, back), dtype), batch.cast(batch.take(ys, back), dtype)
-        got, grads = backend.loss_and_grads(xr, yr)
-        other = {"": got} if loss else grads
-        out[dtype] = {
-            k: float(np.abs(np.asarray(v, np.float64) - other[k]).max(initial=0.0))
-            / max(float(np.abs(np.asarray(v, np.float64)).max(initial=0.0)), 1e-300)
-            for k, v in values[dtype].items()
-        }
+        out[dtype] = dict.fromkeys(values[dtype], 0.0)
+        for order in other_orders(batch.size(xs)):
+            xr, yr = batch.cast(batch.take(xs, order), dtype), batch.cast(batch.take(ys, order), dtype)
+            got, grads = backend.loss_and_grads(xr, yr)
+            other = {"": got} if loss else grads
+            for k, v in values[dtype].items():
+                spread = float(np.abs(np.asarray(v, np.float64) - other[k]).max(initial=0.0)) / max(
+                    float(np.abs(np.asarray(v, np.float64)).max(initial=0.0)), 1e-300
+                )
+                out[dtype][k] = max(out[dtype][k], spread)
     # float32: torch sums the statistics in double, a port may in float32: the float64 spread
     # up the dtype ladder (first-order linear in u), as in forced._order_spread
     up = unit_roundoff("float32") / unit_roundoff("float64")
