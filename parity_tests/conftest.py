@@ -9,6 +9,10 @@ from __future__ import annotations
 import os
 from importlib.metadata import version
 
+# The environment the suite was started in, before the settings below: the README job runs the
+# README's shell blocks in it, as a reader would (test_readme_blocks).
+STARTED_WITH = dict(os.environ)
+
 # XLA compiles each program without its LLVM optimisations (jax_disable_most_optimizations):
 # the suite compiles a few hundred small programs and runs each a few times, and compiling was
 # 549 of its 937 CPU-seconds; unoptimised, a parity compare costs about a third less. Every

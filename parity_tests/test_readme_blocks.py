@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from parity_tests.conftest import STARTED_WITH
 from parity_tests.readme_blocks import README, blocks
 
 ROOT = README.parent
@@ -67,8 +68,8 @@ def namespace() -> dict:
 def test_block_runs(block, scratch, namespace, monkeypatch):
     monkeypatch.chdir(scratch)
     if block.language == "sh":
-        env = os.environ | {"PATH": f"{scratch / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"}
-        env.pop("JAXNET_COMPILE_CACHE", None)  # the user's settings, not the suite's
+        # the environment the suite started in, not its own XLA settings and caches (conftest)
+        env = STARTED_WITH | {"PATH": f"{scratch / '.venv' / 'bin'}{os.pathsep}{STARTED_WITH['PATH']}"}
         done = subprocess.run(
             ["bash", "-eo", "pipefail", "-c", block.code],
             cwd=scratch,
