@@ -18,6 +18,9 @@ edited by hand, or a report re-run without its paragraph, fails the suite
   calibrator's default);
 - the training results' outcomes (``docs/train-*.jsonl``, the runs' ``--metrics`` files);
 - the recorded references' sizes and check times (``docs/recorded-cpu.md``);
+- the porting-pitfall table (``docs/pitfalls.md`` row for row, its ratios ``docs/pitfalls.json``'s);
+- the calibration table: each model's largest ``err / floor`` and failing rows, from the
+  calibration file each row names (``docs/calibration-*.md`` and its ``.json``);
 - each generated block (``<!-- generated: docs/X -->`` ... ``<!-- end generated -->``): the
   README holds ``docs/X`` verbatim, ``docs/X`` is what its script prints now from the saved
   runs (``docs/scripts/train_tables.py``), and every figure of the paragraph after the block
@@ -240,10 +243,53 @@ def generated_blocks(readme: str, docs: Path) -> list[str]:
     return found
 
 
+def pitfall_table(readme: str, docs: Path) -> list[str]:
+    """The README's pitfall table is docs/pitfalls.md's, row for row, and each of its ratios is
+    docs/pitfalls.json's."""
+    found = []
+    table = re.compile(r"^\| (?!pitfall |---).*\|$", re.M)
+    section = readme.split("The pitfall table:", 1)[-1].split("\n\n", 2)[:2]
+    quoted = table.findall(section[-1]) if len(section) == 2 else []
+    saved = table.findall((docs / "pitfalls.md").read_text())
+    if not quoted or quoted != saved:
+        found.append(
+            f"README pitfall table: {len(quoted)} rows, not docs/pitfalls.md's {len(saved)} verbatim"
+        )
+    for row, measured in zip(saved, json.loads((docs / "pitfalls.json").read_text()), strict=False):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        for cell, dtype in ((cells[2], "float32"), (cells[4], "float64")):
+            got = measured[dtype]
+            if (got is None) != (cell == "-") or (got is not None and not _same(cell, got["ratio"])):
+                found.append(f"docs/pitfalls.md: {cells[0]} {dtype} {cell}; docs/pitfalls.json: {got}")
+    return found
+
+
+def calibration_table(readme: str, docs: Path) -> list[str]:
+    """Each row of the README's calibration table (model, largest err / floor, rows failing,
+    file) is that model's section of the named calibration file."""
+    found = []
+    rows = re.findall(r"^\s*\| (\w+) \| ([\d.]+) \| (\d+) \| \[docs/(\S+?)\]", readme, re.M)
+    if not rows:
+        found.append("README: no calibration table (model | largest err / floor | rows failing | file)")
+    for model, largest, failing, name in rows:
+        text = (docs / name).read_text()
+        section = text.split(f"## {model}\n", 1)[-1].split("\n## ", 1)[0]
+        top = re.search(r"Largest over every row and order: ([\d.]+)", section)
+        runs = json.loads((docs / name).with_suffix(".json").read_text())["runs"]
+        failed = sum(len(r["failed"]) for r in runs if r["model"] == model)
+        if f"## {model}\n" not in text or top is None or top[1] != largest or int(failing) != failed:
+            found.append(
+                f"README calibration table: {model} {largest}, {failing} failing; docs/{name}: "
+                f"{top[1] if top else '?'}, {failed} failing"
+            )
+    return found
+
+
 def problems(readme: str | None = None, docs: Path = ROOT / "docs") -> list[str]:
     """Every disagreement between ``readme`` (default: README.md) and the saved outputs."""
     text = (ROOT / "README.md").read_text() if readme is None else readme
-    checks = (parity_figures, fault_table, constants, training_results, recorded_tables, generated_blocks)
+    checks = (parity_figures, fault_table, constants, training_results, recorded_tables, generated_blocks,
+              pitfall_table, calibration_table)  # fmt: skip
     return [line for check in checks for line in check(text, docs)]
 
 
