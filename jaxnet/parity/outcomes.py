@@ -11,11 +11,11 @@ exist for the classification losses (cross-entropy, NLL) only.
 
 Where a free-running pair left its accumulated bound after a tie or a near-zero gradient (an
 explained divergence), those references need not have crossed it: a short run over one batch
-can take it in one framework only, and then torch's two correct orders agree far more closely than either agrees
-with a run that decided the tie the other way. So one more correct run joins the references:
-torch continued from the jax side's state right after that step (every step before it
-teacher-forced and within bounds, the step itself explained), over the remaining steps. Live
-runs only: a recorded reference cannot hold a state the port reaches later.
+can take it in one framework only, and then torch's correct orders agree far more closely
+with each other than with a run that went the other way. So one more correct run joins the
+references: torch continued from the jax side's state right after that step (every step
+before it teacher-forced and within bounds, the step itself explained), over the remaining
+steps. Live runs only: a recorded reference cannot hold a state the port reaches later.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ NOTE = (
     "after the free-running steps (an epoch or more over the inputs): predictions, accuracy and "
     "loss on every input, in eval mode; floors: torch against torch with each batch's examples "
     "reversed, and torch in the other dtype (float64 rows: its float32 gap times u64/u32, the dtype ladder); "
-    "after a divergence explained by a tie, also torch continued from the jax side's state after that step"
+    "after an explained divergence (a tie, a near-zero gradient), also torch continued from the jax "
+    "side's state after that step"
 )
 
 
