@@ -247,7 +247,7 @@ def pitfall_table(readme: str, docs: Path) -> list[str]:
     """The README's pitfall table is docs/pitfalls.md's, row for row, and each of its ratios is
     docs/pitfalls.json's."""
     found = []
-    table = re.compile(r"^\| (?!pitfall |---).*\|$", re.M)
+    table = re.compile(r"^\| (?!pitfall \||---).*\|$", re.M)
     section = readme.split("The pitfall table:", 1)[-1].split("\n\n", 2)[:2]
     quoted = table.findall(section[-1]) if len(section) == 2 else []
     saved = table.findall((docs / "pitfalls.md").read_text())
@@ -255,7 +255,10 @@ def pitfall_table(readme: str, docs: Path) -> list[str]:
         found.append(
             f"README pitfall table: {len(quoted)} rows, not docs/pitfalls.md's {len(saved)} verbatim"
         )
-    for row, measured in zip(saved, json.loads((docs / "pitfalls.json").read_text()), strict=False):
+    measured_rows = json.loads((docs / "pitfalls.json").read_text())
+    if len(measured_rows) != len(saved):
+        found.append(f"docs/pitfalls.md: {len(saved)} rows, docs/pitfalls.json: {len(measured_rows)}")
+    for row, measured in zip(saved, measured_rows, strict=False):
         cells = [c.strip() for c in row.strip("|").split("|")]
         for cell, dtype in ((cells[2], "float32"), (cells[4], "float64")):
             got = measured[dtype]
@@ -269,9 +272,16 @@ def calibration_table(readme: str, docs: Path) -> list[str]:
     file) is that model's section of the named calibration file."""
     found = []
     rows = re.findall(r"^\s*\| (\w+) \| ([\d.]+) \| (\d+) \| \[docs/(\S+?)\]", readme, re.M)
-    if not rows:
-        found.append("README: no calibration table (model | largest err / floor | rows failing | file)")
+    from jaxnet.parity.calibrate import MODELS
+
+    if sorted(r[0] for r in rows) != sorted(MODELS):
+        found.append(
+            f"README calibration table: models {sorted(r[0] for r in rows)}, the calibrator's {sorted(MODELS)}"
+        )
     for model, largest, failing, name in rows:
+        if not (docs / name).is_file() or not (docs / name).with_suffix(".json").is_file():
+            found.append(f"README calibration table: {model}: no docs/{name} and its .json")
+            continue
         text = (docs / name).read_text()
         section = text.split(f"## {model}\n", 1)[-1].split("\n## ", 1)[0]
         top = re.search(r"Largest over every row and order: ([\d.]+)", section)

@@ -109,6 +109,11 @@ def test_the_recorded_sizes_page_is_its_json_rendered():
         ("(torch 93.98%, jax 93.83%", "(torch 93.98%, jax 93.88%", "93.88"),
         ("| running bn1.running_var | 8.12 |", "| running bn1.running_var | 8.13 |", "pitfall"),
         ("| gpt | 3.85 | 0 |", "| gpt | 3.58 | 0 |", "README calibration table: gpt"),
+        (
+            "  | gpt | 3.85 | 0 | [docs/calibration-ports-cpu.md](docs/calibration-ports-cpu.md) |\n",
+            "",
+            "models",
+        ),
     ],
 )
 def test_the_figure_check_fails_on_a_hand_edited_figure(quoted, edited, named):

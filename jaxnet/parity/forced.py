@@ -222,8 +222,12 @@ def other_orders(n: int) -> list[np.ndarray]:
     Each is one sample of a correct order's rounding error in the batch statistics' sums. Two,
     not one: a single sample of a roughly normal error lands below 1/K of its size with
     probability about 0.8/K (5% at K = 16), a floor a correct port then fails; the larger of
-    two, about (0.8/K)^2. (The calibration's ResNet at seed 1 reached 1.02 K in a float64
-    running mean with the reversed batch alone.)"""
+    two, of the order of (0.8/K)^2 (somewhat more: both are measured against the same original
+    order, so they are correlated). A kernel that first sums each half of the batch sums the
+    rotated batch to the same bits (addition commutes); there the second sample is 0 and the
+    term is the reversed batch's alone, as before. (The calibration's ResNet at seed 1 reached
+    1.02 K in a float64 running mean with the reversed batch alone; docs/calibration-resnet-
+    cpu.md is measured with these two.)"""
     index = np.arange(n)
     return [index[::-1], np.roll(index, n // 2)]
 

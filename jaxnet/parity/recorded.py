@@ -7,7 +7,9 @@ Recording runs the comparison engine with torch on both sides (the side under te
 torch module itself) and keeps every answer the reference gave (:mod:`jaxnet.parity.bundle`);
 the recorded check runs the same engine with the port against those answers. Same rows, same
 floors (measured where the bundle was made), same verdicts; the report says when the two
-machines differ. A query the bundle cannot answer (the port put an example on the other side
+machines differ. One exception: after a divergence a tie explains, a live compare's outcome
+rows also take torch continued from the port's state (:mod:`jaxnet.parity.outcomes`), which a
+recording cannot hold; a recorded check's outcome rows say so in their note. A query the bundle cannot answer (the port put an example on the other side
 of a tie, so the engine asks torch about a batch without it) is a one-line error.
 """
 
