@@ -69,10 +69,15 @@ def port_outcomes(
         pred = logits.reshape(-1, logits.shape[-1]).argmax(-1)[valid]
         return pred, float(np.mean(pred == labels[valid])), float(loss)
 
-    def trained(dtype: str, role: str, order: list[np.ndarray]) -> Backend:
+    def trained(
+        dtype: str, role: str, order: list[np.ndarray], start: dict | None = None, step: int = 0
+    ) -> Backend:
+        """torch over ``order``: from the initial weights, or from ``start`` (a combined state) at ``step``."""
         backend = setup.backend("torch", dtype, f"outcome {role}")
         backend.set_optimizer(opt)
         backend.set_train_data(batch.cast(inputs, dtype), batch.cast(targets, dtype))
+        if start is not None:
+            load(backend, start, step)
         backend.train_steps(order)
         return backend
 
@@ -83,20 +88,18 @@ def port_outcomes(
         outcomes["jax", dtype] = measure(pair.jax)
         outcomes["torch", dtype] = measure(pair.torch)
         outcomes["torch reversed", dtype] = measure(trained(dtype, "reversed", reversed_batches))
-        if pair.crossed is not None and _explained(pair, dtype, tf) and _replayed(pair.torch):
+        if pair.crossed is None or not _explained(pair, dtype, tf):
+            continue
+        if _replayed(pair.torch):
             unjudged[dtype] = (
                 "; the port's run crossed a tie (or a near-zero gradient) the recorded torch run did not: "
                 "a live compare also judges it against torch continued from the port's state"
             )
-        elif pair.crossed is not None and _explained(pair, dtype, tf):
+        else:
             t, params, optimizer = pair.crossed
-            name = f"torch from jax's state after step {t}"
-            backend = setup.backend("torch", dtype, "outcome crossed")
-            backend.set_optimizer(opt)
-            backend.set_train_data(batch.cast(inputs, dtype), batch.cast(targets, dtype))
-            load(backend, params | {OPT + k: v for k, v in optimizer.items()}, t)
-            backend.train_steps(batches[t:])
-            outcomes[name, dtype], crossed[dtype] = measure(backend), name
+            start = params | {OPT + k: v for k, v in optimizer.items()}
+            crossed[dtype] = name = f"torch from jax's state after step {t}"
+            outcomes[name, dtype] = measure(trained(dtype, "crossed", batches[t:], start, t))
     if "float32" in tf.free and ("torch", "float64") not in outcomes:
         outcomes["torch", "float64"] = measure(trained("float64", "", batches))
     if "float64" in tf.free:

@@ -133,14 +133,14 @@ def _order_spread(setup: Run, ref, ref64, xs, ys, values: dict, loss: bool = Fal
     out = {}
     for dtype, backend in (("float32", ref), ("float64", ref64)):
         out[dtype] = dict.fromkeys(values[dtype], 0.0)
+        scale = {k: max(float(np.abs(np.asarray(v, np.float64)).max(initial=0.0)), 1e-300)
+                 for k, v in values[dtype].items()}  # fmt: skip
         for order in other_orders(batch.size(xs)):
             xr, yr = batch.cast(batch.take(xs, order), dtype), batch.cast(batch.take(ys, order), dtype)
             got, grads = backend.loss_and_grads(xr, yr)
             other = {"": got} if loss else grads
             for k, v in values[dtype].items():
-                spread = float(np.abs(np.asarray(v, np.float64) - other[k]).max(initial=0.0)) / max(
-                    float(np.abs(np.asarray(v, np.float64)).max(initial=0.0)), 1e-300
-                )
+                spread = float(np.abs(np.asarray(v, np.float64) - other[k]).max(initial=0.0)) / scale[k]
                 out[dtype][k] = max(out[dtype][k], spread)
     # float32: torch sums the statistics in double, a port may in float32: the float64 spread
     # up the dtype ladder (first-order linear in u), as in forced._order_spread
