@@ -37,14 +37,50 @@ import jax.numpy as jnp
 from flax import nnx
 
 _NHWC_HWIO = jax.lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+Pair = tuple[int, int]
 
 
-def patches(x: jax.Array, kh: int, kw: int) -> jax.Array:
-    """``[B, H, W, C] -> [B, H-kh+1, W-kw+1, kh*kw*C]``: the valid windows, tap-major then
-    channel (the order of an HWIO kernel reshaped to ``[kh*kw*C, O]``)."""
-    oh, ow = x.shape[1] - kh + 1, x.shape[2] - kw + 1
-    taps = [x[:, i : i + oh, j : j + ow, :] for i in range(kh) for j in range(kw)]
-    return jnp.concatenate(taps, axis=-1)
+def out_size(size: int, k: int, stride: int = 1, dilation: int = 1) -> int:
+    """Output length of a valid window of ``k`` taps ``dilation`` apart, moved ``stride`` at a time."""
+    return (size - dilation * (k - 1) - 1) // stride + 1
+
+
+def _taps(kh: int, kw: int, dilation: Pair) -> list[Pair]:
+    """Each tap's offset into the input, tap-major (the order of an HWIO kernel's rows)."""
+    return [(i * dilation[0], j * dilation[1]) for i in range(kh) for j in range(kw)]
+
+
+def patches(x: jax.Array, kh: int, kw: int, strides: Pair = (1, 1), dilation: Pair = (1, 1)) -> jax.Array:
+    """``[B, H, W, C] -> [B, OH, OW, kh*kw*C]``: the valid windows, tap-major then channel (the
+    order of an HWIO kernel reshaped to ``[kh*kw*C, O]``); each tap one strided slice."""
+    b, h, w, c = x.shape
+    oh, ow = out_size(h, kh, strides[0], dilation[0]), out_size(w, kw, strides[1], dilation[1])
+    taps = [
+        jax.lax.slice(x, (0, i, j, 0), (b, i + (oh - 1) * strides[0] + 1, j + (ow - 1) * strides[1] + 1, c),
+                      (1, *strides, 1))
+        for i, j in _taps(kh, kw, dilation)
+    ]  # fmt: skip
+    return taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+
+
+def col2im(
+    dp: jax.Array, shape: tuple[int, ...], kh: int, kw: int, strides: Pair, dilation: Pair
+) -> jax.Array:
+    """The transpose of :func:`patches`: ``dp [B, OH, OW, kh*kw*C]`` added back into an input of
+    ``shape``, tap ``(i, j)`` of output pixel ``(y, x)`` onto ``(y*sh + i*dh, x*sw + j*dw)``.
+
+    Each tap is placed by one ``lax.pad``: ``i*dh`` rows before, ``sh - 1`` between (interior
+    padding), the rest after; XLA fuses the k*k pads and their sum into one loop."""
+    _, oh, ow, _ = dp.shape
+    c = shape[-1]
+    dx = None
+    for t, (i, j) in enumerate(_taps(kh, kw, dilation)):
+        tap = dp[..., t * c : (t + 1) * c]
+        rows = (i, shape[1] - i - (oh - 1) * strides[0] - 1, strides[0] - 1)
+        cols = (j, shape[2] - j - (ow - 1) * strides[1] - 1, strides[1] - 1)
+        tap = jax.lax.pad(tap, jnp.zeros((), dp.dtype), ((0, 0, 0), rows, cols, (0, 0, 0)))
+        dx = tap if dx is None else dx + tap
+    return dx
 
 
 def _gemm_conv(p: jax.Array, w: jax.Array, precision) -> jax.Array:
@@ -52,55 +88,51 @@ def _gemm_conv(p: jax.Array, w: jax.Array, precision) -> jax.Array:
     return jnp.dot(rows, w.reshape(-1, w.shape[-1]), precision=precision).reshape(*p.shape[:3], w.shape[-1])
 
 
-# Patches take k*k times the input's memory: a training batch's are tens of MB, a whole test
-# set's several GB (10,000 images through the CNN's conv2: 6.6 GB). Past this size an
+# Patches take k*k/(sh*sw) times the input's memory: a training batch's are tens of MB, a whole
+# test set's several GB (10,000 images through the CNN's conv2: 6.6 GB). Past this size an
 # undifferentiated call (evaluation) uses XLA's own convolution, which needs no patches.
 MAX_PATCH_BYTES = 256 * 2**20
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv_valid(x: jax.Array, w: jax.Array, precision=None) -> jax.Array:
-    """Valid, stride-1 convolution, NHWC input, HWIO kernel, as one GEMM on patches (or, for an
-    input whose patches would exceed :data:`MAX_PATCH_BYTES` outside differentiation, XLA's)."""
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv_valid(
+    x: jax.Array, w: jax.Array, strides: Pair = (1, 1), dilation: Pair = (1, 1), precision=None
+) -> jax.Array:
+    """Valid convolution (``strides``, kernel ``dilation``), NHWC input, HWIO kernel, as one GEMM
+    on patches (or, for an input whose patches would exceed :data:`MAX_PATCH_BYTES` outside
+    differentiation, XLA's)."""
     b, h, wd, c = x.shape
     kh, kw = w.shape[:2]
-    if b * (h - kh + 1) * (wd - kw + 1) * kh * kw * c * x.dtype.itemsize > MAX_PATCH_BYTES:
+    oh, ow = out_size(h, kh, strides[0], dilation[0]), out_size(wd, kw, strides[1], dilation[1])
+    if b * oh * ow * kh * kw * c * x.dtype.itemsize > MAX_PATCH_BYTES:
         dims = ("NHWC", "HWIO", "NHWC")
         return jax.lax.conv_general_dilated(
-            x, w, (1, 1), "VALID", dimension_numbers=dims, precision=precision
+            x, w, strides, "VALID", rhs_dilation=dilation, dimension_numbers=dims, precision=precision
         )
-    return _gemm_conv(patches(x, kh, kw), w, precision)
+    return _gemm_conv(patches(x, kh, kw, strides, dilation), w, precision)
 
 
-def _forward(x, w, precision):
-    p = patches(x, w.shape[0], w.shape[1])
-    return _gemm_conv(p, w, precision), (p, w)
+def _forward(x, w, strides, dilation, precision):
+    p = patches(x, w.shape[0], w.shape[1], strides, dilation)
+    # x itself is not kept, only its shape (a zero-size stand-in: residuals must be arrays)
+    return _gemm_conv(p, w, precision), (p, w, jnp.zeros((0, *x.shape), x.dtype))
 
 
-def _backward(precision, residuals, g):
-    p, w = residuals
-    kh, kw, c_in, c_out = w.shape
+def _backward(strides, dilation, precision, residuals, g):
+    p, w, like_x = residuals
+    kh, kw, _, c_out = w.shape
     g2 = g.reshape(-1, c_out)
     dw = jnp.dot(p.reshape(-1, p.shape[-1]).T, g2, precision=precision).reshape(w.shape)
-    dp = jnp.dot(g2, w.reshape(-1, c_out).T, precision=precision).reshape(*g.shape[:3], kh * kw, c_in)
-    _, oh, ow, _ = g.shape
-    h, wd = oh + kh - 1, ow + kw - 1
-    dx = None
-    for t, (i, j) in enumerate((i, j) for i in range(kh) for j in range(kw)):  # col2im
-        tap = jnp.pad(dp[:, :, :, t, :], ((0, 0), (i, h - oh - i), (j, wd - ow - j), (0, 0)))
-        dx = tap if dx is None else dx + tap
-    return dx, dw
+    dp = jnp.dot(g2, w.reshape(-1, c_out).T, precision=precision).reshape(*g.shape[:3], -1)
+    return col2im(dp, like_x.shape[1:], kh, kw, strides, dilation), dw
 
 
 conv_valid.defvjp(_forward, _backward)
 
 
-def _fast_case(
-    lhs, rhs, window_strides, lhs_dilation, rhs_dilation, dimension_numbers, groups, kwargs
-) -> bool:
-    if lhs.ndim != 4 or any(s != 1 for s in window_strides) or groups != (1, 1):
-        return False
-    if any(d not in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))):
+def _fast_case(lhs, rhs, lhs_dilation, dimension_numbers, groups, kwargs) -> bool:
+    """NHWC/HWIO, ungrouped, no input dilation (a transposed convolution), no output type."""
+    if lhs.ndim != 4 or groups != (1, 1) or any(d != 1 for d in (lhs_dilation or ())):
         return False
     if kwargs.get("preferred_element_type") is not None or kwargs.get("out_sharding") is not None:
         return False
@@ -121,21 +153,37 @@ def conv_general_dilated(
     precision=None,
     **kwargs,
 ):
-    """Drop-in for ``jax.lax.conv_general_dilated``: stride-1, undilated, ungrouped NHWC/HWIO
-    convolutions (any padding) as :func:`conv_valid`; everything else passed through."""
+    """Drop-in for ``jax.lax.conv_general_dilated``: undilated-input, ungrouped NHWC/HWIO
+    convolutions (any strides, padding and kernel dilation) as :func:`conv_valid` on the padded
+    input; everything else passed through."""
     groups = (feature_group_count, batch_group_count)
-    fast = _fast_case(lhs, rhs, window_strides, lhs_dilation, rhs_dilation, dimension_numbers, groups, kwargs)
+    strides = tuple(int(s) for s in window_strides)
+    dilation = tuple(int(d) for d in (rhs_dilation or (1, 1)))
+    fast = _fast_case(lhs, rhs, lhs_dilation, dimension_numbers, groups, kwargs)
+    if fast and isinstance(padding, str):
+        padding = jax.lax.padtype_to_pads(
+            lhs.shape[1:3],
+            [d * (k - 1) + 1 for d, k in zip(dilation, rhs.shape[:2], strict=True)],
+            strides,
+            padding,
+        )
+    if fast:  # the padded input must hold at least one window
+        sizes = (lhs.shape[1] + sum(padding[0]), lhs.shape[2] + sum(padding[1]))
+        fast = all(
+            out_size(n, k, s, d) > 0
+            for n, k, s, d in zip(sizes, rhs.shape[:2], strides, dilation, strict=True)
+        )
     if not fast:
         return jax.lax.conv_general_dilated(
             lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
             feature_group_count, batch_group_count, precision, **kwargs,
         )  # fmt: skip
-    if isinstance(padding, str):
-        padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
     pads = [tuple(p) for p in padding]
     if any(p != (0, 0) for p in pads):
-        lhs = jnp.pad(lhs, ((0, 0), *pads, (0, 0)))
-    return conv_valid(lhs, rhs, _hashable(precision))
+        lhs = jax.lax.pad(
+            lhs, jnp.zeros((), lhs.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0))
+        )
+    return conv_valid(lhs, rhs, strides, dilation, _hashable(precision))
 
 
 def _hashable(precision):

@@ -68,9 +68,77 @@ def test_fast_convolutions_and_their_gradients_agree_within_rounding(fmnist):
             assert excess.max() <= 0, (name, padding, float(excess.max()))
 
 
-def test_other_convolutions_pass_through_and_the_fast_one_has_no_conv_primitive():
-    x = jnp.ones((2, 12, 12, 3), jnp.float32)
-    strided_plain, strided_fast = _conv(3, 4, "SAME", strides=2), _conv(3, 4, "SAME", strides=2, fast=True)
-    assert np.array_equal(strided_plain(x), strided_fast(x))  # the same call: lax's convolution
-    assert "conv_general_dilated" in str(jax.make_jaxpr(_conv(3, 4, "VALID"))(x))
-    assert "conv_general_dilated" not in str(jax.make_jaxpr(_conv(3, 4, "VALID", fast=True))(x))
+# Strided, padded, 1x1 and dilated windows on an odd x even input (7 x 8: a stride-2 window
+# leaves the last row or column unread on one axis and not on the other):
+# (kernel, strides, padding, dilation)
+STRIDED = [
+    (3, (2, 2), ((1, 1), (1, 1)), 1),  # the ResNet's 3x3 stride-2 conv (torch's padding=1)
+    (3, (2, 2), "VALID", 1),
+    (3, (2, 2), "SAME", 1),  # XLA's asymmetric padding: 0 before, 1 after on the even axis
+    (1, (2, 2), "VALID", 1),  # the ResNet's 1x1 projection
+    (3, (3, 2), ((2, 0), (0, 1)), 1),
+    (3, (2, 2), ((1, 1), (1, 1)), 2),  # kernel dilation
+]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _lax_or_fast(fast: bool, case: tuple, x, w, g):
+    _, strides, padding, dilation = case
+    conv = fastconv.conv_general_dilated if fast else jax.lax.conv_general_dilated
+    out, back = jax.vjp(lambda x, w: conv(x, w, strides, padding, rhs_dilation=(dilation,) * 2,
+                                          dimension_numbers=("NHWC", "HWIO", "NHWC")), x, w)  # fmt: skip
+    return (out, *back(g))
+
+
+def _excess(case: tuple, x, w, g) -> dict[str, float]:
+    """Per result (out, dx, dW): the largest ``|lax - fast| - bound``; <= 0 is within rounding."""
+    ref, got = _lax_or_fast(False, case, x, w, g), _lax_or_fast(True, case, x, w, g)
+    terms = _lax_or_fast(False, case, jnp.abs(x), jnp.abs(w), jnp.abs(g))
+    k, (_, c_in, c_out), (b, oh, ow, _) = case[0], w.shape[1:], g.shape
+    lengths = (k * k * c_in, k * k * c_out, b * oh * ow)
+    excess = {}
+    for name, a, f, t, n in zip(("out", "dx", "dW"), ref, got, terms, lengths, strict=True):
+        assert a.shape == f.shape, (name, case)
+        bound = 2 * (n - 1) * U * 1.01 * np.asarray(t)
+        excess[name] = float((np.abs(np.asarray(a) - np.asarray(f)) - bound).max())
+    return excess
+
+
+def _case_data(case: tuple, rng):
+    k, strides, padding, dilation = case
+    x = jnp.asarray(rng.standard_normal((2, 7, 8, 3), np.float32))
+    w = jnp.asarray(rng.standard_normal((k, k, 3, 5), np.float32))
+    out = jax.eval_shape(lambda x, w: jax.lax.conv_general_dilated(
+        x, w, strides, padding, rhs_dilation=(dilation,) * 2, dimension_numbers=("NHWC", "HWIO", "NHWC")), x, w)  # fmt: skip
+    return x, w, jnp.asarray(rng.standard_normal(out.shape, np.float32))
+
+
+def test_strided_and_dilated_convolutions_and_their_gradients_agree_within_rounding(monkeypatch):
+    """The derivation of the module docstring: out, dx and dW are sums of at most K products
+    (out: k*k*C_in; dx: k*k*C_out, the most taps that reach one input pixel; dW: B*OH*OW),
+    added in different orders by XLA's convolution and by the GEMMs, so they differ by at most
+    ``2 (K - 1) u sum |terms|``; ``sum |terms|`` is the same computation on absolute values."""
+    rng = np.random.default_rng(0)
+    for case in STRIDED:
+        excess = _excess(case, *_case_data(case, rng))
+        assert max(excess.values()) <= 0, (case, excess)
+    # the check can fail: a col2im that ignores the dilation puts dx's taps one pixel off
+    undilated = fastconv.col2im
+    monkeypatch.setattr(
+        fastconv, "col2im", lambda dp, shape, kh, kw, s, d: undilated(dp, shape, kh, kw, s, (1, 1))
+    )
+    case = (3, (2, 2), ((2, 2), (2, 2)), 2)  # not in STRIDED: compiled afresh, with the planted col2im
+    excess = _excess(case, *_case_data(case, rng))
+    assert excess["out"] <= 0 and excess["dW"] <= 0 and excess["dx"] > 0, excess
+
+
+def test_other_convolutions_pass_through_and_the_fast_ones_have_no_conv_primitive():
+    x = jnp.ones((2, 12, 12, 4), jnp.float32)
+    grouped = nnx.Conv(4, 4, (3, 3), feature_group_count=2, rngs=nnx.Rngs(0))
+    grouped_plain = grouped(x)
+    assert np.array_equal(grouped_plain, fastconv.enable(grouped)(x))  # the same call: lax's convolution
+    assert "conv_general_dilated" in str(jax.make_jaxpr(grouped)(x))
+    for padding, strides in (("VALID", 1), ("SAME", 2), (((1, 1), (1, 1)), 2)):
+        fast = _conv(4, 4, padding, strides=strides, fast=True)
+        assert "conv_general_dilated" not in str(jax.make_jaxpr(fast)(x)), (padding, strides)
+        assert "conv_general_dilated" in str(jax.make_jaxpr(_conv(4, 4, padding, strides=strides))(x))
