@@ -1,23 +1,31 @@
 """Opt-in fast 2-D convolutions for XLA's CPU backend: im2col and one GEMM, with its own gradient.
 
 XLA's CPU convolutions (and their autodiff transposes) run 3-5x slower than torch's here
-(flax#3551, equinox#970), while its GEMM runs at the machine's float32 GEMM rate. A valid,
-stride-1 convolution is a GEMM on patches::
+(flax#3551, equinox#970), while its GEMM runs at the machine's float32 GEMM rate. A valid
+convolution with strides ``(sh, sw)`` and kernel dilation ``(dh, dw)`` (padding is applied
+to the input first) is a GEMM on patches::
 
-    out[b, y, x, o] = sum_{i, j, c} x[b, y + i, x + j, c] * w[i, j, c, o]
-                    = (P @ W)[(b, y, x), o],   P[(b, y, x), (i, j, c)] = x[b, y + i, x + j, c]
+    out[b, y, x, o] = sum_{i, j, c} x[b, y*sh + i*dh, x*sw + j*dw, c] * w[i, j, c, o]
+                    = (P @ W)[(b, y, x), o],   P[(b, y, x), (i, j, c)] = x[b, y*sh + i*dh, x*sw + j*dw, c]
 
-and its gradients are GEMMs too, given ``g = d loss / d out``::
+with ``OH = (H - dh*(kh-1) - 1) // sh + 1`` output rows (``OW`` likewise), and its gradients
+are GEMMs too, given ``g = d loss / d out``::
 
     dW = P^T @ g                       (one GEMM over every output pixel)
-    dP = g @ W^T,  dx = col2im(dP)     (dx[b, y + i, x + j, c] += dP[(b, y, x), (i, j, c)])
+    dP = g @ W^T,  dx = col2im(dP)     (dx[b, y*sh + i*dh, x*sw + j*dw, c] += dP[(b, y, x), (i, j, c)])
 
-``P`` is built from k*k shifted slices concatenated on the channel axis; the forward keeps it
-for ``dW``; ``col2im`` adds the k*k slices of ``dP`` back into place. The user's port stays
-idiomatic: an ``nnx.Conv`` whose ``conv_general_dilated`` is :func:`conv_general_dilated`
-(:func:`enable` sets it on every ``nnx.Conv`` of a model); any case outside the fast one
-(strides, dilation, groups, layouts other than flax's NHWC/HWIO, a preferred element type)
-goes to ``jax.lax.conv_general_dilated`` unchanged.
+``P`` is built from k*k strided slices (one per tap ``(i, j)``: rows ``i*dh, i*dh + sh, ...``)
+concatenated on the channel axis; the forward keeps it for ``dW``. ``col2im`` puts each tap's
+slice of ``dP`` back with one ``lax.pad`` (``sh - 1`` zeros between rows: interior padding)
+and sums the k*k of them, which XLA fuses into one loop (against ``.at[].add`` on strided
+slices, a scatter: less CPU time on 6 of the ResNet's 8 layer shapes, up to 1.7x; the
+scatter won on the 7x7 ones, by 1.1-1.3x; one shared 2-core machine). Input rows no window
+reaches (a stride-2 window on an even size) get zero gradient. A 1x1 convolution is one
+strided slice and a plain GEMM. The user's port stays idiomatic: an ``nnx.Conv`` whose
+``conv_general_dilated`` is :func:`conv_general_dilated` (:func:`enable` sets it on every
+``nnx.Conv`` of a model); any case outside the fast one (input dilation, i.e. a transposed
+convolution, feature or batch groups, layouts other than flax's NHWC/HWIO, a preferred element
+type) goes to ``jax.lax.conv_general_dilated`` unchanged.
 
 Rounding: the same products as XLA's convolution, summed in a GEMM's order (each output a
 dot of length k*k*C_in), so float32 results differ from XLA's own convolution by a few ulps

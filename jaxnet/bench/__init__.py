@@ -28,7 +28,9 @@ recipes and batch sizes (:mod:`jaxnet.bench.port_loops`), on a few steps an epoc
 - ``resnet-jax-plain``, ``gpt-jax-plain``: an NNX user's loop (jaxnet's NNX model,
   ``nnx.Optimizer`` over an optax chain, one ``nnx.jit`` step per batch);
 - ``resnet-torch-jaxnet``, ``resnet-jax-jaxnet`` (and the GPT's): the port engine's backends,
-  as ``jaxnet train --model resnet`` runs them.
+  as ``jaxnet train --model resnet`` runs them;
+- ``resnet-jax-fastconv``: the same JAX backend, its ``nnx.Conv`` layers (3x3 stride 1 and 2,
+  1x1 stride 2) computing as im2col + one GEMM with their own gradient (:mod:`jaxnet.fastconv`).
 
 Every path trains on the same batches (the ResNet's crop-and-flip from :mod:`jaxnet.augment`
 in the plain loops too; the GPT's windows at the same offsets); a family on the port engine
@@ -64,13 +66,16 @@ from jaxnet.config import ModelConfig
 PATHS = ("torch-tutorial", "torch-plain", "torch-jaxnet", "jax-plain", "jax-jaxnet-step", "jax-jaxnet-scan")
 CNN_PATHS = ("cnn-torch-plain", "cnn-torch-jaxnet", "cnn-jax-jaxnet", "cnn-jax-fastconv")
 PLAIN_PORTS = ("resnet", "gpt")  # the port families with plain loops of their own (bench.port_loops)
+FASTCONV_PORTS = ("resnet",)  # the port families with convolutions: a jax-fastconv path too
 
 
 def port_paths(name: str) -> tuple[str, ...]:
-    """A port-engine family's paths: the plain loops where the bench has them, jaxnet's two."""
+    """A port-engine family's paths: the plain loops where the bench has them, jaxnet's two, and
+    jaxnet's JAX path on :mod:`jaxnet.fastconv` where the family has convolutions."""
     plain = name in PLAIN_PORTS
-    return tuple(f"{name}-{fw}-{kind}" for fw in ("torch", "jax") for kind in ("plain", "jaxnet")
-                 if plain or kind == "jaxnet")  # fmt: skip
+    paths = tuple(f"{name}-{fw}-{kind}" for fw in ("torch", "jax") for kind in ("plain", "jaxnet")
+                  if plain or kind == "jaxnet")  # fmt: skip
+    return paths + ((f"{name}-jax-fastconv",) if name in FASTCONV_PORTS else ())
 
 
 def _model_paths() -> dict[str, tuple[str, ...]]:

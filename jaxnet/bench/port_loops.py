@@ -1,6 +1,9 @@
 """The port families' bench paths (``--model resnet``, ``--model gpt``): jaxnet's two backends,
 and the plain loops a user of each framework writes, on the same recipe, batches and weights.
 
+``<family>-jax-fastconv`` is the port engine's JAX backend with every ``nnx.Conv`` computing
+through :mod:`jaxnet.fastconv` (im2col + one GEMM, its own gradient).
+
 ``epoch_fn(path, train_limit)`` returns a function that runs one epoch (its ``samples``
 attribute: the samples an epoch covers). Every path:
 
@@ -54,8 +57,8 @@ def epoch_fn(path: str, train_limit: int):
     state = checkpoint.init_state_dict(config, 0)
     framework, kind = framework_of(path), path.rsplit("-", 1)[1]
     epochs = itertools.count()
-    if kind == "jaxnet":
-        run = _jaxnet(framework, config, cfg, task, state)
+    if kind in ("jaxnet", "fastconv"):
+        run = _jaxnet(framework, config, cfg, task, state, fast=kind == "fastconv")
     else:
         plain = {("resnet", "torch"): _resnet_torch, ("resnet", "jax"): _resnet_jax,
                  ("gpt", "torch"): _gpt_torch, ("gpt", "jax"): _gpt_jax}  # fmt: skip
@@ -68,11 +71,20 @@ def epoch_fn(path: str, train_limit: int):
     return epoch
 
 
-def _jaxnet(framework: str, config, cfg: TrainConfig, task, state):
-    """The port engine's backend, as ``jaxnet train`` drives it (``jaxnet.run.train``)."""
+def _jaxnet(framework: str, config, cfg: TrainConfig, task, state, fast: bool = False):
+    """The port engine's backend, as ``jaxnet train`` drives it (``jaxnet.run.train``); with
+    ``fast``, its ``nnx.Conv`` layers on :mod:`jaxnet.fastconv` (both modes' graphdefs)."""
     from jaxnet.backends import get_backend
 
     backend = get_backend(framework, config, seed=cfg.seed, state=state)
+    if fast:
+        from flax import nnx
+
+        from jaxnet import fastconv
+
+        for mode, graphdef in backend.graphdefs.items():
+            model = fastconv.enable(nnx.merge(graphdef, backend.params, backend.stats, backend.rest))
+            backend.graphdefs[mode] = nnx.split(model, nnx.Param, nnx.BatchStat, ...)[0]
     backend.set_optimizer(cfg.optimizer)
     x, y = task.train_arrays()
     if task.gather is None:
