@@ -107,7 +107,11 @@ def test_the_recorded_sizes_page_is_its_json_rendered():
         ("| mlp | 669,706 | sgd |", "| mlp | 669,706 | adam |", "README recorded references"),
         ("| 20 | 93.98% | 93.83%", "| 20 | 93.98% | 93.88%", "generated block of docs/train-gpu.md"),
         ("(torch 93.98%, jax 93.83%", "(torch 93.98%, jax 93.88%", "93.88"),
-        ("9, 0.0087 (relu'(0): grad fc2.bias)", "9, 0.009 (relu'(0): grad fc2.bias)", "parity-sections-cnn.md"),
+        (
+            "9, 0.0087 (relu'(0): grad fc2.bias)",
+            "9, 0.009 (relu'(0): grad fc2.bias)",
+            "parity-sections-cnn.md",
+        ),
         ("| running bn1.running_var | 8.12 |", "| running bn1.running_var | 8.13 |", "pitfall"),
         ("| gpt | 3.85 | 0 |", "| gpt | 3.58 | 0 |", "README calibration table: gpt"),
         (
@@ -140,7 +144,9 @@ def test_the_figure_check_fails_on_a_generated_table_edited_in_both_places(tmp_p
     table.write_text(table.read_text().replace(quoted, edited))
     readme = (ROOT / "README.md").read_text().replace(quoted, edited)
     found = docs_check.problems(readme, docs)
-    assert found == ["docs/parity-sections-mlp.md: not what docs/scripts/parity_tables.py prints from the saved runs"]
+    assert found == [
+        "docs/parity-sections-mlp.md: not what docs/scripts/parity_tables.py prints from the saved runs"
+    ]
 
 
 PLACEHOLDERS = {r"\{(\w+),[\w,]+\}": r"\1", r"--backend B\b": "--backend jax", r"\bPATH\b": "runs/checkpoint",
