@@ -210,7 +210,7 @@ def recorded_tables(readme: str, docs: Path) -> list[str]:
 
 GENERATORS = {
     "train-gpu.md": ("train_tables.py",),
-    "bench-families-cpu.md": ("bench_tables.py",),
+    "bench-families-cpu.md": ("bench_tables.py", "families"),
     "parity-sections-mlp.md": ("parity_tables.py", "mlp"),
     "parity-sections-cnn.md": ("parity_tables.py", "cnn"),
     "parity-sections-ports.md": ("parity_tables.py", "ports"),
