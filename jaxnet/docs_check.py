@@ -209,7 +209,7 @@ def recorded_tables(readme: str, docs: Path) -> list[str]:
 
 
 GENERATORS = {
-    "train-gpu.md": ("train_tables.py",),
+    "train-gpu.md": ("train_tables.py", "gpu"),
     "bench-families-cpu.md": ("bench_tables.py", "families"),
     "parity-sections-mlp.md": ("parity_tables.py", "mlp"),
     "parity-sections-cnn.md": ("parity_tables.py", "cnn"),
