@@ -75,7 +75,9 @@ def tutorial() -> list[str]:
     out = ["| backend | test accuracy after 10 epochs | avg loss |", "|---|---|---|"]
     for b in ("jax", "torch"):
         last = metrics(f"train-tutorial-{b}.jsonl")[-1]
-        out.append(f"| {b} | {100 * last['accuracy']:.1f}% ({last['correct']} / 10000) | {last['test_loss']:.6f} |")
+        out.append(
+            f"| {b} | {100 * last['accuracy']:.1f}% ({last['correct']} / 10000) | {last['test_loss']:.6f} |"
+        )
     return out
 
 
