@@ -102,7 +102,7 @@ def test_the_recorded_sizes_page_is_its_json_rendered():
         ("(gap 7.4e-3", "(gap 7.5e-3", "gap 7.5e-3"),
         ("There are twelve.", "There are eleven.", "the code has"),
         ("over 8 seeds", "over 12 seeds", "calibration seeds"),
-        ("(7098 / 10000) | 0.779832", "(7099 / 10000) | 0.779832", "training results, jax"),
+        ("(7098 / 10000) | 0.779832", "(7099 / 10000) | 0.779832", "train-tutorial"),
         ("(90.35% after epoch 20", "(90.51% after epoch 20", "README AdamW"),
         ("| mlp | 669,706 | sgd |", "| mlp | 669,706 | adam |", "README recorded references"),
         ("| 20 | 93.98% | 93.83%", "| 20 | 93.98% | 93.88%", "generated block of docs/train-gpu.md"),

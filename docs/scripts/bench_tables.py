@@ -69,6 +69,18 @@ def model(report: dict, name: str) -> list[str]:
     return out
 
 
+def startup(report: dict) -> list[str]:
+    """Whole commands, start to exit, against the bare JAX import (median of 3, warm caches)."""
+    times = report.get("startup_s") or {}
+    bare = times.get("import jax, flax.nnx, optax")
+    if not bare:
+        return []
+    out = ["", "Start-up, command to exit (median of 3, warm caches):", "",
+           "| command | s | x `import jax, flax.nnx, optax` |", "|---|---|---|"]  # fmt: skip
+    out += [f"| `{name}` | {s:.2f} | {s / bare:.2f} |" for name, s in times.items()]
+    return out
+
+
 def tables(name: str) -> list[str]:
     out: list[str] = []
     for file, models in TABLES[name]:
@@ -76,6 +88,7 @@ def tables(name: str) -> list[str]:
         out += machine(report) if not out else []
         for model_name in models:
             out += [*([""] if out and out[-1] else []), *model(report, model_name)]
+        out += startup(report)
     return out
 
 
