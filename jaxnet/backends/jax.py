@@ -299,10 +299,10 @@ class JaxBackend:
                     self.params, self.opt_state, loss = self._step(
                         self.params, self.opt_state, x, y, None if keys is None else keys[i]
                     )
-                    losses.append(loss[None])
+                    losses.append(loss)  # a scalar: made 1-D on the host, not by a jax operation
             step += len(run)
         self.step = step
-        return np.concatenate([_host(chunk) for chunk in losses]) if losses else np.zeros(0)
+        return np.concatenate([np.atleast_1d(_host(chunk)) for chunk in losses]) if losses else np.zeros(0)
 
     @_in_mode
     def evaluate(self, images: np.ndarray, labels: np.ndarray, batch_size: int = 64) -> tuple[int, float]:
