@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from jaxnet import batch, checkpoint, registry
 from jaxnet.backends.host_data import HostData
-from jaxnet.backends.torch import _DTYPES, TorchBackend, _read_only, torch_device
+from jaxnet.backends.torch import TorchBackend, _read_only, torch_device
 from jaxnet.config import OptimConfig, PortConfig
 from jaxnet.distributed import Rank
 from jaxnet.errors import JaxnetError
@@ -205,7 +205,9 @@ class TorchPortBackend(HostData, TorchBackend):
         grads = {k: _read_only(g.cpu().numpy()) for k, g in tensors.items()}
         self.model.zero_grad(set_to_none=True)
         if key is not None:
-            self._remember("loss_and_grads", tuple(np.array(a) for a in key), (float(loss.detach()), grads, tensors))
+            self._remember(
+                "loss_and_grads", tuple(np.array(a) for a in key), (float(loss.detach()), grads, tensors)
+            )
         return float(loss.detach()), dict(grads)
 
     # ------------------------------------------------------------------ steps

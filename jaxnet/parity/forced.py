@@ -136,7 +136,8 @@ def teacher_forced(
                     terms[name] = verdict.step_floor_terms(
                         before, after32[name], after64[name], [m[name] for m in moved]
                     )
-                floor = verdict.step_floor_of(terms[name], dtype, factors[dtype]) + order.get((dtype, name), 0.0)
+                floor = verdict.step_floor_of(terms[name], dtype, factors[dtype])
+                floor = floor + order.get((dtype, name), 0.0)
                 ratio = verdict.worst_ratio(value, expected[name], floor)
                 ratios.append(ratio)
                 if (dtype, name) not in worst or ratio > worst[dtype, name][0]:
