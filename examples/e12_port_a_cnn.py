@@ -98,7 +98,7 @@ def jax_side(images, state):  # images: float64 [N, 1, 28, 28], torch's layout
 
 
 # %% check
-def main(n: int = 32):  # compare's batch (the tests take 8: the same rows and verdicts)
+def main(n: int = 32):  # compare's batch (the tests take 2: the same rows and verdicts)
     import numpy as np
 
     from examples._common import real_batch

@@ -22,9 +22,10 @@ edited by hand, or a report re-run without its paragraph, fails the suite
 - the calibration table: each model's largest ``err / floor`` and failing rows, from the
   calibration file each row names (``docs/calibration-*.md`` and its ``.json``);
 - each generated block (``<!-- generated: docs/X -->`` ... ``<!-- end generated -->``): the
-  README holds ``docs/X`` verbatim, ``docs/X`` is what its script prints now from the saved
-  runs (``docs/scripts/train_tables.py``), and every figure of the paragraph after the block
-  is one of the block's.
+  README holds ``docs/X`` verbatim, ``docs/X`` is what its script (``GENERATORS``) prints now
+  from the saved runs (``docs/scripts/train_tables.py``, ``bench_tables.py``,
+  ``parity_tables.py``), and every figure of the paragraph after the block is one of the
+  block's.
 
 Numbers are compared at the precision the README prints them (2 or 3 significant figures).
 """
@@ -146,10 +147,6 @@ def constants(readme: str, docs: Path) -> list[str]:
     return found
 
 
-# Figures the README quotes from runs whose output was not kept; each is named in the README.
-UNSAVED = {"torch": "the tutorial recipe's torch run (README: training results)"}
-
-
 def _metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -163,8 +160,6 @@ def training_results(readme: str, docs: Path) -> list[str]:
     if "jax" not in {b for b, *_ in rows}:
         found.append("README training results: no jax row")
     for backend, accuracy, correct, loss in rows:
-        if backend in UNSAVED:
-            continue
         last = _metrics(docs / f"train-tutorial-{backend}.jsonl")[-1]
         if (accuracy, int(correct), loss) != (
             f"{100 * last['accuracy']:.1f}",
@@ -208,9 +203,14 @@ def recorded_tables(readme: str, docs: Path) -> list[str]:
 
 
 GENERATORS = {
-    "train-gpu.md": "train_tables.py",
-    "bench-families-cpu.md": "bench_tables.py",
-}  # docs/X -> the docs/scripts/ that prints it
+    "train-gpu.md": ("train_tables.py", "gpu"),
+    "train-tutorial-cpu.md": ("train_tables.py", "tutorial"),
+    "train-cnn-cpu.md": ("train_tables.py", "cnn"),
+    "bench-families-cpu.md": ("bench_tables.py", "families"),
+    "parity-sections-mlp.md": ("parity_tables.py", "mlp"),
+    "parity-sections-cnn.md": ("parity_tables.py", "cnn"),
+    "parity-sections-ports.md": ("parity_tables.py", "ports"),
+}  # docs/X -> the docs/scripts/ that prints it, and its arguments
 
 
 def generated_blocks(readme: str, docs: Path) -> list[str]:
@@ -225,14 +225,27 @@ def generated_blocks(readme: str, docs: Path) -> list[str]:
         r"<!-- generated: docs/(\S+) -->\n(.*?)<!-- end generated -->\n\n(.*?)(?:\n\n|$)", readme, re.S
     )
     for name, text, after in blocks:
+        if not (docs / name).is_file():
+            found.append(f"README: generated block docs/{name}: no such file")
+            continue
         saved = (docs / name).read_text()
         if text != saved:
             found.append(f"README: the generated block of docs/{name} differs from the file")
-        script = docs / "scripts" / GENERATORS.get(name, "")
-        if script.is_file():
-            out = io.StringIO()
-            with contextlib.redirect_stdout(out):
-                runpy.run_path(str(script), run_name="__main__")
+        if name not in GENERATORS:
+            found.append(f"README: generated block docs/{name} has no script in docs_check.GENERATORS")
+            continue
+        script, *args = GENERATORS[name]
+        script = docs / "scripts" / script
+        if not script.is_file():
+            found.append(f"docs/{name}: its script docs/scripts/{script.name} is missing")
+        else:
+            out, argv = io.StringIO(), sys.argv
+            sys.argv = [str(script), *args]
+            try:
+                with contextlib.redirect_stdout(out):
+                    runpy.run_path(str(script), run_name="__main__")
+            finally:
+                sys.argv = argv
             if out.getvalue() != saved:
                 found.append(f"docs/{name}: not what docs/scripts/{script.name} prints from the saved runs")
         for figure in re.findall(r"\d+\.\d+", after):

@@ -102,11 +102,16 @@ def test_the_recorded_sizes_page_is_its_json_rendered():
         ("(gap 7.4e-3", "(gap 7.5e-3", "gap 7.5e-3"),
         ("There are twelve.", "There are eleven.", "the code has"),
         ("over 8 seeds", "over 12 seeds", "calibration seeds"),
-        ("(7098 / 10000) | 0.779832", "(7099 / 10000) | 0.779832", "training results, jax"),
+        ("(7098 / 10000) | 0.779832", "(7099 / 10000) | 0.779832", "train-tutorial"),
         ("(90.35% after epoch 20", "(90.51% after epoch 20", "README AdamW"),
         ("| mlp | 669,706 | sgd |", "| mlp | 669,706 | adam |", "README recorded references"),
         ("| 20 | 93.98% | 93.83%", "| 20 | 93.98% | 93.88%", "generated block of docs/train-gpu.md"),
         ("(torch 93.98%, jax 93.83%", "(torch 93.98%, jax 93.88%", "93.88"),
+        (
+            "9, 0.0087 (relu'(0): grad fc2.bias)",
+            "9, 0.009 (relu'(0): grad fc2.bias)",
+            "parity-sections-cnn.md",
+        ),
         ("| running bn1.running_var | 8.12 |", "| running bn1.running_var | 8.13 |", "pitfall"),
         ("| gpt | 3.85 | 0 |", "| gpt | 3.58 | 0 |", "README calibration table: gpt"),
         (
@@ -123,6 +128,25 @@ def test_the_figure_check_fails_on_a_hand_edited_figure(quoted, edited, named):
     assert quoted in readme
     found = docs_check.problems(readme.replace(quoted, edited))
     assert found and all(named in line for line in found), found
+
+
+def test_the_figure_check_fails_on_a_generated_table_edited_in_both_places(tmp_path):
+    """A table edited by hand in the README and in its docs/ file alike is still caught: the
+    file is not what its script prints from the saved report."""
+    import shutil
+
+    from jaxnet import docs_check
+
+    docs = shutil.copytree(ROOT / "docs", tmp_path / "docs")
+    quoted, edited = "10, 0.13 (linear_relu_stack.3)", "10, 0.12 (linear_relu_stack.3)"
+    table = docs / "parity-sections-mlp.md"
+    assert quoted in table.read_text()
+    table.write_text(table.read_text().replace(quoted, edited))
+    readme = (ROOT / "README.md").read_text().replace(quoted, edited)
+    found = docs_check.problems(readme, docs)
+    assert found == [
+        "docs/parity-sections-mlp.md: not what docs/scripts/parity_tables.py prints from the saved runs"
+    ]
 
 
 PLACEHOLDERS = {r"\{(\w+),[\w,]+\}": r"\1", r"--backend B\b": "--backend jax", r"\bPATH\b": "runs/checkpoint",

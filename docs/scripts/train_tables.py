@@ -1,10 +1,17 @@
-"""The README's ResNet and GPT training tables, from the runs' saved ``--metrics`` files.
+"""The README's training tables, from the runs' saved ``--metrics`` files.
 
-    python docs/scripts/train_tables.py > docs/train-gpu.md
+    python docs/scripts/train_tables.py gpu      > docs/train-gpu.md
+    python docs/scripts/train_tables.py tutorial > docs/train-tutorial-cpu.md
+    python docs/scripts/train_tables.py cnn      > docs/train-cnn-cpu.md
 
-Reads ``docs/train-resnet-{torch,jax}-gpu.jsonl`` and ``docs/train-gpt-{backend}-s{seed}-gpu.jsonl``
-(written by ``docs/scripts/gpu_train.sh``). The README holds this output verbatim between
-``<!-- generated: docs/train-gpu.md -->`` markers; ``jaxnet.docs_check`` fails when the two differ.
+``gpu`` reads ``docs/train-resnet-{torch,jax}-gpu.jsonl`` and
+``docs/train-gpt-{backend}-s{seed}-gpu.jsonl`` (written by ``docs/scripts/gpu_train.sh``);
+``tutorial`` reads ``docs/train-tutorial-{jax,torch}.jsonl`` (``jaxnet train --backend B
+--no-shuffle --metrics ...``); ``cnn`` reads ``docs/train-cnn-{torch,jax}.jsonl``
+(``jaxnet train --model cnn --backend B --epochs 5 --metrics ...``). The CPU tables hold
+outcomes only: their runs shared the machine, and speed is ``jaxnet bench``'s. The README
+holds each output verbatim between ``<!-- generated: docs/X -->`` markers;
+``jaxnet.docs_check`` fails when the two differ.
 """
 
 from __future__ import annotations
@@ -64,16 +71,39 @@ def gpt() -> list[str]:
     return out
 
 
-def main() -> None:
+def tutorial() -> list[str]:
+    out = ["| backend | test accuracy after 10 epochs | avg loss |", "|---|---|---|"]
+    for b in ("jax", "torch"):
+        last = metrics(f"train-tutorial-{b}.jsonl")[-1]
+        out.append(
+            f"| {b} | {100 * last['accuracy']:.1f}% ({last['correct']} / 10000) | {last['test_loss']:.6f} |"
+        )
+    return out
+
+
+def cnn() -> list[str]:
+    runs = {b: metrics(f"train-cnn-{b}.jsonl") for b in ("torch", "jax")}
+    out = ["| epoch | torch: test accuracy, loss | jax: test accuracy, loss |", "|---|---|---|"]
+    for t, j in zip(runs["torch"], runs["jax"], strict=True):
+        out.append(
+            f"| {t['epoch']} | {100 * t['accuracy']:.1f}%, {t['test_loss']:.4f} "
+            f"| {100 * j['accuracy']:.1f}%, {j['test_loss']:.4f} |"
+        )
+    return out
+
+
+def gpu() -> list[str]:
     lines = ["ResNet (16/32/64 channels, 2 blocks a stage), `jaxnet train --model resnet`:", "", *resnet()]
     lines += [
         "",
         "GPT (character-level, fortunes), validation nats per character, `jaxnet train --model gpt`:",
         "",
     ]
-    lines += gpt()
-    sys.stdout.write("\n".join(lines) + "\n")
+    return lines + gpt()
 
 
 if __name__ == "__main__":
-    main()
+    tables = {"gpu": gpu, "tutorial": tutorial, "cnn": cnn}
+    if len(sys.argv) != 2 or sys.argv[1] not in tables:
+        sys.exit(f"usage: train_tables.py {{{','.join(tables)}}}")
+    sys.stdout.write("\n".join(tables[sys.argv[1]]()) + "\n")
