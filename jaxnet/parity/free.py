@@ -23,6 +23,7 @@ not found, it is unexplained and the row fails.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,6 +48,30 @@ BATCH_TIE = (
 )
 
 
+def on_cpu(backend) -> bool:
+    """A backend that runs on the CPU (a jax device's platform, a torch device's type)."""
+    device = getattr(backend, "device", None)
+    return getattr(device, "platform", getattr(device, "type", None)) == "cpu"
+
+
+def _state(backend: Backend) -> tuple[dict, dict]:
+    return (
+        {k: np.array(v) for k, v in backend.state_dict().items()},
+        {k: np.array(v) for k, v in backend.optimizer_state().items()},
+    )
+
+
+def _load(backend: Backend, state: tuple[dict, dict], step: int) -> None:
+    backend.load_state_dict(state[0])
+    backend.load_optimizer_state(state[1], step)
+
+
+def _equal(a: tuple[dict, dict], b: tuple[dict, dict]) -> bool:
+    return all(
+        x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x) for x, y in zip(a, b, strict=True)
+    )
+
+
 @dataclass
 class FreePair:
     """One free-running (jax, torch) pair, tracked step by step.
@@ -62,6 +87,10 @@ class FreePair:
     eps: float = 0.0
     own_torch: bool = True
     pool_inputs: list[str] = field(default_factory=list)  # what 2x2 max-pools read
+    # the batch of a step's indices, as (x, y) in this dtype: with it (and both sides on CPU),
+    # the search for causes is lazy; None: eager (a recorded torch side answers only what it
+    # was asked when recording)
+    data: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
     gaps: list[float] = field(default_factory=list)
     bounds: list[float] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)  # the latest of each kind, up to the first excess
@@ -69,8 +98,20 @@ class FreePair:
     # where a tie explains it, a correct torch run continued from there is one that crossed too
     crossed: tuple[int, dict, dict] | None = None
 
+    def __post_init__(self) -> None:
+        # where both sides step deterministically, the causes are looked up only once a gap
+        # leaves its bound, by a replay from the kept start (see :meth:`_replay`)
+        self.lazy = self.data is not None and on_cpu(self.jax) and on_cpu(self.torch)
+        self._start: tuple | None = None  # both sides' combined states and step counts at the start
+        self._steps: list[tuple[np.ndarray, float, dict]] = []  # (batch, tie margin, noise) per step
+
     def before(self, x: np.ndarray, y: np.ndarray) -> None:
-        """Record both sides' state, pre-activations and torch's gradient on the coming batch."""
+        """Record both sides' state, pre-activations and torch's gradient on the coming batch
+        (lazily: only the start, the first time)."""
+        if self.lazy:
+            if self._start is None:
+                self._start = (_state(self.jax), self.jax.step, _state(self.torch), self.torch.step)
+            return
         self._acts = (self.jax.activations(x), self.torch.activations(x))
         self._grads = self.torch.loss_and_grads(x, y)[1]
         if self.eps > 0:  # only the near-zero-gradient search reads the states before the step
@@ -83,6 +124,7 @@ class FreePair:
         self.jax.train_steps([idx])
         if self.own_torch:
             self.torch.train_steps([idx])
+        self._idx = idx
 
     def after(self, t: int, allowance: float, noise: dict[str, float]) -> None:
         """Gap after step ``t``; ``allowance`` is this step's teacher-forced allowance
@@ -100,9 +142,40 @@ class FreePair:
                 {k: np.array(v) for k, v in optimizer.items()},
             )
         if len(self.gaps) < 2 or self.gaps[-2] <= self.bounds[-2]:  # up to the first excess
-            self._find_ties(t, max(before, allowance))
-            if self.eps > 0:
-                self._find_near_zero(t, pj, pt, noise)
+            if self.lazy:
+                self._steps.append((self._idx, max(before, allowance), noise))
+                if self.gaps[-1] > self.bounds[-1]:
+                    self._replay()
+                return
+            self._find_causes(t, max(before, allowance), pj, pt, noise)
+
+    def _find_causes(self, t: int, within: float, pj: dict, pt: dict, noise: dict[str, float]) -> None:
+        self._find_ties(t, within)
+        if self.eps > 0:
+            self._find_near_zero(t, pj, pt, noise)
+
+    def _replay(self) -> None:
+        """Step both sides again from the start up to the first excess, looking for the causes
+        at every step as an eager search would have (both sides are deterministic on CPU: the
+        replay ends bit for bit where the run is, which is checked), then put both back."""
+        assert self._start is not None
+        now = (_state(self.jax), self.jax.step, _state(self.torch), self.torch.step)
+        _load(self.jax, *self._start[:2])
+        _load(self.torch, *self._start[2:])
+        own, self.lazy, self.own_torch = self.own_torch, False, True
+        try:
+            for t, (idx, within, noise) in enumerate(self._steps, start=1):
+                self.before(*self.data(idx))
+                self.step(idx)
+                self._find_causes(t, within, self.jax.state_dict(), self.torch.state_dict(), noise)
+            again = (_state(self.jax), _state(self.torch))
+        finally:
+            self.lazy, self.own_torch = True, own
+            _load(self.jax, *now[:2])
+            _load(self.torch, *now[2:])
+        if not all(_equal(a, b) for a, b in zip(again, (now[0], now[2]), strict=True)):
+            raise RuntimeError("a free-running pair's replay did not end where its run did")
+        self._steps.clear()
 
     def _record(self, event: Event) -> None:
         """Keep the latest event of each kind: the one nearest the excess explains it best."""

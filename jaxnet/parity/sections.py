@@ -99,7 +99,8 @@ def steps_section(setup: Run, recipe: str, opt: OptimConfig, batches, images, la
     eps = normalising_eps(opt)
     free = {
         d: FreePair(setup.backend("jax", d, "free"), sides.ref if d == "float32" else setup.backend("torch", d, "free"),
-                    relu_inputs, eps=eps, own_torch=d != "float32", pool_inputs=pool_inputs)
+                    relu_inputs, eps=eps, own_torch=d != "float32", pool_inputs=pool_inputs,
+                    data=lambda idx, d=d: (batch.cast(batch.take(images, idx), d), batch.cast(batch.take(labels, idx), d)))
         for d in setup.dtypes
     }  # fmt: skip
     everyone = [sides.ref, sides.ref64, sides.spare, *sides.jax.values()]
@@ -176,7 +177,8 @@ def epoch_section(
         torch_side = trained("torch", dtype, "")
         if dtype in setup.dtypes:
             pair = FreePair(trained("jax", dtype, ""), torch_side, list(setup.config.relu_inputs), eps=eps,
-                            pool_inputs=list(setup.config.pool_inputs))  # fmt: skip
+                            pool_inputs=list(setup.config.pool_inputs),
+                            data=lambda idx, d=dtype: (train_x[d][idx], labels[idx]))  # fmt: skip
             allowance = max(tf.allowance[dtype])
             for t, idx in enumerate(batches, start=1):
                 pair.before(train_x[dtype][idx], labels[idx])
