@@ -212,3 +212,54 @@ def test_gpu_parity_in_both_matmul_precisions(fmnist, precision):
         assert arithmetic == "jax highest, torch highest"
     else:  # JAX's default float32 matmuls on recent NVIDIA GPUs are TF32; the floors scale to it
         assert "tf32" in arithmetic
+
+
+def test_a_lazy_search_for_causes_finds_what_the_step_by_step_one_does(fmnist):
+    """A free-running pair on CPU looks for ties and near-zero gradients only once its gap leaves
+    the bound, by replaying both sides from the start: the same events, gaps and crossing as the
+    search at every step, and both sides put back where they were (the run goes on bit for bit).
+
+    The sides step at different learning rates, so that their updates differ (near-zero gradients
+    under a noise floor of 1) and pre-activations flip; step 5's allowance is negative, a first
+    excess there on any CPU."""
+    from dataclasses import replace
+
+    from jaxnet import checkpoint
+    from jaxnet.backends import get_backend
+    from jaxnet.config import ModelConfig
+    from jaxnet.parity.free import FreePair
+
+    config = ModelConfig(hidden=(32,))
+    state = checkpoint.init_state_dict(config, 0)
+    x, y = fmnist.train.float_images()[:256], fmnist.train.labels[:256]
+    opt = RECIPES["adam-l2"]
+    runs = {}
+    for lazy in (True, False):
+        sides = []
+        for name, lr in (("jax", opt.lr), ("torch", 1.5 * opt.lr)):
+            backend = get_backend(name, config, state=state)
+            backend.train_dropout = False
+            backend.set_optimizer(replace(opt, lr=lr))
+            backend.set_train_data(x, y)
+            sides.append(backend)
+        data = (lambda idx: (x[idx], y[idx])) if lazy else None
+        pair = FreePair(*sides, list(config.relu_inputs), eps=opt.eps, data=data)
+        assert pair.lazy == lazy
+        for t in range(1, 9):
+            idx = np.arange(32 * (t - 1), 32 * t)
+            pair.before(x[idx], y[idx])
+            pair.step(idx)
+            pair.after(t, -10.0 if t == 5 else 1.0, {k: 1.0 for k in state})
+        final = [{k: v.tobytes() for k, v in (s.state_dict() | s.optimizer_state()).items()} for s in sides]
+        runs[lazy] = (
+            [(e.step, e.kind, e.text) for e in pair.events],
+            pair.gaps,
+            pair.bounds,
+            pair.crossed,
+            final,
+        )
+    (events, gaps, bounds, crossed, final), eager = runs[True], runs[False]
+    assert events and events == eager[0], (events, eager[0])
+    assert gaps == eager[1] and bounds == eager[2] and final == eager[4]
+    assert crossed[0] == eager[3][0] == 5
+    assert all(np.array_equal(a[k], b[k]) for a, b in zip(crossed[1:], eager[3][1:], strict=True) for k in a)
