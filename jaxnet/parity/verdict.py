@@ -219,12 +219,22 @@ def step_floor_terms(before, after32, after64, moved: list) -> tuple[np.ndarray,
     """What :func:`step_floor` needs besides the dtype: the result's size, the update's size,
     and the reference's error plus sensitivity (computed once for every dtype's rows)."""
     after64 = np.asarray(after64)
-    update = np.abs(after64 - before)
-    size = np.maximum(np.abs(before), np.abs(after64))
-    sensitivity = np.abs(moved[0] - after64)
+
+    def gap(a, b) -> np.ndarray:  # |a - b| in float64, in one new array
+        d = np.asarray(np.subtract(a, b, dtype=np.float64))
+        return np.abs(d, out=d)
+
+    update = gap(after64, before)
+    size = np.asarray(np.abs(after64))
+    size = np.maximum(
+        size, np.abs(before), out=size if size.shape == np.broadcast(size, before).shape else None
+    )
+    sensitivity = gap(moved[0], after64)
     for m in moved[1:]:
-        np.maximum(sensitivity, np.abs(m - after64), out=sensitivity)
-    return size, update, np.abs(after32 - after64) + sensitivity
+        np.maximum(sensitivity, gap(m, after64), out=sensitivity)
+    measured = gap(after32, after64)
+    measured += sensitivity
+    return size, update, measured
 
 
 def step_floor_of(terms: tuple[np.ndarray, np.ndarray, np.ndarray], dtype: str, factor: float) -> np.ndarray:
