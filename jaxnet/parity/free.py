@@ -101,7 +101,9 @@ class FreePair:
     def __post_init__(self) -> None:
         # where both sides step deterministically, the causes are looked up only once a gap
         # leaves its bound, by a replay from the kept start (see :meth:`_replay`)
-        self.lazy = self.data is not None and on_cpu(self.jax) and on_cpu(self.torch)
+        # (on its own torch side only: the reference a teacher-forced run steps takes a tied
+        # step from a gradient it computes again, which a replay here would not know of)
+        self.lazy = self.data is not None and self.own_torch and on_cpu(self.jax) and on_cpu(self.torch)
         self._start: tuple | None = None  # both sides' combined states and step counts at the start
         self._steps: list[tuple[np.ndarray, float, dict]] = []  # (batch, tie margin, noise) per step
 
@@ -111,6 +113,9 @@ class FreePair:
         if self.lazy:
             if self._start is None:
                 self._start = (_state(self.jax), self.jax.step, _state(self.torch), self.torch.step)
+            # torch's step applies the gradient asked for here (as it does after the eager
+            # search's question): a step on a kept gradient need not be the computed step's bits
+            self.torch.loss_and_grads(x, y)
             return
         self._acts = (self.jax.activations(x), self.torch.activations(x))
         self._grads = self.torch.loss_and_grads(x, y)[1]
@@ -162,7 +167,7 @@ class FreePair:
         now = (_state(self.jax), self.jax.step, _state(self.torch), self.torch.step)
         _load(self.jax, *self._start[:2])
         _load(self.torch, *self._start[2:])
-        own, self.lazy, self.own_torch = self.own_torch, False, True
+        self.lazy = False
         try:
             for t, (idx, within, noise) in enumerate(self._steps, start=1):
                 self.before(*self.data(idx))
@@ -170,7 +175,7 @@ class FreePair:
                 self._find_causes(t, within, self.jax.state_dict(), self.torch.state_dict(), noise)
             again = (_state(self.jax), _state(self.torch))
         finally:
-            self.lazy, self.own_torch = True, own
+            self.lazy = True
             _load(self.jax, *now[:2])
             _load(self.torch, *now[2:])
         if not all(_equal(a, b) for a, b in zip(again, (now[0], now[2]), strict=True)):

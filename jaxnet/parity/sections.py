@@ -100,7 +100,7 @@ def steps_section(setup: Run, recipe: str, opt: OptimConfig, batches, images, la
     free = {
         d: FreePair(setup.backend("jax", d, "free"), sides.ref if d == "float32" else setup.backend("torch", d, "free"),
                     relu_inputs, eps=eps, own_torch=d != "float32", pool_inputs=pool_inputs,
-                    data=lambda idx, d=d: (batch.cast(batch.take(images, idx), d), batch.cast(batch.take(labels, idx), d)))
+                    data=lambda idx, d=d: (batch.cast(batch.take(images, idx), d), batch.cast(batch.take(labels, idx), d)))  # float32: eager
         for d in setup.dtypes
     }  # fmt: skip
     everyone = [sides.ref, sides.ref64, sides.spare, *sides.jax.values()]
