@@ -198,10 +198,55 @@ def _hashable(precision):
     return tuple(precision) if isinstance(precision, list) else precision
 
 
-def enable(model: nnx.Module) -> nnx.Module:
-    """Every ``nnx.Conv`` of ``model`` computes with :func:`conv_general_dilated`; returns ``model``."""
+def _pair(value) -> Pair:
+    """An ``nnx.Conv`` attribute (an int, a sequence, or ``None`` meaning 1) as a pair."""
+    if value is None:
+        return (1, 1)
+    return (int(value), int(value)) if isinstance(value, int) else tuple(int(v) for v in value)
+
+
+def gemm_wins(conv: nnx.Conv) -> bool:
+    """The measured policy: the convolutions where im2col + GEMM beat XLA's on the CPU.
+
+    Forward + backward CPU ms of the ResNet's layers, batch 128, one thread, XLA's
+    convolution against :func:`conv_general_dilated` (two runs on a shared 2-core machine)::
+
+        layer                 XLA      GEMM       layer                 XLA      GEMM
+        1->16 3x3 (stem)      25, 20    7, 5      16->16 3x3           129, 58  181, 188
+        16->32 3x3 s2         54, 49   37, 49     32->32 3x3            52, 48   91, 128
+        16->32 1x1 s2         20, 17    6, 4      64->64 3x3            30, 39   49, 41
+        32->64 1x1 s2        9.5, 7.7 4.6, 4.1    32->64 3x3 s2       22.5, 20 32.5, 19
+
+    A 1x1 kernel is one strided slice and one GEMM, and a stem's patches (``kh*kw*C_in``
+    columns, ``C_in`` a few image channels) are small: the GEMM path wins 2-4x. A strided
+    3x3 ties or wins (its patches are ``sh*sw`` times smaller than at stride 1). A stride-1
+    kxk on many channels loses up to 3x: its patches copy the input ``kh*kw`` times, and the
+    input gradient's GEMM has only ``C_out`` as its inner dimension (taking that gradient as a
+    convolution of the padded gradient with the flipped kernel instead, through the same
+    patches + GEMM, measured no better: 227, 122, 115 ms on the three stride-1 layers).
+
+    So: a 1x1 kernel, any stride above 1, or at most :data:`FEW_CHANNELS` input channels.
+    """
+    kernel = _pair(conv.kernel_size)
+    return kernel == (1, 1) or _pair(conv.strides) != (1, 1) or conv.in_features <= FEW_CHANNELS
+
+
+FEW_CHANNELS = 4  # a stem: grey, RGB or RGBA images
+
+
+def enable(model: nnx.Module, where="all") -> nnx.Module:
+    """``nnx.Conv`` layers of ``model`` compute with :func:`conv_general_dilated`; returns ``model``.
+
+    ``where`` picks the layers: ``"all"`` (every ``nnx.Conv``), ``"measured"`` (those where
+    :func:`gemm_wins`: 1x1 kernels, strided and few-channel ones; the rest stay on XLA's
+    convolution), or any predicate ``nnx.Conv -> bool``.
+    """
+    policies = {"all": lambda conv: True, "measured": gemm_wins}
+    if isinstance(where, str) and where not in policies:
+        raise ValueError(f"where must be one of {sorted(policies)} or a predicate, not {where!r}")
+    chosen = policies[where] if isinstance(where, str) else where
     walk = nnx.iter_modules(model) if hasattr(nnx, "iter_modules") else model.iter_modules()
     for _, module in walk:
-        if isinstance(module, nnx.Conv):
+        if isinstance(module, nnx.Conv) and chosen(module):
             module.conv_general_dilated = conv_general_dilated
     return model
