@@ -90,7 +90,8 @@ def unit_roundoff(dtype: str, matmul: str = "highest") -> float:
 def ulp(x: np.ndarray, dtype: str | np.dtype) -> np.ndarray:
     """Elementwise spacing of ``dtype`` at ``|x|`` (float64 array): one unit in the last place."""
     dtype = np.dtype(dtype)
-    return np.spacing(np.abs(np.asarray(x)).astype(dtype)).astype(np.float64)
+    # no copies where the array already has the dtype (called on every element of every step)
+    return np.spacing(np.abs(np.asarray(x)).astype(dtype, copy=False)).astype(np.float64, copy=False)
 
 
 def a_priori_bound(dtype: str, reduction: int, *, matmul: str = "highest") -> float:

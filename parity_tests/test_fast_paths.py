@@ -120,3 +120,29 @@ def test_every_bench_path_runs_and_the_table_shows_limits_and_plain_loops(capsys
         report["epoch_gflop"]
         == 2 * 128 * (2 * (784 * 512 + 512 * 512 + 512 * 10) + (512 * 512 + 512 * 10)) / 1e9
     )
+
+
+def test_torch_step_on_a_kept_gradient_equals_the_computed_step(fmnist):
+    """The parity engine asks torch for the gradient on a batch, then steps on it: the step
+    applies the kept gradient, bit for bit what computing it again gives; a change of the
+    parameters forgets it (a step from a loaded state is computed, not replayed)."""
+    config = ModelConfig(hidden=(32,))
+    state = checkpoint.init_state_dict(config, 0)
+    x, y = fmnist.train.float_images()[:LIMIT], fmnist.train.labels[:LIMIT]
+    batches = _batches(LIMIT)[:3]
+    results = {}
+    for asked in (True, False):
+        backend = get_backend("torch", config, state=state)
+        backend.train_dropout = False
+        backend.set_optimizer(RECIPES["adam-l2"])
+        backend.set_train_data(x, y)
+        for idx in batches:
+            if asked:
+                backend.loss_and_grads(x[idx], y[idx])
+                backend.activations(x[idx])
+            backend.train_steps([idx])
+        results[asked] = _bits(backend.state_dict() | backend.optimizer_state())
+    assert results[True] == results[False]
+    backend.loss_and_grads(x[batches[0]], y[batches[0]])
+    backend.load_state_dict(state)  # the kept gradient belongs to the state before the load
+    assert backend._recall("loss_and_grads", (x[batches[0]], y[batches[0]])) is None

@@ -135,6 +135,9 @@ _ACTS = jax.jit(
     static_argnums=0,
 )
 _LOGITS = jax.jit(lambda graphdef, params, x: nnx.merge(graphdef, params)(x), static_argnums=0)
+# a batch gathered from the training data on the device: one compiled gather per batch size
+# (indexing a jax.Array outside jit dispatches a dozen operations from Python every step)
+_TAKE = jax.jit(lambda images, labels, idx: (images[idx], labels[idx]))
 _KEYS = jax.jit(lambda key, steps: jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, steps))
 
 
@@ -292,18 +295,14 @@ class JaxBackend:
                 losses.append(chunk)
             else:
                 for i, batch in enumerate(run):
-                    idx = self._put(batch)
+                    x, y = _TAKE(images, labels, self._put(batch))
                     self.params, self.opt_state, loss = self._step(
-                        self.params,
-                        self.opt_state,
-                        images[idx],
-                        labels[idx],
-                        None if keys is None else keys[i],
+                        self.params, self.opt_state, x, y, None if keys is None else keys[i]
                     )
-                    losses.append(loss[None])
+                    losses.append(loss)  # a scalar: made 1-D on the host, not by a jax operation
             step += len(run)
         self.step = step
-        return np.concatenate([_host(chunk) for chunk in losses]) if losses else np.zeros(0)
+        return np.concatenate([np.atleast_1d(_host(chunk)) for chunk in losses]) if losses else np.zeros(0)
 
     @_in_mode
     def evaluate(self, images: np.ndarray, labels: np.ndarray, batch_size: int = 64) -> tuple[int, float]:

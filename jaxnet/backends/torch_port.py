@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from jaxnet import batch, checkpoint, registry
 from jaxnet.backends.host_data import HostData
-from jaxnet.backends.torch import TorchBackend, torch_device
+from jaxnet.backends.torch import TorchBackend, _read_only, torch_device
 from jaxnet.config import OptimConfig, PortConfig
 from jaxnet.distributed import Rank
 from jaxnet.errors import JaxnetError
@@ -119,6 +119,7 @@ class TorchPortBackend(HostData, TorchBackend):
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         checkpoint.validate_state_dict(state, self.config, self.dtype)
+        self._forget()
         own = self.model.state_dict()
         with torch.no_grad():
             for key in self.config.param_shapes():
@@ -156,12 +157,26 @@ class TorchPortBackend(HostData, TorchBackend):
 
     # ------------------------------------------------------------------ queries
 
+    def _key(self, *trees) -> tuple:
+        """The inputs of a query as a key of :meth:`_recall`: every leaf, its path, the mode."""
+        out: list[np.ndarray] = [np.array(self.training)]
+        for tree in trees:
+            found = batch.leaves(tree)
+            out += [np.array(list(found))] + [np.asarray(v) for v in found.values()]
+        return tuple(out)
+
     def activations(self, x, masks: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        key = self._key(x) if masks is None else None
+        if key is not None and (kept := self._recall("activations", key)) is not None:
+            return dict(kept)
         self._mode()
         with torch.no_grad(), self._kept_buffers(), capture.capture(self.model, self._masks(masks)) as acts:
             out = self._call(x)
         acts = acts | capture.named_leaves("output", out)
-        return {k: v.detach().cpu().numpy() for k, v in acts.items()}
+        answer = {k: _read_only(v.detach().cpu().numpy()) for k, v in acts.items()}
+        if key is not None:
+            self._remember("activations", tuple(np.array(a) for a in key), answer)
+        return dict(answer)
 
     def buffers_after(self, x) -> dict[str, np.ndarray]:
         """The buffers after one train-mode forward on ``x`` from the current state (the model
@@ -178,14 +193,22 @@ class TorchPortBackend(HostData, TorchBackend):
     def loss_and_grads(
         self, x, y, masks: dict[str, np.ndarray] | None = None
     ) -> tuple[float, dict[str, np.ndarray]]:
+        key = self._key(x, y) if masks is None else None
+        if key is not None and (kept := self._recall("loss_and_grads", key)) is not None:
+            return kept[0], dict(kept[1])
         self._mode()
         self.model.zero_grad(set_to_none=True)
         with self._kept_buffers(), capture.capture(self.model, self._masks(masks)):
             loss = loss_value(self.config, self._call(x), batch.tree_map(self._put, y))
             loss.backward()
-        grads = {k: p.grad.cpu().numpy() for k, p in self.model.named_parameters() if p.grad is not None}
+        tensors = {k: p.grad for k, p in self.model.named_parameters() if p.grad is not None}
+        grads = {k: _read_only(g.cpu().numpy()) for k, g in tensors.items()}
         self.model.zero_grad(set_to_none=True)
-        return float(loss.detach()), grads
+        if key is not None:
+            self._remember(
+                "loss_and_grads", tuple(np.array(a) for a in key), (float(loss.detach()), grads, tensors)
+            )
+        return float(loss.detach()), dict(grads)
 
     # ------------------------------------------------------------------ steps
 
@@ -194,6 +217,19 @@ class TorchPortBackend(HostData, TorchBackend):
         losses = []
         for idx in batches:
             x, y = self._batch(idx)
+            kept = self._recall("loss_and_grads", self._key(x, y))
+            if kept is not None and not (self.training or self.train_dropout):
+                # the gradient loss_and_grads computed from this state on this batch, in the same
+                # mode (eval: no running statistics move, no dropout): the same bits a step computes
+                with torch.no_grad():
+                    for name, param in self.model.named_parameters():
+                        param.grad = kept[2][name].clone() if name in kept[2] else None
+                self.optimizer.step()
+                self.optimizer.zero_grad()
+                losses.append(torch.tensor(kept[0], dtype=_DTYPES[self.dtype]))
+                self._after_step(1)
+                continue
+            self._forget()
             self._mode(dropout=self.train_dropout)
             self.optimizer.zero_grad()
             with self._dropout_rng():  # seeded from (seed, step): a resumed run draws the same masks

@@ -114,6 +114,7 @@ def teacher_forced(
         )
         measured = max(rel_error(after32[k], after64[k]) for k in sides.ref.state_dict())
         order = _order_spread(sides, start, step, xk, yk, buffers)
+        terms: dict[str, tuple] = {}  # name -> its step floor's dtype-free terms, shared by the dtypes
         for dtype, side in sides.jax.items():  # _untied loaded each side with ``start``
             side.train_steps([idx[keep]])
             got = state(side)
@@ -130,10 +131,13 @@ def teacher_forced(
                     if (dtype, name) not in worst or ratio > worst[dtype, name][0]:
                         worst[dtype, name] = (ratio, t, None)
                     continue
-                before = start.get(name, np.zeros_like(value))
-                floor = verdict.step_floor(
-                    before, after32[name], after64[name], [m[name] for m in moved], dtype, factors[dtype]
-                ) + order.get((dtype, name), 0.0)
+                if name not in terms:
+                    before = start.get(name, np.zeros_like(value))
+                    terms[name] = verdict.step_floor_terms(
+                        before, after32[name], after64[name], [m[name] for m in moved]
+                    )
+                floor = verdict.step_floor_of(terms[name], dtype, factors[dtype])
+                floor = floor + order.get((dtype, name), 0.0)
                 ratio = verdict.worst_ratio(value, expected[name], floor)
                 ratios.append(ratio)
                 if (dtype, name) not in worst or ratio > worst[dtype, name][0]:

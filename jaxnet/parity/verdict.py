@@ -200,7 +200,22 @@ def step_floor(
       float32 floor (``moved``), scaled by ``factor``. Adam's elements near ``g = 0`` get
       their steep slope ``lr / (sqrt(v_hat) + eps)`` here, SGD's get ``lr``.
     """
+    return step_floor_of(step_floor_terms(before, after32, after64, moved), dtype, factor)
+
+
+def step_floor_terms(before, after32, after64, moved: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What :func:`step_floor` needs besides the dtype: the result's size, the update's size,
+    and the reference's error plus sensitivity (computed once for every dtype's rows)."""
+    after64 = np.asarray(after64)
     update = np.abs(after64 - before)
-    resolution = ulp(np.maximum(np.abs(before), np.abs(after64)), dtype) + ulp(update, dtype)
-    sensitivity = np.max([np.abs(m - after64) for m in moved], axis=0)
-    return resolution + (np.abs(after32 - after64) + sensitivity) * factor
+    size = np.maximum(np.abs(before), np.abs(after64))
+    sensitivity = np.abs(moved[0] - after64)
+    for m in moved[1:]:
+        np.maximum(sensitivity, np.abs(m - after64), out=sensitivity)
+    return size, update, np.abs(after32 - after64) + sensitivity
+
+
+def step_floor_of(terms: tuple[np.ndarray, np.ndarray, np.ndarray], dtype: str, factor: float) -> np.ndarray:
+    """:func:`step_floor` from :func:`step_floor_terms`."""
+    size, update, measured = terms
+    return ulp(size, dtype) + ulp(update, dtype) + measured * factor
