@@ -287,6 +287,7 @@ def summarise(peaks: dict, results: list[dict], epochs: int, n: int, startup: di
         "samples": n,
         "epochs": epochs,
         "machine": f"{os.uname().machine}, {os.cpu_count()} cores",
+        "allocator_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")},
         "results": results,
         "startup_s": startup,
     }
