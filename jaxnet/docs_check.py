@@ -10,7 +10,9 @@ edited by hand, or a report re-run without its paragraph, fails the suite
   notes of ``docs/parity-cpu.json``, ``parity-cnn-cpu.json``, ``parity-resnet-cpu.json``,
   ``parity-gpt-cpu.json``), and its ``N/N rows`` and seconds (every
   report: the MLP's, the CNN's, the ResNet's and the GPT's, each sentence naming its file);
-- K (``jaxnet.parity.verdict.K``);
+- K (``jaxnet.parity.verdict.K``), and the K paragraph's summary of ``docs/calibration.md``
+  (largest err / floor once-computed and of each dtype's trajectories, the faults' smallest
+  margin);
 - the planted-fault table: one row per fault of ``jaxnet.parity.faults``, each row's figures
   those of ``docs/calibration.md`` or, for a fault added after it,
   ``docs/faults-after-calibration-cpu.json``;
@@ -308,10 +310,45 @@ def calibration_table(readme: str, docs: Path) -> list[str]:
     return found
 
 
+def mlp_calibration(readme: str, docs: Path) -> list[str]:
+    """The K paragraph's summary of docs/calibration.md: the largest err / floor of rows computed
+    once or teacher-forced, of the float32 and float64 trajectories, and the planted faults'
+    smallest first-row margin."""
+    text = (docs / "calibration.md").read_text()
+    table = re.findall(
+        r"^\| (\w+) (float\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", text, re.M
+    )
+    largest = {}
+    for kind, dtype, *cells in table:
+        key = kind + (f" {dtype}" if kind == "trajectory" else "")
+        largest[key] = max(largest.get(key, 0.0), *map(float, cells))
+    once = max(v for k, v in largest.items() if not k.startswith("trajectory"))
+    faults = [float(m) for m in re.findall(r"^\| [\w-]+: [^|]+\| [^|]+\| ([\d.e+]+) \|", text, re.M)]
+    later = json.loads((docs / "faults-after-calibration-cpu.json").read_text())["faults"]
+    faults += [result["float32"][1] for result in later.values()]  # faults added after the calibration
+    quoted = re.search(
+        rf"reach at most ({NUMBER}) times their floor, free-running trajectories ({NUMBER}) \(float32\) and\s+"
+        rf"({NUMBER}) \(one\s+float64.*?first failing rows sit at ({NUMBER}) times K",
+        readme,
+        re.S,
+    )
+    if quoted is None:
+        return ["README: no K paragraph summarising docs/calibration.md"]
+    measured = (
+        once,
+        largest.get("trajectory float32", 0.0),
+        largest.get("trajectory float64", 0.0),
+        min(faults),
+    )
+    if not all(_same(q, m) for q, m in zip(quoted.groups(), measured, strict=True)):
+        return [f"README K paragraph: {quoted.groups()}; docs/calibration.md: {measured}"]
+    return []
+
+
 def problems(readme: str | None = None, docs: Path = ROOT / "docs") -> list[str]:
     """Every disagreement between ``readme`` (default: README.md) and the saved outputs."""
     text = (ROOT / "README.md").read_text() if readme is None else readme
-    checks = (parity_figures, fault_table, constants, training_results, recorded_tables, generated_blocks,
+    checks = (parity_figures, fault_table, constants, mlp_calibration, training_results, recorded_tables, generated_blocks,
               pitfall_table, calibration_table)  # fmt: skip
     return [line for check in checks for line in check(text, docs)]
 

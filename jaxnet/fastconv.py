@@ -198,10 +198,79 @@ def _hashable(precision):
     return tuple(precision) if isinstance(precision, list) else precision
 
 
-def enable(model: nnx.Module) -> nnx.Module:
-    """Every ``nnx.Conv`` of ``model`` computes with :func:`conv_general_dilated`; returns ``model``."""
+def gemm_wins(lhs_shape, rhs_shape, strides: Pair) -> bool:
+    """The measured policy: the convolutions (NHWC input, HWIO kernel) where im2col + GEMM beat
+    XLA's on the CPU: a 1x1 kernel, a stride above 1, at most :data:`FEW_CHANNELS` input
+    channels (a stem), or at least :data:`LARGE_OUTPUT` output values per image.
+
+    Forward + backward CPU ms, one thread, XLA's convolution against :func:`conv_general_dilated`
+    (each pair from one run; two runs for the ResNet's layers, a shared 2-core machine)::
+
+        batch 128, the ResNet's layers     XLA        GEMM     out/image
+        1->16 3x3, 28x28 (stem)           25, 20      7, 5     12,544
+        16->32 1x1 s2                     20, 17      6, 4
+        32->64 1x1 s2                    9.5, 7.7   4.6, 4.1
+        16->32 3x3 s2                     54, 49     37, 49
+        32->64 3x3 s2                   22.5, 20   32.5, 19
+        16->16 3x3, 28x28                129, 58    181, 188    12,544
+        32->32 3x3, 14x14                 52, 48     91, 128     6,272
+        64->64 3x3, 7x7                   30, 39     49, 41      3,136
+        batch 64, stride 1
+        32->64 3x3 valid, 26x26 (the CNN's conv2)   418    174     36,864
+        16->64 3x3, 28x28                           302    124     50,176
+        32->32 3x3 valid, 26x26                     170    159     21,632
+        32->64 3x3, 14x14                            35     37     12,544
+        16->16 3x3, 28x28                            25    117     12,544
+
+    A 1x1 kernel is one strided slice and one GEMM, a stem's patches (``kh*kw*C_in`` columns)
+    are small: 2-4x faster. A strided 3x3 ties or wins (its patches are ``sh*sw`` times smaller
+    than at stride 1). XLA's stride-1 convolution is fast while an image's output is small
+    (here up to ~22k values) and 2.4x slower than the GEMMs past ~37k; below that the GEMM path
+    loses up to 4x (its patches copy the input ``kh*kw`` times, and the input gradient's GEMM has
+    only ``C_out`` as its inner dimension; that gradient as a convolution of the padded gradient
+    with the flipped kernel, through the same patches + GEMM, measured no better: 227, 122 and
+    115 ms on the ResNet's three stride-1 layers, and 5-10x worse at stride 2).
+    """
+    kh, kw, c_in, c_out = rhs_shape
+    out = [out_size(n, k, s) for n, k, s in zip(lhs_shape[1:3], (kh, kw), strides, strict=True)]
+    return (
+        (kh, kw) == (1, 1)
+        or tuple(strides) != (1, 1)
+        or c_in <= FEW_CHANNELS
+        or out[0] * out[1] * c_out >= LARGE_OUTPUT
+    )
+
+
+FEW_CHANNELS = 4  # a stem: grey, RGB or RGBA images
+LARGE_OUTPUT = 2**15  # output values per image (OH*OW*C_out) past which XLA's stride 1 loses
+
+
+def conv_measured(lhs, rhs, window_strides, padding, *args, **kwargs):
+    """:func:`conv_general_dilated` where :func:`gemm_wins` on the padded input's shape, else
+    ``jax.lax.conv_general_dilated``; decided when traced, from static shapes."""
+    convolve = jax.lax.conv_general_dilated
+    if lhs.ndim == 4 and rhs.ndim == 4:
+        strides = tuple(int(s) for s in window_strides)
+        pads = padding
+        if isinstance(padding, str):
+            pads = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+        padded = (lhs.shape[0], *(n + lo + hi for n, (lo, hi) in zip(lhs.shape[1:3], pads, strict=True)))
+        if gemm_wins(padded, rhs.shape, strides):
+            convolve = conv_general_dilated
+    return convolve(lhs, rhs, window_strides, padding, *args, **kwargs)
+
+
+def enable(model: nnx.Module, where: str = "all") -> nnx.Module:
+    """``nnx.Conv`` layers of ``model`` compute with :func:`conv_general_dilated`; returns ``model``.
+
+    ``where``: ``"all"`` (every layer), or ``"measured"`` (each call where :func:`gemm_wins`
+    for its shapes, the rest on XLA's convolution: :func:`conv_measured`).
+    """
+    convs = {"all": conv_general_dilated, "measured": conv_measured}
+    if where not in convs:
+        raise ValueError(f"where must be one of {sorted(convs)}, not {where!r}")
     walk = nnx.iter_modules(model) if hasattr(nnx, "iter_modules") else model.iter_modules()
     for _, module in walk:
         if isinstance(module, nnx.Conv):
-            module.conv_general_dilated = conv_general_dilated
+            module.conv_general_dilated = convs[where]
     return model

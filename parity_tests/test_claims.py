@@ -102,6 +102,8 @@ def test_the_recorded_sizes_page_is_its_json_rendered():
         ("(gap 7.4e-3", "(gap 7.5e-3", "gap 7.5e-3"),
         ("There are twelve.", "There are eleven.", "the code has"),
         ("over 8 seeds", "over 12 seeds", "calibration seeds"),
+        ("reach at most 5.0 times their floor", "reach at most 4.0 times their floor", "K paragraph"),
+        ("rows sit at 4.6 times K", "rows sit at 5.6 times K", "K paragraph"),
         ("(7098 / 10000) | 0.779832", "(7099 / 10000) | 0.779832", "train-tutorial"),
         ("(90.35% after epoch 20", "(90.51% after epoch 20", "README AdamW"),
         ("| mlp | 669,706 | sgd |", "| mlp | 669,706 | adam |", "README recorded references"),

@@ -147,6 +147,34 @@ def test_other_convolutions_pass_through_and_the_fast_ones_have_no_conv_primitiv
         assert "conv_general_dilated" in str(jax.make_jaxpr(_conv(4, 4, padding, strides=strides))(x))
 
 
+def _convs(fn, x) -> int:
+    """How many XLA convolutions ``fn(x)`` traces to (a jaxpr, nothing compiled)."""
+    return str(jax.make_jaxpr(fn)(x)).count("conv_general_dilated")
+
+
+def test_the_measured_policy_routes_by_the_measured_shapes():
+    # (c_in, c_out, size, kernel, stride) -> whether the GEMM path takes it (fastconv.gemm_wins)
+    cases = {(1, 8, 8, 3, 1): True, (3, 8, 8, 3, 1): True, (16, 8, 8, 1, 1): True, (16, 8, 8, 3, 2): True,
+             (16, 8, 8, 3, 1): False, (8, 8, 8, 5, 1): False,  # stride 1, 8*8*8 outputs per image
+             (8, 512, 8, 3, 1): True, (8, 511, 8, 3, 1): False}  # 8*8*512 = 2**15 outputs: the bound  # fmt: skip
+    for (c_in, c_out, size, k, s), gemm in cases.items():
+        conv = nnx.Conv(c_in, c_out, (k, k), strides=s, padding="SAME", rngs=nnx.Rngs(0))
+        x = jnp.ones((2, size, size, c_in), jnp.float32)
+        assert _convs(fastconv.enable(conv, where="measured"), x) == (0 if gemm else 1), (c_in, k, s)
+    # the ResNet: a stem (1 channel), a stride-1 stage, then 3x3 stride-2 convs and 1x1 shortcuts
+    from jaxnet.models import resnet
+
+    x = jnp.ones((2, 12, 12, 1), jnp.float32)
+    model = resnet.ResNet((4, 8, 8), 1, rngs=nnx.Rngs(0))
+    model.eval()  # a trace must not update the running statistics
+    layers = [m for _, m in nnx.iter_graph(model) if isinstance(m, nnx.Conv)]
+    stride1 = sum(m.strides in (1, (1, 1)) and m.kernel_size != (1, 1) and m.in_features > 4 for m in layers)
+    assert 0 < stride1 < len(layers)
+    assert _convs(model, x) == len(layers)
+    assert _convs(fastconv.enable(nnx.clone(model), where="measured"), x) == stride1
+    assert _convs(fastconv.enable(nnx.clone(model)), x) == 0  # a clone: make_jaxpr caches per callable
+
+
 def _resnet_step(model, x, y) -> dict[str, np.ndarray]:
     """A train-mode step's numbers: logits, loss, every gradient, every updated running statistic."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)

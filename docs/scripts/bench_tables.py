@@ -2,9 +2,12 @@
 
     python docs/scripts/bench_tables.py mlp-cnn  > docs/bench-mlp-cnn-cpu.md
     python docs/scripts/bench_tables.py families > docs/bench-families-cpu.md
+    python docs/scripts/bench_tables.py allocator > docs/bench-allocator-cpu.md
 
 ``mlp-cnn`` reads ``docs/bench-cpu.json`` (the MLP's and the CNN's paths in one run),
-``families`` reads ``docs/bench-resnet-cpu.json`` and ``docs/bench-gpt-cpu.json``. Each model
+``families`` reads ``docs/bench-resnet-cpu.json`` and ``docs/bench-gpt-cpu.json``,
+``allocator`` ``docs/bench-{cnn,resnet}-alloc-cpu.json`` (the same paths run with glibc's
+allocator told to keep freed memory, ``MALLOC_*`` in the environment). Each model
 gets its table (one row per path) and a line of ratios: every path's samples/s over its
 model's plain torch loop, the same run's. The README holds each output verbatim between
 ``<!-- generated: docs/X -->`` markers; ``jaxnet.docs_check`` fails when the two differ or
@@ -20,7 +23,8 @@ from pathlib import Path
 DOCS = Path(__file__).resolve().parents[1]
 
 TABLES = {"mlp-cnn": [("bench-cpu.json", ("mlp", "cnn"))],
-          "families": [("bench-resnet-cpu.json", ("resnet",)), ("bench-gpt-cpu.json", ("gpt",))]}  # fmt: skip
+          "families": [("bench-resnet-cpu.json", ("resnet",)), ("bench-gpt-cpu.json", ("gpt",))],
+          "allocator": [("bench-cnn-alloc-cpu.json", ("cnn",)), ("bench-resnet-alloc-cpu.json", ("resnet",))]}  # fmt: skip
 PLAIN_TORCH = {"mlp": "torch-plain"}  # else "<model>-torch-plain"
 
 
@@ -36,8 +40,12 @@ def model_of(path: str, models: dict) -> str:
 def machine(report: dict) -> list[str]:
     fma, peaks = report["fma_peak"], report["peak_gflops"]
     gemm = ", ".join(f"{fw} {p['square_2048']:.0f}" for fw, p in peaks.items() if "square_2048" in p)
-    return [f"Machine: {report['machine']}. The cores' float32 FMA peak (derived): {fma['derivation']}; "
-            f"a 2048^3 GEMM, GFLOP/s: {gemm}.", ""]  # fmt: skip
+    line = (f"Machine: {report['machine']}. The cores' float32 FMA peak (derived): {fma['derivation']}; "
+            f"a 2048^3 GEMM, GFLOP/s: {gemm}.")  # fmt: skip
+    if "allocator_env" in report:  # recorded since the allocator finding (docs/xla-cpu-conv.md)
+        env = " ".join(f"{k}={v}" for k, v in report["allocator_env"].items())
+        line += f" glibc's allocator: {f'`{env}`' if env else 'its defaults'}."
+    return [line, ""]
 
 
 def model(report: dict, name: str) -> list[str]:

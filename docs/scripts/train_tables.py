@@ -84,11 +84,14 @@ def tutorial() -> list[str]:
 def cnn() -> list[str]:
     runs = {b: metrics(f"train-cnn-{b}.jsonl") for b in ("torch", "jax")}
     out = ["| epoch | torch: test accuracy, loss | jax: test accuracy, loss |", "|---|---|---|"]
-    for t, j in zip(runs["torch"], runs["jax"], strict=True):
-        out.append(
-            f"| {t['epoch']} | {100 * t['accuracy']:.1f}%, {t['test_loss']:.4f} "
-            f"| {100 * j['accuracy']:.1f}%, {j['test_loss']:.4f} |"
-        )
+    for epoch in range(1, max(len(r) for r in runs.values()) + 1):
+        cells = [
+            f"{100 * r[epoch - 1]['accuracy']:.1f}%, {r[epoch - 1]['test_loss']:.4f}"
+            if epoch <= len(r)
+            else "-"
+            for r in runs.values()
+        ]
+        out.append(f"| {epoch} | " + " | ".join(cells) + " |")
     return out
 
 

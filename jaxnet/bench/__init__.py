@@ -16,8 +16,8 @@ with the tutorial's recipe (SGD, lr 1e-3, batch 64):
 - ``cnn-torch-plain``: ``examples/mnist``'s ``train()`` loop over pre-made tensors;
 - ``cnn-torch-jaxnet``, ``cnn-jax-jaxnet``: jaxnet's backends (one jitted step per batch in
   JAX: a ``lax.scan`` over conv steps runs slower on XLA's CPU backend);
-- ``cnn-jax-fastconv``: the same JAX path, its ``nnx.Conv`` layers computing as im2col + one
-  GEMM with their own gradient (:mod:`jaxnet.fastconv`).
+- ``cnn-jax-fastconv``: the same JAX path, its ``nnx.Conv`` layers on :mod:`jaxnet.fastconv`'s
+  measured policy (both layers computing as im2col + one GEMM with their own gradient).
 
 ``--model resnet`` and ``--model gpt`` time the port families with their ``jaxnet train``
 recipes and batch sizes (:mod:`jaxnet.bench.port_loops`), on a few steps an epoch by default
@@ -29,8 +29,15 @@ recipes and batch sizes (:mod:`jaxnet.bench.port_loops`), on a few steps an epoc
   ``nnx.Optimizer`` over an optax chain, one ``nnx.jit`` step per batch);
 - ``resnet-torch-jaxnet``, ``resnet-jax-jaxnet`` (and the GPT's): the port engine's backends,
   as ``jaxnet train --model resnet`` runs them;
-- ``resnet-jax-fastconv``: the same JAX backend, its ``nnx.Conv`` layers (3x3 stride 1 and 2,
-  1x1 stride 2) computing as im2col + one GEMM with their own gradient (:mod:`jaxnet.fastconv`).
+- ``resnet-jax-fastconv``: the same JAX backend, its ``nnx.Conv`` layers on
+  :mod:`jaxnet.fastconv`'s measured policy: the stem, the 3x3 stride-2 and 1x1 stride-2 layers
+  as im2col + one GEMM with their own gradient, the 3x3 stride-1 ones on XLA's convolution.
+
+The allocator matters to the JAX paths: glibc's defaults hand XLA's large buffers back to the
+kernel and fault them in again every step (165,000-890,000 minor page faults an epoch here);
+the environment travels to every worker, so ``MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0
+MALLOC_TRIM_THRESHOLD_=4000000000 MALLOC_TOP_PAD_=1000000000 jaxnet bench ...`` times them
+without (docs/xla-cpu-conv.md).
 
 Every path trains on the same batches (the ResNet's crop-and-flip from :mod:`jaxnet.augment`
 in the plain loops too; the GPT's windows at the same offsets); a family on the port engine
@@ -280,6 +287,7 @@ def summarise(peaks: dict, results: list[dict], epochs: int, n: int, startup: di
         "samples": n,
         "epochs": epochs,
         "machine": f"{os.uname().machine}, {os.cpu_count()} cores",
+        "allocator_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")},
         "results": results,
         "startup_s": startup,
     }

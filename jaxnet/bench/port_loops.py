@@ -1,8 +1,9 @@
 """The port families' bench paths (``--model resnet``, ``--model gpt``): jaxnet's two backends,
 and the plain loops a user of each framework writes, on the same recipe, batches and weights.
 
-``<family>-jax-fastconv`` is the port engine's JAX backend with every ``nnx.Conv`` computing
-through :mod:`jaxnet.fastconv` (im2col + one GEMM, its own gradient).
+``<family>-jax-fastconv`` is the port engine's JAX backend with its ``nnx.Conv`` layers on
+:mod:`jaxnet.fastconv`'s measured policy (im2col + one GEMM with its own gradient where that
+measured faster than XLA's convolution: ``fastconv.gemm_wins``).
 
 ``epoch_fn(path, train_limit)`` returns a function that runs one epoch (its ``samples``
 attribute: the samples an epoch covers). Every path:
@@ -83,7 +84,8 @@ def _jaxnet(framework: str, config, cfg: TrainConfig, task, state, fast: bool = 
         from jaxnet import fastconv
 
         for mode, graphdef in backend.graphdefs.items():
-            model = fastconv.enable(nnx.merge(graphdef, backend.params, backend.stats, backend.rest))
+            model = nnx.merge(graphdef, backend.params, backend.stats, backend.rest)
+            model = fastconv.enable(model, where="measured")
             backend.graphdefs[mode] = nnx.split(model, nnx.Param, nnx.BatchStat, ...)[0]
     backend.set_optimizer(cfg.optimizer)
     x, y = task.train_arrays()

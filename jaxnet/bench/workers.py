@@ -100,7 +100,7 @@ def _epoch_fn(path: str, train_limit: int, test_limit: int = 0):
 
         from jaxnet import fastconv
 
-        model = fastconv.enable(nnx.merge(backend.graphdef, backend.params))
+        model = fastconv.enable(nnx.merge(backend.graphdef, backend.params), where="measured")
         backend.graphdef, backend.params = nnx.split(model, nnx.Param)
     backend.set_optimizer(opt)
     backend.set_train_data(x, labels)
