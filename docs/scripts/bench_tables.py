@@ -56,9 +56,11 @@ def model(report: dict, name: str) -> list[str]:
     if floor:
         head += f"; the step's floor {1e3 * floor['step_s']:.1f} ms ({floor['step_gflop'] / floor['step_s']:.0f} GFLOP/s)"
     tokens = any(r.get("tokens_per_s") for r in rows)
+    evals = any(r.get("eval_s") == r.get("eval_s") and r.get("eval_s") is not None for r in rows)  # NaN: none
     out = [head, "", "| path | epoch s | samples/s |" + (" tokens/s |" if tokens else "")
-           + " GFLOP/s | % floor | % FMA peak | x plain loop | compile s | peak RSS MB |",
-           "|---|---|---|" + ("---|" if tokens else "") + "---|---|---|---|---|---|"]  # fmt: skip
+           + " GFLOP/s | % floor | % FMA peak | x plain loop | compile s |" + (" eval 10k s |" if evals else "")
+           + " peak RSS MB |", "|---|---|---|" + ("---|" if tokens else "") + "---|---|---|---|---|---|"
+           + ("---|" if evals else "")]  # fmt: skip
     for r in rows:
         if "error" in r:
             out.append(f"| {r['path']} | error: {r['error']} |")
@@ -67,7 +69,9 @@ def model(report: dict, name: str) -> list[str]:
             f"| {r['path']} | {r['epoch_s']:.2f} | {r['samples_per_s']:,.0f} |"
             + (f" {num(r.get('tokens_per_s'), ',.0f')} |" if tokens else "")
             + f" {r['gflops']:.1f} | {num(r['pct_floor'], '.1f')} | {num(r['pct_fma_peak'], '.1f')} "
-            f"| {num(r['vs_plain'], '.2f')} | {num(r['compile_s'], '.2f')} | {r['peak_rss_mb']:.0f} |"
+            f"| {num(r['vs_plain'], '.2f')} | {num(r['compile_s'], '.2f')} |"
+            + (f" {num(r.get('eval_s'), '.2f')} |" if evals else "")
+            + f" {r['peak_rss_mb']:.0f} |"
         )
     base = {r["path"]: r for r in rows}.get(PLAIN_TORCH.get(name, f"{name}-torch-plain"), {})
     if "samples_per_s" in base:
@@ -85,7 +89,7 @@ def startup(report: dict) -> list[str]:
         return []
     out = ["", "Start-up, command to exit (median of 3, warm caches):", "",
            "| command | s | x `import jax, flax.nnx, optax` |", "|---|---|---|"]  # fmt: skip
-    out += [f"| `{name}` | {s:.2f} | {s / bare:.2f} |" for name, s in times.items()]
+    out += [f"| {name} | {s:.2f} | {s / bare:.2f} |" for name, s in times.items()]
     return out
 
 
