@@ -70,6 +70,7 @@ def parity_figures(readme: str, docs: Path) -> list[str]:
             found.append(f"README: gap {gap} against {bound} at step {step}; docs/parity-*-cpu.json: {gaps}")
     for name, pattern in (
         ("parity-cpu.json", rf"(\d+)/(\d+) rows pass, in ({NUMBER}) s"),
+        ("parity-cpu-avx2.json", rf"passes (\d+)/(\d+)\s+rows in ({NUMBER}) s \(\[docs/parity-cpu-avx2"),
         *(
             (
                 f"parity-{m}-cpu.json",

@@ -99,6 +99,11 @@ def test_the_recorded_sizes_page_is_its_json_rendered():
     [
         ("-1.1e-8 in torch", "-2.6e-7 in torch", "pre-activation -2.6e-7"),  # the stale figure of issue 20
         ("182/182 rows pass", "181/182 rows pass", "181/182"),
+        (
+            "rows in 212 s ([docs/parity-cpu-avx2",
+            "rows in 347 s ([docs/parity-cpu-avx2",
+            "parity-cpu-avx2.json",
+        ),
         ("(gap 7.4e-3", "(gap 7.5e-3", "gap 7.5e-3"),
         ("There are twelve.", "There are eleven.", "the code has"),
         ("over 8 seeds", "over 12 seeds", "calibration seeds"),
@@ -110,8 +115,8 @@ def test_the_recorded_sizes_page_is_its_json_rendered():
         ("| 20 | 93.98% | 93.83%", "| 20 | 93.98% | 93.88%", "generated block of docs/train-gpu.md"),
         ("(torch 93.98%, jax 93.83%", "(torch 93.98%, jax 93.88%", "93.88"),
         (
-            "9, 0.0087 (relu'(0): grad fc2.bias)",
-            "9, 0.009 (relu'(0): grad fc2.bias)",
+            "24, 0.11 (adadelta-step: optimizer.fc1.weight.acc_delta)",
+            "24, 0.12 (adadelta-step: optimizer.fc1.weight.acc_delta)",
             "parity-sections-cnn.md",
         ),
         ("| running bn1.running_var | 8.12 |", "| running bn1.running_var | 8.13 |", "pitfall"),
