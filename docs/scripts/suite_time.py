@@ -99,7 +99,7 @@ if __name__ == "__main__":
         SAVED.write_text(json.dumps([*saved, result], indent=1) + "\n")
         print("\n".join(table()))
         sys.exit(result["returncode"])
-    if sys.argv[1:] == ["table"]:
+    elif sys.argv[1:] == ["table"]:
         print("\n".join(table()))
-        sys.exit(0)
-    sys.exit("usage: suite_time.py run --label TEXT | table")
+    else:
+        sys.exit("usage: suite_time.py run --label TEXT | table")
