@@ -221,7 +221,8 @@ def test_a_lazy_search_for_causes_finds_what_the_step_by_step_one_does(fmnist):
 
     The sides step at different learning rates, so that their updates differ (near-zero gradients
     under a noise floor of 1) and pre-activations flip; step 5's allowance is negative, a first
-    excess there on any CPU."""
+    excess there on any CPU; step 6's brings the bound back over the gap (searched again, as the
+    eager search does), step 7's under it again."""
     from dataclasses import replace
 
     from jaxnet import checkpoint
@@ -249,7 +250,7 @@ def test_a_lazy_search_for_causes_finds_what_the_step_by_step_one_does(fmnist):
             idx = np.arange(32 * (t - 1), 32 * t)
             pair.before(x[idx], y[idx])
             pair.step(idx)
-            pair.after(t, -10.0 if t == 5 else 1.0, {k: 1.0 for k in state})
+            pair.after(t, {5: -10.0, 6: 100.0, 7: -200.0}.get(t, 1.0), {k: 1.0 for k in state})
         final = [{k: v.tobytes() for k, v in (s.state_dict() | s.optimizer_state()).items()} for s in sides]
         runs[lazy] = (
             [(e.step, e.kind, e.text) for e in pair.events],
@@ -262,4 +263,5 @@ def test_a_lazy_search_for_causes_finds_what_the_step_by_step_one_does(fmnist):
     assert events and events == eager[0], (events, eager[0])
     assert gaps == eager[1] and bounds == eager[2] and final == eager[4]
     assert crossed[0] == eager[3][0] == 5
+    assert gaps[5] <= bounds[5] and gaps[6] > bounds[6]  # back under at step 6, over again at 7
     assert all(np.array_equal(a[k], b[k]) for a, b in zip(crossed[1:], eager[3][1:], strict=True) for k in a)

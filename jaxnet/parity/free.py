@@ -162,7 +162,9 @@ class FreePair:
     def _replay(self) -> None:
         """Step both sides again from the start up to the first excess, looking for the causes
         at every step as an eager search would have (both sides are deterministic on CPU: the
-        replay ends bit for bit where the run is, which is checked), then put both back."""
+        replay ends bit for bit where the run is, which is checked), then put both back. The
+        rest of the run searches eagerly: a gap back under its bound is searched at each step
+        again, as the eager search does."""
         assert self._start is not None
         now = (_state(self.jax), self.jax.step, _state(self.torch), self.torch.step)
         _load(self.jax, *self._start[:2])
@@ -174,8 +176,7 @@ class FreePair:
                 self.step(idx)
                 self._find_causes(t, within, self.jax.state_dict(), self.torch.state_dict(), noise)
             again = (_state(self.jax), _state(self.torch))
-        finally:
-            self.lazy = True
+        finally:  # lazy no more: the kept steps start at step 1, later ones would not
             _load(self.jax, *now[:2])
             _load(self.torch, *now[2:])
         if not all(_equal(a, b) for a, b in zip(again, (now[0], now[2]), strict=True)):
