@@ -307,14 +307,18 @@ class TorchBackend:
         kept = self._recall("loss_and_grads", (images[batches[0]], labels[batches[0]]))
         if kept is None:
             return None
-        loss, _, grads = kept
+        self._apply_kept(kept[2])
+        return np.array([kept[0]], dtype=self.dtype)
+
+    def _apply_kept(self, grads: dict[str, torch.Tensor]) -> None:
+        """One optimizer step on gradients :meth:`loss_and_grads` kept (a parameter without one
+        gets none, as after a backward that did not reach it)."""
         with torch.no_grad():
             for name, param in self.model.named_parameters():
-                param.grad = grads[name].clone()
+                param.grad = grads[name].clone() if name in grads else None
         self.optimizer.step()
         self.optimizer.zero_grad()
         self._after_step(1)
-        return np.array([loss], dtype=self.dtype)
 
     def train_steps(self, batches: list[np.ndarray]) -> np.ndarray:
         assert self.optimizer is not None and self._data is not None, "set_optimizer and set_train_data first"

@@ -221,13 +221,8 @@ class TorchPortBackend(HostData, TorchBackend):
             if kept is not None and not (self.training or self.train_dropout):
                 # the gradient loss_and_grads computed from this state on this batch, in the same
                 # mode (eval: no running statistics move, no dropout): the same bits a step computes
-                with torch.no_grad():
-                    for name, param in self.model.named_parameters():
-                        param.grad = kept[2][name].clone() if name in kept[2] else None
-                self.optimizer.step()
-                self.optimizer.zero_grad()
+                self._apply_kept(kept[2])
                 losses.append(torch.tensor(kept[0], dtype=_DTYPES[self.dtype]))
-                self._after_step(1)
                 continue
             self._forget()
             self._mode(dropout=self.train_dropout)
