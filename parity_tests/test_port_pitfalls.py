@@ -20,7 +20,7 @@ from jaxnet.nn import dot_product_attention
 from jaxnet.rules import Rule
 from parity_tests.nnx_ports import reshape_max_pool
 from parity_tests.port_models import NNXCNN, NNXUp, TorchBN, TorchCNN, TorchUp, token_batch
-from parity_tests.test_port_engine import block_pair, bn_pair, first_failure
+from parity_tests.test_port_engine import blank, block_pair, bn_pair, first_failure
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ PITFALLS = {
 
 def up_pair():
     torch.manual_seed(0)
-    return TorchUp(), NNXUp(rngs=nnx.Rngs(0))
+    return TorchUp(), blank(NNXUp)
 
 
 def cnn_pair(**port):
