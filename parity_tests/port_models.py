@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from parity_tests.nnx_ports import NNXBN, NNXCNN, NNXMLP, NNXBlock, NNXUp  # noqa: F401 (the pairs' NNX halves)
+from parity_tests.nnx_ports import NNXBN, NNXCNN, NNXMLP, NNXBlock, NNXUp, blank  # noqa: F401 (the pairs' NNX halves)
 
 
 class TorchBN(nn.Module):

@@ -25,6 +25,7 @@ from jaxnet.config import CNN_RECIPE, CNNConfig, TrainConfig
 from jaxnet.data import to_float
 from jaxnet.errors import JaxnetError
 from jaxnet.layout import Layout
+from parity_tests.nnx_ports import blank
 
 
 class TorchMLP(torch.nn.Module):
@@ -59,7 +60,7 @@ def batch(fmnist):
 def test_unmapped_names_are_an_error_listing_both_sides(batch):
     torch.manual_seed(0)
     with pytest.raises(JaxnetError) as err:
-        parity.compare(TorchMLP(), NNXMLP(nnx.Rngs(0)), *batch)
+        parity.compare(TorchMLP(), blank(NNXMLP), *batch)
     message = str(err.value)
     assert "torch only: classifier.bias, classifier.weight" in message
     assert "nnx only (as torch would name them): head.bias, head.weight" in message
@@ -72,14 +73,14 @@ def test_a_shape_mismatch_is_an_error_naming_the_parameter(batch):
             self.head = nnx.Linear(32, 9, rngs=rngs)
 
     with pytest.raises(JaxnetError, match=r"classifier.weight: torch \[10, 32\], nnx \[9, 32\]"):
-        parity.compare(TorchMLP(), Narrow(nnx.Rngs(0)), *batch, mapping={"classifier": "head"})
+        parity.compare(TorchMLP(), blank(Narrow), *batch, mapping={"classifier": "head"})
 
 
 def test_a_mapping_lines_the_names_up_and_the_pair_agrees(batch):
     torch.manual_seed(0)
     report = parity.compare(
         TorchMLP(),
-        NNXMLP(nnx.Rngs(0)),
+        blank(NNXMLP),
         *batch,
         mapping={"classifier": "head"},
         steps=3,
@@ -108,7 +109,7 @@ def test_a_wrong_backward_is_named_as_one(batch):
         torch_net.features[0].bias[:8] = 0
     report = parity.compare(
         torch_net,
-        NNXMLP(nnx.Rngs(0), relu=relu),
+        blank(NNXMLP, relu=relu),
         *batch,
         mapping={"classifier": "head"},
         steps=1,
@@ -216,7 +217,7 @@ def test_bad_input_is_a_jaxnet_error_not_a_traceback(batch):
     from jaxnet.errors import CheckpointError
 
     with pytest.raises(JaxnetError, match="loss must be one of"):
-        parity.compare(TorchMLP(), NNXMLP(nnx.Rngs(0)), *batch, loss="hinge")
+        parity.compare(TorchMLP(), blank(NNXMLP), *batch, loss="hinge")
     with pytest.raises(JaxnetError, match="no layout rule for a 5-D kernel"):
         Layout().to_torch(("conv3d", "kernel"), np.zeros((3, 3, 3, 1, 2)))
     partial = {

@@ -26,24 +26,13 @@ from jaxnet.config import PORT_RECIPES
 from jaxnet.errors import JaxnetError
 from jaxnet.nn import TorchBatchNorm
 from jaxnet.rules import RULES, conv_transpose, linear
-from parity_tests.port_models import NNXBN, NNXBlock, TorchBlock, TorchBN, token_batch
+from parity_tests.port_models import NNXBN, NNXBlock, TorchBlock, TorchBN, blank, token_batch
 
 
 @pytest.fixture(scope="module")
 def images(fmnist):
     """12x12 crops of real Fashion-MNIST images (the centre), and their labels."""
     return fmnist.train.float_images()[:16, :, 8:20, 8:20].copy(), fmnist.train.labels[:16]
-
-
-def blank(cls, **kw) -> nnx.Module:
-    """``cls(rngs=nnx.Rngs(0), **kw)`` with zeros for every array, its initialisers never run:
-    ``compare`` carries the torch module's weights and buffers onto the port, so the port's own
-    initial values are never read. Running them compiles a score of one-op programs per model
-    kind (~0.8 CPU-s per process); ``nnx.eval_shape`` traces them, compiling nothing.
-    Only for ports whose state is arrays (no dropout RNG keys)."""
-    module = nnx.eval_shape(lambda: cls(rngs=nnx.Rngs(0), **kw))
-    nnx.update(module, jax.tree.map(lambda s: jax.device_put(np.zeros(s.shape, s.dtype)), nnx.state(module)))
-    return module
 
 
 def bn_pair(**port):
@@ -132,12 +121,10 @@ def test_every_refusal_is_one_line_naming_the_fix(images):
     assert "examples" in refusal(*block_pair(), inputs, targets[:2], steps=0)
     # a module no rule covers: named, with what it needs
     torch_model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(144, 10), Scaler())
-    message = refusal(torch_model, NNXBN(rngs=nnx.Rngs(0)), x, y, steps=0)
+    message = refusal(torch_model, blank(NNXBN), x, y, steps=0)
     assert "'2' (Scaler)" in message and "Rule(" in message
     # an unmapped parameter: both sides listed
-    assert "torch only" in refusal(
-        torch.nn.Sequential(torch.nn.Linear(144, 10)), NNXBN(rngs=nnx.Rngs(0)), x, y
-    )
+    assert "torch only" in refusal(torch.nn.Sequential(torch.nn.Linear(144, 10)), blank(NNXBN), x, y)
     # a torch Linear where the port has a Conv: the rule's class check
     t, j = bn_pair()
     t.fc = torch.nn.Conv2d(8, 10, 1)  # same name, another kind
@@ -194,7 +181,7 @@ def test_outputs_of_different_structure_are_an_error():
 
     torch.manual_seed(0)
     inputs, targets = token_batch()
-    message = refusal(TorchWrap(), Pair(nnx.Rngs(0)), inputs, targets, steps=0)
+    message = refusal(TorchWrap(), blank(Pair), inputs, targets, steps=0)
     assert "outputs differ in structure" in message and "output.1" in message
 
 

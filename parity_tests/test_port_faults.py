@@ -17,13 +17,12 @@ import jax.numpy as jnp
 import optax
 import pytest
 import torch
-from flax import nnx
 
 from jaxnet import parity
 from jaxnet import train as jtrain
 from jaxnet.config import ALL_RECIPES
 from jaxnet.parity import faults
-from parity_tests.port_models import NNXMLP, TorchMLP
+from parity_tests.port_models import NNXMLP, TorchMLP, blank
 from parity_tests.test_faults import EXPECTED_FIRST_FAILURE
 
 
@@ -49,11 +48,11 @@ def planted_in_the_port(name: str):
     shared code, planted by :func:`faults.planted`."""
     fault = faults.FAULTS[name]
     if fault.attribute == "relu":
-        return NNXMLP(rngs=nnx.Rngs(0), act=fault.wrong(jax.nn.relu)), "cross_entropy"
+        return blank(NNXMLP, act=fault.wrong(jax.nn.relu)), "cross_entropy"
     if fault.attribute == "per_example_loss":
-        return NNXMLP(rngs=nnx.Rngs(0)), (torch_loss, jax_loss(fault.wrong(jtrain.per_example_loss)))
+        return blank(NNXMLP), (torch_loss, jax_loss(fault.wrong(jtrain.per_example_loss)))
     if fault.attribute == "mean_loss":
-        return NNXMLP(rngs=nnx.Rngs(0)), (torch_loss, fault.wrong(jtrain.mean_loss))
+        return blank(NNXMLP), (torch_loss, fault.wrong(jtrain.mean_loss))
     return None
 
 
@@ -92,7 +91,7 @@ def test_each_built_in_fault_is_caught_through_compare(name, images):
         options |= dict(steps=2, batch_size=4, optimizer=ALL_RECIPES[fault.recipes[0]])
     if planted is None:
         with faults.planted(name):
-            report = parity.compare(TorchMLP(), NNXMLP(rngs=nnx.Rngs(0)), *images, **options)
+            report = parity.compare(TorchMLP(), blank(NNXMLP), *images, **options)
     else:
         port, loss = planted
         report = parity.compare(TorchMLP(), port, *images, loss=loss, **options)
@@ -112,6 +111,6 @@ def test_the_correct_loss_pair_passes(images):
     """The loss pair the planted losses replace agrees, so their failures are theirs."""
     torch.manual_seed(0)
     report = parity.compare(
-        TorchMLP(), NNXMLP(rngs=nnx.Rngs(0)), *images, loss=CORRECT_LOSS, dtypes=("float32",), steps=0
+        TorchMLP(), blank(NNXMLP), *images, loss=CORRECT_LOSS, dtypes=("float32",), steps=0
     )
     assert report.passed, parity.summary(report)

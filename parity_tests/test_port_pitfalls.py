@@ -19,8 +19,8 @@ from jaxnet import parity
 from jaxnet.nn import dot_product_attention
 from jaxnet.rules import Rule
 from parity_tests.nnx_ports import reshape_max_pool
-from parity_tests.port_models import NNXCNN, NNXUp, TorchBN, TorchCNN, TorchUp, token_batch
-from parity_tests.test_port_engine import blank, block_pair, bn_pair, first_failure
+from parity_tests.port_models import NNXCNN, NNXUp, TorchBN, TorchCNN, TorchUp, blank, token_batch
+from parity_tests.test_port_engine import block_pair, bn_pair, first_failure
 
 
 @pytest.fixture(scope="module")
