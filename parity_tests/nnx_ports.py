@@ -11,14 +11,19 @@ from jaxnet.nn import TorchBatchNorm, dot_product_attention
 
 
 def blank(cls, **kw) -> nnx.Module:
-    """``cls(rngs=nnx.Rngs(0), **kw)`` with zeros for every array, its initialisers never run:
-    ``compare`` carries the torch module's weights and buffers onto the port, so the port's own
-    initial values are never read. Running them compiles a score of one-op programs per model
-    kind (~0.8 CPU-s per process); ``nnx.eval_shape`` traces them, compiling nothing.
-    Only for ports whose state is arrays (no dropout RNG keys)."""
-    module = nnx.eval_shape(lambda: cls(rngs=nnx.Rngs(0), **kw))
-    nnx.update(module, jax.tree.map(lambda s: jax.device_put(np.zeros(s.shape, s.dtype)), nnx.state(module)))
-    return module
+    """``cls(rngs=nnx.Rngs(0), **kw)`` with zeros for every array, its initialisers never run
+    (as ``jaxnet.parity.family.pair`` builds a family's port): ``compare`` carries the torch
+    module's weights and buffers onto the port, so the port's own initial values are never
+    read. Running them compiles a score of one-op programs per model kind (~0.8 CPU-s per
+    process); ``nnx.eval_shape`` traces them, compiling nothing. A dropout's key: key 0."""
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: cls(rngs=nnx.Rngs(0), **kw)))
+
+    def placeholder(leaf):
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            return jax.random.key(0)
+        return jax.device_put(np.zeros(leaf.shape, leaf.dtype))
+
+    return nnx.merge(graphdef, jax.tree.map(placeholder, state))
 
 
 class NNXBN(nnx.Module):

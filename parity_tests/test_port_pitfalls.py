@@ -71,7 +71,7 @@ def up_pair():
 
 def cnn_pair(**port):
     torch.manual_seed(0)
-    return TorchCNN(), NNXCNN(rngs=nnx.Rngs(0), **port)
+    return TorchCNN(), blank(NNXCNN, **port)
 
 
 def unscaled(pair):
