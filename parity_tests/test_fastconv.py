@@ -22,6 +22,7 @@ from jaxnet import fastconv
 from jaxnet.data import to_float
 from jaxnet.numerics import rel_error, unit_roundoff
 from jaxnet.parity.verdict import K
+from parity_tests.nnx_ports import blank
 
 U = 2.0**-24
 
@@ -153,19 +154,23 @@ def _convs(fn, x) -> int:
 
 
 def test_the_measured_policy_routes_by_the_measured_shapes():
+    # jaxprs only, so the modules are built blank (zeros, no initialiser compiled): what a
+    # jaxpr holds depends on the shapes, never the values
     # (c_in, c_out, size, kernel, stride) -> whether the GEMM path takes it (fastconv.gemm_wins)
     cases = {(1, 8, 8, 3, 1): True, (3, 8, 8, 3, 1): True, (16, 8, 8, 1, 1): True, (16, 8, 8, 3, 2): True,
              (16, 8, 8, 3, 1): False, (8, 8, 8, 5, 1): False,  # stride 1, 8*8*8 outputs per image
              (8, 512, 8, 3, 1): True, (8, 511, 8, 3, 1): False}  # 8*8*512 = 2**15 outputs: the bound  # fmt: skip
     for (c_in, c_out, size, k, s), gemm in cases.items():
-        conv = nnx.Conv(c_in, c_out, (k, k), strides=s, padding="SAME", rngs=nnx.Rngs(0))
+        conv = blank(
+            nnx.Conv, in_features=c_in, out_features=c_out, kernel_size=(k, k), strides=s, padding="SAME"
+        )
         x = jnp.ones((2, size, size, c_in), jnp.float32)
         assert _convs(fastconv.enable(conv, where="measured"), x) == (0 if gemm else 1), (c_in, k, s)
     # the ResNet: a stem (1 channel), a stride-1 stage, then 3x3 stride-2 convs and 1x1 shortcuts
     from jaxnet.models import resnet
 
     x = jnp.ones((2, 12, 12, 1), jnp.float32)
-    model = resnet.ResNet((4, 8, 8), 1, rngs=nnx.Rngs(0))
+    model = blank(functools.partial(resnet.ResNet, (4, 8, 8), 1))
     model.eval()  # a trace must not update the running statistics
     layers = [m for _, m in nnx.iter_graph(model) if isinstance(m, nnx.Conv)]
     stride1 = sum(m.strides in (1, (1, 1)) and m.kernel_size != (1, 1) and m.in_features > 4 for m in layers)
