@@ -271,3 +271,36 @@ def test_a_lazy_search_for_causes_finds_what_the_step_by_step_one_does(fmnist):
     assert crossed[0] == eager[3][0] == 5
     assert gaps[5] <= bounds[5] and gaps[6] > bounds[6]  # back under at step 6, over again at 7
     assert all(np.array_equal(a[k], b[k]) for a, b in zip(crossed[1:], eager[3][1:], strict=True) for k in a)
+
+
+def test_a_side_that_does_not_reload_its_own_state_fails_its_row_not_the_run(fmnist, monkeypatch):
+    """A lazy pair replays from a saved start; where the JAX side's loader does not restore what
+    its ``state_dict()`` saved (here it moves a bias by 1e-3, as a port whose weights cross the
+    layouts wrongly would), the replay cannot end where the run did: the trajectory row fails
+    and says why, and the report goes on (it raised a RuntimeError)."""
+    from jaxnet import checkpoint
+    from jaxnet.backends import get_backend
+    from jaxnet.backends.jax import JaxBackend
+    from jaxnet.config import ModelConfig
+    from jaxnet.parity.free import FreePair
+
+    config = ModelConfig(hidden=(32,))
+    state = checkpoint.init_state_dict(config, 0)
+    x, y = fmnist.train.float_images()[:64], fmnist.train.labels[:64]
+    sides = []
+    for name in ("jax", "torch"):
+        backend = get_backend(name, config, state=state)
+        backend.set_optimizer(RECIPES["sgd"])
+        backend.set_train_data(x, y)
+        sides.append(backend)
+    load = JaxBackend.load_state_dict
+    moved = lambda self, s: load(self, {k: v + 1e-3 if k.endswith("0.bias") else v for k, v in s.items()})  # noqa: E731
+    monkeypatch.setattr(JaxBackend, "load_state_dict", moved)
+    pair = FreePair(*sides, list(config.relu_inputs), data=lambda idx: (x[idx], y[idx]))
+    for t in (1, 2):
+        idx = np.arange(32 * (t - 1), 32 * t)
+        pair.before(x[idx], y[idx])
+        pair.step(idx)
+        pair.after(t, {1: 1.0, 2: -1.0}[t], {k: 1.0 for k in state})  # over its bound at step 2
+    row = pair.row("trajectory", "sgd", "float32")
+    assert not row.passed and "the jax side did not end where the run did" in row.note, row.note
