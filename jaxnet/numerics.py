@@ -69,7 +69,8 @@ def error(actual: np.ndarray, expected: np.ndarray, dtype: str | np.dtype | None
 
 def rel_error(actual: np.ndarray, expected: np.ndarray) -> float:
     """Just the normwise ``rel`` of :func:`error`, cheap enough to call every step."""
-    diff = float(np.abs(np.asarray(actual, np.float64) - np.asarray(expected, np.float64)).max(initial=0))
+    diff = np.asarray(np.subtract(actual, expected, dtype=np.float64))  # exact for float32 inputs
+    diff = float(np.abs(diff, out=diff).max(initial=0))
     return _ratio(diff, float(np.abs(expected).max(initial=0)))
 
 
@@ -89,9 +90,36 @@ def unit_roundoff(dtype: str, matmul: str = "highest") -> float:
 
 def ulp(x: np.ndarray, dtype: str | np.dtype) -> np.ndarray:
     """Elementwise spacing of ``dtype`` at ``|x|`` (float64 array): one unit in the last place."""
+    return spacing(np.abs(np.asarray(x)), dtype)
+
+
+# dtype -> (its bits as an unsigned integer, the exponent's bits, mantissa bits, smallest spacing)
+_BITS = {
+    np.dtype(np.float32): (np.uint32, np.uint32(0x7F800000), 23, 2.0**-149),
+    np.dtype(np.float64): (np.uint64, np.uint64(0x7FF0000000000000), 52, 2.0**-1074),
+}
+
+
+def spacing(magnitude: np.ndarray, dtype: str | np.dtype) -> np.ndarray:
+    """``np.spacing`` of ``magnitude`` (``>= 0``) rounded to ``dtype``, as a float64 array.
+
+    The same values, about three times faster (the floors take it of every element of every
+    step): for ``x = 2^e (1 + f)`` the spacing is ``2^(e - p)`` with ``p`` mantissa bits, which
+    is ``x`` with its mantissa bits cleared, times ``2^-p``, exactly (a power of two); below the
+    normal range it is the smallest subnormal. Where ``x`` holds inf, NaN or a value of the top
+    binade, ``np.spacing`` itself.
+    """
     dtype = np.dtype(dtype)
-    # no copies where the array already has the dtype (called on every element of every step)
-    return np.spacing(np.abs(np.asarray(x)).astype(dtype, copy=False)).astype(np.float64, copy=False)
+    x = np.asarray(magnitude).astype(dtype, copy=False)  # rounded as np.spacing's argument would be
+    if dtype not in _BITS or x.ndim == 0:
+        return np.spacing(x).astype(np.float64, copy=False)
+    uint, exponent, mantissa, smallest = _BITS[dtype]
+    power = np.bitwise_and(x.view(uint), exponent).view(dtype)  # 2^e (0 below the normal range)
+    out = np.multiply(power, 2.0**-mantissa, dtype=np.float64)
+    np.maximum(out, smallest, out=out)
+    if out.size and not out.max() < np.spacing(np.finfo(dtype).max / 2):  # inf, NaN, the top binade
+        return np.spacing(x).astype(np.float64, copy=False)  # (whose largest value's spacing is inf)
+    return out
 
 
 def a_priori_bound(dtype: str, reduction: int, *, matmul: str = "highest") -> float:

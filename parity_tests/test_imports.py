@@ -57,7 +57,8 @@ import json, sys
 import torchref
 out = {"torchref": sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxnet', 'flax'))}
 from jaxnet.cli import main
-assert main(['train', '--backend', 'torch', '--epochs', '1', '--train-limit', '128', '--save', r'SAVE']) == 0
+assert main(['train', '--backend', 'torch', '--epochs', '1', '--train-limit', '128', '--test-limit', '64',
+             '--save', r'SAVE']) == 0
 out["torch run"] = LOADED
 print(json.dumps(out))
 """
@@ -65,7 +66,8 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def with_torch(tmp_path_factory) -> dict:
-    """A process that imports torchref, then trains with ``--backend torch``."""
+    """A process that imports torchref, then trains with ``--backend torch`` (2 steps, evaluated
+    on 64 test images: the subject is what the process imports)."""
     save = tmp_path_factory.mktemp("torch") / "t"
     return _results(WITH_TORCH.replace("LOADED", LOADED).replace("SAVE", str(save)))
 
@@ -78,7 +80,8 @@ out["lazy"] = ["jax" in sys.modules, list(Block.tried),
                str(jaxnet.ModelConfig().param_shapes()['linear_relu_stack.0.weight']), jaxnet.CLASS_NAMES[9]]
 import jaxnet.backends, jaxnet.run, jaxnet.parity, jaxnet.bench, jaxnet.cli
 from jaxnet.cli import main
-assert main(["train", "--epochs", "1", "--train-limit", "128", "--save", r"CKPT"]) == 0
+assert main(["train", "--epochs", "1", "--train-limit", "128", "--hidden", "32", "--test-limit", "64",
+             "--save", r"CKPT"]) == 0
 printed = io.StringIO()
 with contextlib.redirect_stdout(printed):
     assert main(["eval", "--checkpoint", r"CKPT", "--json"]) == 0
@@ -101,10 +104,14 @@ print(json.dumps(out))
 @pytest.fixture(scope="module")
 def without_torch(tmp_path_factory) -> dict:
     """A process where ``import torch`` fails: ``import jaxnet``, a JAX run (train and eval, XLA
-    and the compile cache as users have them), then asking for torch."""
+    and the compile cache as users have them), then asking for torch. The run is 32 wide and its
+    epoch evaluates 64 test images (the eval command all 10,000): what it imports and writes does
+    not depend on the sizes. The verified Fashion-MNIST copies are this process's (data.cache_dir),
+    as a user's are after a first run, so that the fresh XDG_CACHE_HOME costs no re-verification."""
     import torch
 
     import torchref
+    from jaxnet import data
 
     where = tmp_path_factory.mktemp("no-torch")
     torch.save(torchref.NeuralNetwork().state_dict(), where / "model.pth")
@@ -116,6 +123,7 @@ def without_torch(tmp_path_factory) -> dict:
         XLA_FLAGS=None,
         JAXNET_COMPILE_CACHE="1",  # the command line keeps JAX's compiled programs (the suite turns it off)
         XDG_CACHE_HOME=str(where / "xdg"),
+        JAXNET_CACHE=str(data.cache_dir()),
         JAX_COMPILATION_CACHE_DIR=None,
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=None,
     )

@@ -20,7 +20,7 @@ import pytest
 
 from jaxnet import data, parity
 from jaxnet.cli import main
-from jaxnet.config import RECIPES
+from jaxnet.config import RECIPES, ModelConfig
 from jaxnet.numerics import UNIT_ROUNDOFF, error
 from jaxnet.parity import verdict
 from jaxnet.parity.environment import matmul_precision
@@ -28,6 +28,12 @@ from parity_tests.conftest import problems
 
 QUICK = {"steps": 1, "epoch_recipe": "sgd", "train_limit": 352}  # an epoch of 5 steps and a short one
 TEST_IMAGES = 2000  # the epoch's outcomes on the first 2000 test images, not all 10000
+# The in-process reports judge the tutorial's MLP at widths 64, 64 (its layers, ReLUs and names;
+# 56k parameters, not 670k): every floor is measured on the run it bounds, so a correct port
+# passes at any width, and the engine's per-element work (errors, floors, copies between the
+# frameworks) scales with the parameters: 21 -> 12 CPU-s for the two reports. The tutorial's
+# own widths run in the two command runs below (the MKL-generic one and --json/--markdown).
+CONFIG = ModelConfig(hidden=(64, 64))
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +53,7 @@ def small(fmnist) -> SimpleNamespace:
 
 @pytest.fixture(scope="module")
 def quick_report(small) -> parity.Report:
-    return parity.run(small, **QUICK)
+    return parity.run(small, config=CONFIG, **QUICK)
 
 
 def test_a_correct_port_passes_every_row(quick_report):
@@ -71,7 +77,7 @@ def test_every_row_shows_floor_bound_and_ratio_consistently(quick_report):
 def test_same_verdicts_with_every_reduction_reversed(small, quick_report):
     """Each batch's examples reversed: every gradient sum and the loss mean in another order.
     (After the quick report: the step programs it compiled serve these steps too.)"""
-    report = parity.run(small, reverse_batches=True, steps=3, epoch_recipe=None)
+    report = parity.run(small, config=CONFIG, reverse_batches=True, steps=3, epoch_recipe=None)
     assert report.passed, problems(report)
 
 
@@ -265,3 +271,36 @@ def test_a_lazy_search_for_causes_finds_what_the_step_by_step_one_does(fmnist):
     assert crossed[0] == eager[3][0] == 5
     assert gaps[5] <= bounds[5] and gaps[6] > bounds[6]  # back under at step 6, over again at 7
     assert all(np.array_equal(a[k], b[k]) for a, b in zip(crossed[1:], eager[3][1:], strict=True) for k in a)
+
+
+def test_a_side_that_does_not_reload_its_own_state_fails_its_row_not_the_run(fmnist, monkeypatch):
+    """A lazy pair replays from a saved start; where the JAX side's loader does not restore what
+    its ``state_dict()`` saved (here it moves a bias by 1e-3, as a port whose weights cross the
+    layouts wrongly would), the replay cannot end where the run did: the trajectory row fails
+    and says why, and the report goes on (it raised a RuntimeError)."""
+    from jaxnet import checkpoint
+    from jaxnet.backends import get_backend
+    from jaxnet.backends.jax import JaxBackend
+    from jaxnet.config import ModelConfig
+    from jaxnet.parity.free import FreePair
+
+    config = ModelConfig(hidden=(32,))
+    state = checkpoint.init_state_dict(config, 0)
+    x, y = fmnist.train.float_images()[:64], fmnist.train.labels[:64]
+    sides = []
+    for name in ("jax", "torch"):
+        backend = get_backend(name, config, state=state)
+        backend.set_optimizer(RECIPES["sgd"])
+        backend.set_train_data(x, y)
+        sides.append(backend)
+    load = JaxBackend.load_state_dict
+    moved = lambda self, s: load(self, {k: v + 1e-3 if k.endswith("0.bias") else v for k, v in s.items()})  # noqa: E731
+    monkeypatch.setattr(JaxBackend, "load_state_dict", moved)
+    pair = FreePair(*sides, list(config.relu_inputs), data=lambda idx: (x[idx], y[idx]))
+    for t in (1, 2):
+        idx = np.arange(32 * (t - 1), 32 * t)
+        pair.before(x[idx], y[idx])
+        pair.step(idx)
+        pair.after(t, {1: 1.0, 2: -1.0}[t], {k: 1.0 for k in state})  # over its bound at step 2
+    row = pair.row("trajectory", "sgd", "float32")
+    assert not row.passed and "the jax side did not end where the run did" in row.note, row.note

@@ -22,6 +22,10 @@ from jaxnet.numerics import rel_error
 from parity_tests.conftest import tree_bytes
 
 EVAL = 100  # test images each epoch's evaluation runs on (a float64 pass over 10k: 0.8 CPU-s)
+# The tutorial's three layers, 64 wide instead of 512: what is compared (bit-identity, agreement
+# to rounding, the hand-over of optimizer state) does not depend on the width, and a step costs
+# a tenth. The thread-count test keeps the full width: MKL splits only large GEMMs over threads.
+MODEL = ModelConfig(hidden=(64, 64))
 
 
 def quiet(_: str) -> None:
@@ -33,9 +37,8 @@ def task(ds, cfg: TrainConfig) -> tasks.ImageTask:
     return tasks.ImageTask(ds, cfg, test_limit=EVAL)
 
 
-def train(backend_name: str, ds, cfg: TrainConfig, **kwargs):
+def train(backend_name: str, ds, cfg: TrainConfig, config: ModelConfig = MODEL, **kwargs):
     """A shared-init run of ``cfg`` in one backend; returns the backend afterwards."""
-    config = ModelConfig()
     state = checkpoint.init_state_dict(config, cfg.seed, cfg.dtype)
     backend = get_backend(backend_name, config, dtype=cfg.dtype, seed=cfg.seed, state=state)
     run.train(backend, task(ds, cfg), cfg, log=quiet, progress=False, **kwargs)
@@ -72,10 +75,10 @@ def test_torch_runs_are_bit_identical_on_one_thread_and_on_all(fmnist):
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = train("torch", fmnist, cfg).state_dict()
+        one = train("torch", fmnist, cfg, ModelConfig()).state_dict()
     finally:
         torch.set_num_threads(threads)
-    every = train("torch", fmnist, cfg).state_dict()
+    every = train("torch", fmnist, cfg, ModelConfig()).state_dict()
     assert all(one[k].tobytes() == every[k].tobytes() for k in one)
 
 
@@ -109,8 +112,8 @@ def test_resume_in_the_other_backend_continues_the_trajectory(fmnist, tmp_path, 
     train(first, fmnist, TrainConfig(**{**vars(cfg), "epochs": 1}), save=path)
     half = checkpoint.load(path)
     assert half.step == 10 and half.backend == first
-    assert set(half.optimizer) == {f"{k}.momentum_buffer" for k in ModelConfig().param_shapes()}
-    resumed = get_backend(second, ModelConfig(), dtype="float64")
+    assert set(half.optimizer) == {f"{k}.momentum_buffer" for k in MODEL.param_shapes()}
+    resumed = get_backend(second, MODEL, dtype="float64")
     run.train(resumed, task(fmnist, cfg), cfg, resume=half, log=quiet, progress=False)
     straight = train(second, fmnist, cfg)
     errors = {k: rel_error(resumed.state_dict()[k], v) for k, v in straight.state_dict().items()}
@@ -124,7 +127,7 @@ def test_resume_with_adam_state_across_backends(fmnist, tmp_path):
     train("torch", fmnist, TrainConfig(**{**vars(cfg), "epochs": 1}), save=path)
     half = checkpoint.load(path)
     assert {k.rsplit(".", 1)[1] for k in half.optimizer} == {"exp_avg", "exp_avg_sq"}
-    resumed = get_backend("jax", ModelConfig(), dtype="float64")
+    resumed = get_backend("jax", MODEL, dtype="float64")
     run.train(resumed, task(fmnist, cfg), cfg, resume=half, log=quiet, progress=False)
     straight = train("jax", fmnist, cfg)
     errors = {k: rel_error(resumed.state_dict()[k], v) for k, v in straight.state_dict().items()}
@@ -137,7 +140,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(fmnist, tmp_path):
     train("jax", fmnist, cfg, save=path)
     before = tree_bytes(path)
     exploding = TrainConfig(optimizer=OptimConfig(lr=1e12), epochs=2, seed=0, train_limit=640)
-    backend = get_backend("jax", ModelConfig())
+    backend = get_backend("jax", MODEL)
     with pytest.raises(
         TrainingError, match=r"loss is (nan|inf) at epoch 2, batch \d+; last good checkpoint kept"
     ):
@@ -157,7 +160,7 @@ def test_tutorial_output_format(fmnist):
     """The tutorial's lines: a loss every 100 batches (the 101st batch here is the short tail)."""
     lines: list[str] = []
     cfg = TrainConfig(epochs=1, seed=0, shuffle=False, train_limit=6432)  # 100 batches of 64 + 32
-    backend = get_backend("torch", ModelConfig(), state=checkpoint.init_state_dict(ModelConfig(), 0))
+    backend = get_backend("torch", MODEL, state=checkpoint.init_state_dict(MODEL, 0))
     rows = run.train(backend, fmnist, cfg, log=lines.append, progress=False)
     assert lines[0] == "Epoch 1\n-------------------------------"
     assert re.fullmatch(r"loss: 2\.\d{6}  \[   64/ 6432\]", lines[1]), lines[1]  # ln 10 = 2.30 at init

@@ -138,6 +138,9 @@ _LOGITS = jax.jit(lambda graphdef, params, x: nnx.merge(graphdef, params)(x), st
 # a batch gathered from the training data on the device: one compiled gather per batch size
 # (indexing a jax.Array outside jit dispatches a dozen operations from Python every step)
 _TAKE = jax.jit(lambda images, labels, idx: (images[idx], labels[idx]))
+# the optimizer's fresh state: one compiled program, not a dozen operations dispatched one by one
+# (a teacher-forced step reloads every side's optimizer: 5.8 ms of 14 per load)
+_INIT = jax.jit(lambda tx, params: tx.init(params), static_argnums=0)
 _KEYS = jax.jit(lambda key, steps: jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, steps))
 
 
@@ -249,7 +252,7 @@ class JaxBackend:
     @_in_mode
     def load_optimizer_state(self, state: dict[str, np.ndarray] | None, step: int) -> None:
         assert self.tx is not None, "set_optimizer first"
-        fresh = self.tx.init(self.params)
+        fresh = _INIT(self.tx, self.params)
         self.opt_state = self._put(jtrain.import_opt_state(fresh, state or {}, step, self.layout))
         self.step = step
 

@@ -32,7 +32,7 @@ from jaxnet import batch, capture, checkpoint, registry
 from jaxnet import model as jmodel
 from jaxnet import train as jtrain
 from jaxnet.backends.host_data import HostData
-from jaxnet.backends.jax import _host, _in_mode, jax_device
+from jaxnet.backends.jax import _INIT, _host, _in_mode, jax_device
 from jaxnet.config import OptimConfig, PortConfig
 from jaxnet.distributed import Rank
 from jaxnet.errors import JaxnetError
@@ -341,7 +341,7 @@ class JaxPortBackend(HostData):
     @_in_mode
     def load_optimizer_state(self, state, step: int) -> None:
         assert self.tx is not None, "set_optimizer first"
-        fresh = self.tx.init(self.params)
+        fresh = _INIT(self.tx, self.params)
         self.opt_state = self._put(jtrain.import_opt_state(fresh, state or {}, step, self.layout))
         self.step = step
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxnet.numerics import error, rel_error, unit_roundoff
+from jaxnet.numerics import error, rel_error, spacing, unit_roundoff
 from jaxnet.parity.report import Row
 
 K = 16.0
@@ -240,8 +240,7 @@ def step_floor_terms(before, after32, after64, moved: list) -> tuple[np.ndarray,
 def step_floor_of(terms: tuple[np.ndarray, np.ndarray, np.ndarray], dtype: str, factor: float) -> np.ndarray:
     """:func:`step_floor` from :func:`step_floor_terms`."""
     size, update, measured = terms  # size and update are magnitudes already: no abs here
-    dtype = np.dtype(dtype)
-    floor = np.spacing(size.astype(dtype, copy=False)).astype(np.float64, copy=False)
-    floor += np.spacing(update.astype(dtype, copy=False))
+    floor = spacing(size, dtype)
+    floor += spacing(update, dtype)
     floor += measured * factor
     return floor
