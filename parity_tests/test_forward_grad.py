@@ -126,7 +126,11 @@ def test_one_float64_gradient_entry_off_by_1e_9_is_caught(fmnist, tutorial_state
     assert rows[key, "float64"].passed
     weights = {k: v.astype("float64") for k, v in state.items()}
     x64 = x.astype(np.float64)
-    g_j = get_backend("jax", ModelConfig(), dtype="float64", state=weights).loss_and_grads(x64, y)[1][key]
+    g_j = (
+        get_backend("jax", ModelConfig(), dtype="float64", state=weights)
+        .loss_and_grads(x64, y)[1][key]
+        .copy()
+    )
     g_t = get_backend("torch", ModelConfig(), dtype="float64", state=weights).loss_and_grads(x64, y)[1][key]
     pick = np.abs(g_j).argmax() if which == "largest" else np.argsort(np.abs(g_j), axis=None)[g_j.size // 2]
     g_j.flat[pick] *= 1 + 1e-9
