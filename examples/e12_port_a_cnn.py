@@ -94,7 +94,8 @@ def jax_side(images, state):  # images: float64 [N, 1, 28, 28], torch's layout
     model = FlaxNet(nnx.Rngs(0), dtype=images.dtype)
     load_torch_state(model, state)
     model.eval()  # dropout off
-    return model(images.transpose(0, 2, 3, 1))  # NCHW -> NHWC
+    forward = nnx.jit(lambda module, x: module(x))  # one compilation, not one per operation
+    return forward(model, images.transpose(0, 2, 3, 1))  # NCHW -> NHWC
 
 
 # %% check
