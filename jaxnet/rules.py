@@ -68,7 +68,7 @@ class Rule:
 
 
 def _move(array: np.ndarray, axes) -> np.ndarray:
-    return np.transpose(array, axes)  # a view: see jaxnet.layout.kernel_to_torch
+    return np.ascontiguousarray(np.transpose(array, axes))
 
 
 def _renamed(pairs: dict[str, str]) -> Rule:
@@ -103,7 +103,7 @@ def conv_transpose(transpose_kernel: bool) -> Rule:
         spatial = tuple(range(n))
         if not transpose_kernel:
             k = np.flip(k, spatial)  # [*k, I, O] -> flip -> [I, O, *k]
-            w = np.ascontiguousarray(_move(k, (n, n + 1, *spatial)))  # no negative strides
+            w = _move(k, (n, n + 1, *spatial))
         else:  # [*k, O, I] -> [I, O, *k]
             w = _move(k, (n + 1, n, *spatial))
         return {"weight": w} | ({"bias": p["bias"]} if "bias" in p else {})
@@ -129,14 +129,14 @@ def linear(flatten: tuple[int, int, int] | None = None) -> Rule:
         if flatten:  # [H*W*C, O] -> [C*H*W, O]
             c, h, w = flatten
             k = k.reshape(h, w, c, -1).transpose(2, 0, 1, 3).reshape(c * h * w, -1)
-        return {"weight": k.T} | ({"bias": p["bias"]} if "bias" in p else {})
+        return {"weight": np.ascontiguousarray(k.T)} | ({"bias": p["bias"]} if "bias" in p else {})
 
     def from_torch(t: Arrays, shapes: Shapes) -> Arrays:
         k = t["weight"].T
         if flatten:  # [C*H*W, O] -> [H*W*C, O]
             c, h, w = flatten
             k = k.reshape(c, h, w, -1).transpose(1, 2, 0, 3).reshape(c * h * w, -1)
-        return {"kernel": k} | ({"bias": t["bias"]} if "bias" in t else {})
+        return {"kernel": np.ascontiguousarray(k)} | ({"bias": t["bias"]} if "bias" in t else {})
 
     return Rule(to_torch, from_torch)
 

@@ -87,6 +87,8 @@ def test_non_default_sizes_are_inferred_from_a_state_dict():
         ),
         ("mixed", r"key 'linear_relu_stack.2.weight': expected float32\[16, 32\], found float64\[16, 32\]"),
         ("nan", r"key 'linear_relu_stack.0.weight': holds NaN or inf"),
+        ("inf", r"key 'linear_relu_stack.0.weight': holds NaN or inf"),
+        ("-inf", r"key 'linear_relu_stack.0.weight': holds NaN or inf"),
     ],
 )
 def test_bad_state_dicts_name_key_expected_and_found(fault, message):
@@ -101,8 +103,8 @@ def test_bad_state_dicts_name_key_expected_and_found(fault, message):
         state = {k: v.astype(np.float16) for k, v in state.items()}
     elif fault == "mixed":
         state["linear_relu_stack.2.weight"] = state["linear_relu_stack.2.weight"].astype(np.float64)
-    elif fault == "nan":
-        state["linear_relu_stack.0.weight"][3, 3] = np.nan
+    elif fault in ("nan", "inf", "-inf"):
+        state["linear_relu_stack.0.weight"][3, 3] = float(fault)
     with pytest.raises(CheckpointError, match=message):
         checkpoint.validate_state_dict(state, SMALL)
 

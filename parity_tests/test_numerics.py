@@ -52,3 +52,18 @@ def test_spacing_is_numpys_on_any_finite_magnitudes(x, dtype):
         warnings.simplefilter("ignore", RuntimeWarning)
         np.testing.assert_array_equal(spacing(np.abs(x), dtype), numpy_spacing(np.abs(x), dtype))
         np.testing.assert_array_equal(ulp(x, dtype), numpy_spacing(np.abs(x), dtype))
+
+
+# below each dtype's top binade, where spacing takes its bit-clearing path rather than np.spacing
+BELOW_TOP = {"float32": 1.7e38, "float64": 8.9e307}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_spacing_is_numpys_on_magnitudes_in_range(dtype, data):
+    top = BELOW_TOP[dtype]
+    x = data.draw(
+        hnp.arrays(np.float64, hnp.array_shapes(max_dims=2, max_side=9), elements=st.floats(0, top))
+    )
+    np.testing.assert_array_equal(spacing(x, dtype), numpy_spacing(x, dtype))

@@ -46,7 +46,8 @@ class Backend(Protocol):
         ...
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """The parameters: ``{torch key: array}`` in torch layout (copies)."""
+        """The parameters: ``{torch key: array}`` in torch layout, the backend's own no more (a JAX
+        backend's may be read-only views of its device buffers on a CPU: copy before writing)."""
         ...
 
     def agree(self, flag: bool) -> bool:

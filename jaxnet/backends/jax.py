@@ -65,6 +65,7 @@ def clear_caches(model: bool = True) -> None:
     fault) is traced afresh; JAX's other caches stay warm. Whoever patches model code outside
     :func:`jaxnet.parity.faults.planted` calls this first."""
     _COMPILED.clear()
+    _INIT.clear_cache()  # keyed by the optimizers _COMPILED held
     _abstract.cache_clear()  # a model built before holds the functions it was built with
     if model:
         for jitted in (_EVAL, _GRADS, _ACTS, _LOGITS):

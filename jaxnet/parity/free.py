@@ -189,8 +189,8 @@ class FreePair:
         if sides:
             self.unreplayable = (
                 f"replayed from its saved start, the {' and the '.join(sides)} side did not end where the run "
-                "did: loading a saved state does not restore it (load_state_dict(state_dict()) moves the "
-                "weights), a port difference; no cause found on the replay is trusted"
+                "did: reloading a saved state (weights or optimizer state) does not restore it, or the side "
+                "is not deterministic; no cause found on the replay is trusted"
             )
         self._steps.clear()
 
