@@ -117,7 +117,9 @@ def spacing(magnitude: np.ndarray, dtype: str | np.dtype) -> np.ndarray:
     power = np.bitwise_and(x.view(uint), exponent).view(dtype)  # 2^e (0 below the normal range)
     out = np.multiply(power, 2.0**-mantissa, dtype=np.float64)
     np.maximum(out, smallest, out=out)
-    if out.size and not out.max() < np.spacing(np.finfo(dtype).max / 2):  # inf, NaN, the top binade
+    if out.size and not out.max() < np.ldexp(
+        1.0, np.finfo(dtype).maxexp - 1 - mantissa
+    ):  # inf, NaN, top binade
         return np.spacing(x).astype(np.float64, copy=False)  # (whose largest value's spacing is inf)
     return out
 
