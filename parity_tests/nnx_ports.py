@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from jaxnet.nn import TorchBatchNorm, dot_product_attention
+from jaxnet.parity import family
 
 
 def blank(cls, **kw) -> nnx.Module:
@@ -16,14 +16,7 @@ def blank(cls, **kw) -> nnx.Module:
     module's weights and buffers onto the port, so the port's own initial values are never
     read. Running them compiles a score of one-op programs per model kind (~0.8 CPU-s per
     process); ``nnx.eval_shape`` traces them, compiling nothing. A dropout's key: key 0."""
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: cls(rngs=nnx.Rngs(0), **kw)))
-
-    def placeholder(leaf):
-        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            return jax.random.key(0)
-        return jax.device_put(np.zeros(leaf.shape, leaf.dtype))
-
-    return nnx.merge(graphdef, jax.tree.map(placeholder, state))
+    return family.blank(lambda: cls(rngs=nnx.Rngs(0), **kw))
 
 
 class NNXBN(nnx.Module):

@@ -65,21 +65,29 @@ def pair(config, seed: int):
     """The torch module (its initial weights from ``torch.manual_seed(seed)``) and the NNX port,
     its variables zeros: ``compare`` gives it the torch module's weights, so none of the port's
     initialisers is compiled and run (one program per shape: most of a tiny run's time)."""
-    import jax
-    import jax.numpy as jnp
     import torch
-    from flax import nnx
 
     torch.manual_seed(seed)
-    torch_module = registry.build("torch", config)
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: registry.build("jax", config)))
+    return registry.build("torch", config), blank(lambda: registry.build("jax", config), seed)
+
+
+def blank(build, seed: int = 0):
+    """The NNX module ``build()`` makes, its initialisers never run: every array zeros, every
+    dropout stream ``key(seed)``. For a port ``compare`` loads torch's weights into: its own
+    initial values are never read, and ``nnx.eval_shape`` traces them without compiling a
+    program per shape."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    graphdef, state = nnx.split(nnx.eval_shape(build))
 
     def placeholder(leaf):
         if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):  # a dropout's stream
             return jax.random.key(seed)
         return jnp.asarray(np.zeros(leaf.shape, leaf.dtype))
 
-    return torch_module, nnx.merge(graphdef, jax.tree.map(placeholder, state))
+    return nnx.merge(graphdef, jax.tree.map(placeholder, state))
 
 
 def options(config, steps: int) -> dict:
