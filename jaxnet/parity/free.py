@@ -97,9 +97,8 @@ class FreePair:
     # the jax side's (step, parameters and buffers, optimizer state) right after the first excess:
     # where a tie explains it, a correct torch run continued from there is one that crossed too
     crossed: tuple[int, dict, dict] | None = None
-    # set where a replay did not end where the run did: a side's loader does not restore what its
-    # state_dict() saved (a port whose weights cross the layouts wrongly), so nothing found on
-    # the replay can be trusted, and the row fails
+    # set where a replay did not end where the run did (a side that reloads its saved state
+    # wrongly, or is not deterministic): nothing found on the replay is trusted, and the row fails
     unreplayable: str = ""
 
     def __post_init__(self) -> None:
