@@ -16,6 +16,10 @@ gradient and a few optimizer steps against noise floors it measures. Leave out t
 rule and it names `fc1` as the first layer that differs.
 """
 
+from jaxnet import process
+
+process.prepare(shared=True)  # before torch loads: OpenMP threads sleep between torch and XLA calls
+
 # %% torch
 import torch
 import torch.nn.functional as F

@@ -24,6 +24,10 @@ where the two frameworks' defaults differ without any shape error to tell:
 running statistics after a train-mode forward, in eval and train mode.
 """
 
+from jaxnet import process
+
+process.prepare(shared=True)  # before torch loads: OpenMP threads sleep between torch and XLA calls
+
 # %% torch
 import torch
 from torch import nn

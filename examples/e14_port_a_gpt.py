@@ -24,6 +24,10 @@ kernels `[E, H, D]` (head `h` is rows `h*D:(h+1)*D`). The data: 16-character win
 fortunes corpus, and the next character of each as the target.
 """
 
+from jaxnet import process
+
+process.prepare(shared=True)  # before torch loads: OpenMP threads sleep between torch and XLA calls
+
 # %% torch
 import torch
 from torch import nn
