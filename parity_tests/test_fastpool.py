@@ -70,3 +70,43 @@ def test_fastconv_enable_puts_the_cnn_on_the_fast_pool():
     x, y = jnp.zeros((2, 1, 28, 28)), jnp.zeros((2,), jnp.int32)
     jaxpr = str(jax.make_jaxpr(jax.grad(cnn.loss_fn), static_argnums=1)(params, graphdef, x, y))
     assert "select_and_scatter" not in jaxpr
+
+
+def test_the_cnn_on_the_fast_path_is_within_the_float32_floor_of_the_idiomatic_one(fmnist):
+    """``fastconv.enable`` on the CNN (both convolutions as GEMMs, the fast pool) in float32
+    against the idiomatic model in float64, for the loss and every gradient of a train-mode
+    step (dropout masks given): ``err <= K * floor`` (``jaxnet.parity.verdict``), the floor the
+    idiomatic float32 model's own error, never below one float32 u. The idiomatic pair passes
+    against torch (test_cnn_models, ``jaxnet parity --model cnn``)."""
+    from jaxnet.data import to_float
+    from jaxnet.numerics import rel_error, unit_roundoff
+    from jaxnet.parity.verdict import K
+
+    config = CNNConfig(channels=(4, 8), hidden=16)
+    x = to_float(fmnist.train.images[:8])[:, None]
+    y = jnp.asarray(fmnist.train.labels[:8])
+    rng = np.random.default_rng(0)
+    masks = tuple((rng.random(s) > p).astype(np.float32) for s, p in (((8, 8, 12, 12), 0.25), ((8, 16), 0.5)))
+
+    def step(model, dtype):
+        graphdef, params = nnx.split(model, nnx.Param)
+        params = jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
+        args = (jnp.asarray(x, dtype), y, tuple(jnp.asarray(m, dtype) for m in masks))
+        loss, grads = jax.jit(jax.value_and_grad(cnn.loss_fn), static_argnums=1)(params, graphdef, *args)
+        leaves = jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(grads))
+        return {"loss": np.float64(loss)} | {
+            jax.tree_util.keystr(k): np.asarray(v, np.float64) for k, v in leaves
+        }
+
+    plain32 = step(cnn.build(config), jnp.float32)
+    fast32 = step(fastconv.enable(cnn.build(config)), jnp.float32)
+    with jax.enable_x64(True):
+        plain64 = step(cnn.build(config), jnp.float64)
+    assert plain64.keys() == fast32.keys() and len(plain64) == 9
+    for name, reference in plain64.items():
+        floor = max(rel_error(plain32[name], reference), unit_roundoff("float32"))
+        assert rel_error(fast32[name], reference) <= K * floor, (
+            name,
+            rel_error(fast32[name], reference),
+            floor,
+        )
