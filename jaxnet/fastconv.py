@@ -67,8 +67,9 @@ def patches(x: jax.Array, kh: int, kw: int, strides: Pair = (1, 1), dilation: Pa
     Built in two passes, the ``kw`` column taps (``[B, H, OW, kw*C]``) then the ``kh`` row taps
     of that, each a stack of strided slices on a new axis: the same copy as one concatenation of
     ``kh*kw`` slices, but the second pass moves runs of ``kw*C`` values; the CNN's conv2 patches
-    (64 x 24 x 24 x 288) took 18 ms of CPU against 24 ms for the one concatenation (62 against
-    113 ms under glibc's default allocator; medians, one shared 2-core machine)."""
+    (64 x 24 x 24 x 288) took 18 ms of CPU against 24 ms for the one concatenation with the
+    README's ``MALLOC_*`` settings, 62 against 113 ms under glibc's defaults (medians, one
+    shared 2-core machine)."""
     _, h, w, _ = x.shape
     (sh, sw), (dh, dw) = strides, dilation
     oh, ow = out_size(h, kh, sh, dh), out_size(w, kw, sw, dw)
