@@ -17,7 +17,8 @@ with the tutorial's recipe (SGD, lr 1e-3, batch 64):
 - ``cnn-torch-jaxnet``, ``cnn-jax-jaxnet``: jaxnet's backends (one jitted step per batch in
   JAX: a ``lax.scan`` over conv steps runs slower on XLA's CPU backend);
 - ``cnn-jax-fastconv``: the same JAX path, its ``nnx.Conv`` layers on :mod:`jaxnet.fastconv`'s
-  measured policy (both layers computing as im2col + one GEMM with their own gradient).
+  measured policy (both layers computing as im2col + one GEMM with their own gradient) and its
+  2x2 max-pool on :mod:`jaxnet.fastpool` (torch's tie rule, no ``select_and_scatter``).
 
 ``--model resnet`` and ``--model gpt`` time the port families with their ``jaxnet train``
 recipes and batch sizes (:mod:`jaxnet.bench.port_loops`), on a few steps an epoch by default

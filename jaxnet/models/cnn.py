@@ -75,6 +75,7 @@ class Net(nnx.Module):
         self.fc2 = linear(hidden, num_classes)
         self.dropout1 = float(dropout1)  # rates, as nn.Dropout(p) keeps them; static, not state
         self.dropout2 = float(dropout2)
+        self.max_pool = nnx.max_pool  # static; jaxnet.fastconv.enable swaps in jaxnet.fastpool's
 
     def __call__(
         self, x: jax.Array, *, masks: Masks | None = None, key: jax.Array | None = None
@@ -102,9 +103,10 @@ def _dropout(x: jax.Array, mask: jax.Array | None, p: float) -> jax.Array:
     return x if mask is None else x * (mask.astype(x.dtype) / (1 - p))
 
 
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """``F.max_pool2d(x, 2)`` on NHWC: 2x2 windows, stride 2, no padding (a trailing odd row dropped)."""
-    return nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
+def max_pool_2x2(x: jax.Array, pool=nnx.max_pool) -> jax.Array:
+    """``F.max_pool2d(x, 2)`` on NHWC: 2x2 windows, stride 2, no padding (a trailing odd row
+    dropped), computed by ``pool`` (``nnx.max_pool``'s signature; the model's ``max_pool``)."""
+    return pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
 
 
 def activations(
@@ -124,7 +126,8 @@ def activations(
     out["conv2"] = nchw(h)
     h = relu(h)
     out["relu2"] = nchw(h)
-    out["pool"] = h = nchw(max_pool_2x2(h))  # back to NCHW: flatten orders features as torch does
+    # back to NCHW: flatten orders features as torch does
+    out["pool"] = h = nchw(max_pool_2x2(h, model.max_pool))
     out["dropout1"] = h = _dropout(h, m1, model.dropout1)
     out["flatten"] = h = h.reshape(h.shape[0], -1)
     out["fc1"] = h = model.fc1(h)
