@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -80,7 +81,7 @@ def test_a_mapping_lines_the_names_up_and_the_pair_agrees(batch):
     torch.manual_seed(0)
     report = parity.compare(
         TorchMLP(),
-        blank(NNXMLP),
+        nnx.eval_shape(lambda: NNXMLP(nnx.Rngs(0))),  # its initial weights are torch's: built abstractly
         *batch,
         mapping={"classifier": "head"},
         steps=3,
@@ -92,6 +93,21 @@ def test_a_mapping_lines_the_names_up_and_the_pair_agrees(batch):
     steps = {r.quantity for r in report.rows if r.section.startswith("step")}
     assert "sgd: classifier.weight" in steps and any(q.startswith("sgd: features.0") for q in steps)
     assert report.environment["first difference"].startswith("none")
+
+
+def test_a_port_built_abstractly_gives_the_concrete_ports_rows(batch):
+    """``nnx.eval_shape(lambda: Port(...))`` skips the port's initialisers (compare replaces its
+    weights with torch's): each row is the one a port with real arrays gets, bit for bit (the
+    same weights, the same programs, one CPU); float64, where the abstract float32 leaves are
+    cast (the mapping test above steps an abstract port in both dtypes)."""
+    options = dict(mapping={"classifier": "head"}, steps=0, dtypes=("float64",), relu_inputs=["features.0"])
+    torch.manual_seed(0)
+    net = TorchMLP()
+    abstract = nnx.eval_shape(lambda: NNXMLP(nnx.Rngs(0)))
+    rows = [parity.compare(net, port, *batch, **options).rows for port in (abstract, blank(NNXMLP))]
+    key = lambda r: (r.section, r.quantity, r.dtype, r.err, r.floor, r.passed)  # noqa: E731
+    assert [key(r) for r in rows[0]] == [key(r) for r in rows[1]] and all(r.passed for r in rows[0])
+    assert isinstance(abstract.head.kernel.get_value(), jax.ShapeDtypeStruct)  # the user's module: as it was
 
 
 def test_a_wrong_backward_is_named_as_one(batch):

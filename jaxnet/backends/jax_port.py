@@ -226,6 +226,8 @@ class JaxPortBackend(HostData):
                 if isinstance(a, jax.Array) and jnp.issubdtype(a.dtype, jnp.floating) and a.dtype != dtype
                 else a
             )
+            if module is not None:  # built abstractly (nnx.eval_shape): zeros, replaced by torch's weights
+                params, stats, rest = (jax.tree.map(self._blank, t) for t in (params, stats, rest))
             self.params, self.stats = jax.tree.map(cast, params), jax.tree.map(cast, stats)
             self.rest = rest
         shapes = {k: tuple(v.shape) for k, v in (_dotted(self.params) | _dotted(self.stats)).items()}
@@ -235,6 +237,12 @@ class JaxPortBackend(HostData):
         self.tracked = {k: 0 for k in config.integer_keys}  # num_batches_tracked, torch's counters
         if state is not None:
             self.load_state_dict(state)
+
+    def _blank(self, leaf):
+        """A port's abstract leaf (``nnx.eval_shape``) as zeros on the device; others as they are."""
+        if not isinstance(leaf, jax.ShapeDtypeStruct):
+            return leaf
+        return self._put(blank_leaf(leaf, self.dtype, self.seed))
 
     def describe(self) -> str:
         return f"jax {jax.__version__} on {self.device.platform}:{self.device.id} ({self.device.device_kind})"
@@ -414,6 +422,18 @@ def _check_classes(layout, classes: dict[str, type]) -> None:
                 f"torch module {path!r} is a {kind} but the nnx module there is {cls.__name__} "
                 f"(expected nnx.{' or nnx.'.join(NNX_CLASSES[kind])}): map it to its counterpart"
             )
+
+
+def blank_leaf(leaf: jax.ShapeDtypeStruct, dtype: str | None = None, seed: int = 0):
+    """A concrete stand-in for an abstract leaf (``nnx.eval_shape``): host zeros (floating ones
+    in ``dtype``, where given), or ``key(seed)`` for a dropout's stream. Building a port
+    abstractly skips its initialisers, each one compiled program per parameter shape on a CPU
+    (1-2 s apiece for e12's CNN under XLA's default optimisations); compare replaces the
+    weights anyway."""
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        return jax.random.key(seed)
+    floating = dtype is not None and jnp.issubdtype(leaf.dtype, jnp.floating)
+    return np.zeros(leaf.shape, dtype if floating else leaf.dtype)
 
 
 def _run_in(module: nnx.Module, dtype: str) -> None:

@@ -77,17 +77,12 @@ def blank(build, seed: int = 0):
     initial values are never read, and ``nnx.eval_shape`` traces them without compiling a
     program per shape."""
     import jax
-    import jax.numpy as jnp
     from flax import nnx
 
+    from jaxnet.backends.jax_port import blank_leaf
+
     graphdef, state = nnx.split(nnx.eval_shape(build))
-
-    def placeholder(leaf):
-        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):  # a dropout's stream
-            return jax.random.key(seed)
-        return jnp.asarray(np.zeros(leaf.shape, leaf.dtype))
-
-    return nnx.merge(graphdef, jax.tree.map(placeholder, state))
+    return nnx.merge(graphdef, jax.tree.map(lambda leaf: jax.device_put(blank_leaf(leaf, seed=seed)), state))
 
 
 def options(config, steps: int) -> dict:

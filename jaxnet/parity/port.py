@@ -59,8 +59,9 @@ def compare(
     """Compare a torch module with its NNX port: forward, loss, gradients, running statistics,
     optimizer steps.
 
-    The port gets the torch module's weights and buffers (its own initialisation is not used),
-    in float32 and in float64. Rows (``report.rows``) are judged against floors measured in this
+    The port gets the torch module's weights and buffers (its own initialisation is not used:
+    build it abstractly, ``nnx.eval_shape(lambda: Port(...))``, and its initialisers never run,
+    each one compiled program per parameter shape on a CPU), in float32 and in float64. Rows (``report.rows``) are judged against floors measured in this
     run: torch's float32 result against its float64 result. ``report.environment`` names the
     first quantity that differs and what that suggests.
 
