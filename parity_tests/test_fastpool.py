@@ -25,8 +25,8 @@ def _torch(x: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("shape", [(3, 6, 8, 5), (2, 7, 9, 3)])  # even, and odd trailing row/column
-def test_the_pool_and_its_gradient_are_torchs_ties_and_nans_included(dtype, shape):
+def test_the_pool_and_its_gradient_are_torchs_ties_and_nans_included(dtype):
+    shape = (2, 7, 9, 3)  # whole windows, and an odd trailing row and column (dropped, no gradient)
     rng = np.random.default_rng(0)
     with jax.enable_x64(dtype == "float64"):
         x = rng.integers(-1, 2, shape).astype(dtype)  # three values: most windows tie
