@@ -14,10 +14,10 @@ are GEMMs too, given ``g = d loss / d out``::
     dW = P^T @ g                       (one GEMM over every output pixel)
     dP = g @ W^T,  dx = col2im(dP)     (dx[b, y*sh + i*dh, x*sw + j*dw, c] += dP[(b, y, x), (i, j, c)])
 
-``P`` is built from k*k strided slices (one per tap ``(i, j)``: rows ``i*dh, i*dh + sh, ...``)
-merged into the channel axis (the column taps, then the row taps of those); the forward
-keeps it for ``dW``. ``col2im`` puts each tap's slice of ``dP`` back with one ``lax.pad`` (``sh - 1`` zeros between rows: interior padding)
-and sums the k*k of them, which XLA fuses into one loop (against ``.at[].add`` on strided
+``P`` is built from strided slices merged into the channel axis: ``kw`` column taps of the
+input, then ``kh`` row taps of those (tap ``(i, j)`` reads rows ``i*dh, i*dh + sh, ...``); the
+forward keeps it for ``dW``. ``col2im`` puts each tap's slice of ``dP`` back with one
+``lax.pad`` (``sh - 1`` zeros between rows: interior padding) and sums the k*k of them, which XLA fuses into one loop (against ``.at[].add`` on strided
 slices, a scatter: less CPU time on 6 of the ResNet's 8 layer shapes, up to 1.7x; the
 scatter won on two with 7x7 outputs, by 1.1-1.3x; one shared 2-core machine). Input rows no window
 reaches (a stride-2 window on an even size) get zero gradient. A 1x1 convolution is one
@@ -285,7 +285,8 @@ def enable(model: nnx.Module, where: str = "all") -> nnx.Module:
     ``where``: ``"all"`` (every layer), or ``"measured"`` (each call where :func:`gemm_wins`
     for its shapes, the rest on XLA's convolution: :func:`conv_measured`). In either mode a
     module whose ``max_pool`` attribute is ``nnx.max_pool`` (the built-in CNN's) gets
-    :func:`jaxnet.fastpool.max_pool`: the same values and tie rule, no ``select_and_scatter``.
+    :func:`jaxnet.fastpool.max_pool`: the same values and torch's gradient rule (nnx's on
+    ties; torch's, not nnx's, beside a NaN), no ``select_and_scatter``.
     """
     convs = {"all": conv_general_dilated, "measured": conv_measured}
     if where not in convs:

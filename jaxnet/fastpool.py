@@ -10,9 +10,11 @@ shared 2-core machine). The window of a 2x2, stride-2 pool is a reshape: with
     dx[b, 2y + i, 2x + j, c] = g[b, y, x, c] if k[b, y, x, c] == index(i, j) else 0
 
 so the gradient goes to the first maximum of each window (the last NaN if any), as torch's
-``F.max_pool2d`` and ``nnx.max_pool`` send it; a plain ``reshape(...).max()`` would split it
-between tied elements (after a ReLU, all-zero windows tie). Forward values are exactly the
-max (no rounding anywhere); the backward is one fused select, no scatter. A trailing odd
+``F.max_pool2d`` sends it (``nnx.max_pool`` agrees on ties, not on NaNs: it sends a window's
+gradient to a number beside a NaN); a plain ``reshape(...).max()`` would split it between
+tied elements (after a ReLU, all-zero windows tie). Forward values are exactly the max (no
+rounding anywhere; undifferentiated, ``reduce_window`` may give ``+0.0`` where torch gives
+``-0.0``); the backward is one fused select, no scatter. A trailing odd
 row or column is dropped (``VALID``) and gets zero gradient.
 
 :func:`max_pool` is a drop-in for ``nnx.max_pool``: any other window, stride, padding or

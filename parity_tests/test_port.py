@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -108,6 +109,24 @@ def test_a_port_built_abstractly_gives_the_concrete_ports_rows(batch):
     key = lambda r: (r.section, r.quantity, r.dtype, r.err, r.floor, r.passed)  # noqa: E731
     assert [key(r) for r in rows[0]] == [key(r) for r in rows[1]] and all(r.passed for r in rows[0])
     assert isinstance(abstract.head.kernel.get_value(), jax.ShapeDtypeStruct)  # the user's module: as it was
+
+
+def test_an_abstract_port_with_state_torch_does_not_replace_is_an_error(batch):
+    """Built abstractly, a port's constant (here a scale applied to the output) would be zeros
+    for good: torch's state_dict has nothing to load into it. One line names it."""
+
+    class Scaled(NNXMLP):
+        def __init__(self, rngs: nnx.Rngs) -> None:
+            super().__init__(rngs)
+            self.scale = nnx.Variable(jnp.float32(2.0))
+
+        def __call__(self, x):
+            return super().__call__(x) * self.scale[...]
+
+    with pytest.raises(JaxnetError, match=r"built abstractly .* do not replace: scale; build it concretely"):
+        parity.compare(
+            TorchMLP(), nnx.eval_shape(lambda: Scaled(nnx.Rngs(0))), *batch, mapping={"classifier": "head"}
+        )
 
 
 def test_a_wrong_backward_is_named_as_one(batch):

@@ -227,6 +227,7 @@ class JaxPortBackend(HostData):
                 else a
             )
             if module is not None:  # built abstractly (nnx.eval_shape): zeros, replaced by torch's weights
+                _check_abstract(model)
                 params, stats, rest = (jax.tree.map(self._blank, t) for t in (params, stats, rest))
             self.params, self.stats = jax.tree.map(cast, params), jax.tree.map(cast, stats)
             self.rest = rest
@@ -426,14 +427,32 @@ def _check_classes(layout, classes: dict[str, type]) -> None:
 
 def blank_leaf(leaf: jax.ShapeDtypeStruct, dtype: str | None = None, seed: int = 0):
     """A concrete stand-in for an abstract leaf (``nnx.eval_shape``): host zeros (floating ones
-    in ``dtype``, where given), or ``key(seed)`` for a dropout's stream. Building a port
-    abstractly skips its initialisers, each one compiled program per parameter shape on a CPU
-    (1-2 s apiece for e12's CNN under XLA's default optimisations); compare replaces the
-    weights anyway."""
+    in ``dtype``, where given), or keys from ``key(seed)`` for a dropout's stream. For the
+    leaves torch's weights and buffers replace (or an RNG stream's): building a port abstractly
+    skips its initialisers, each one compiled program per parameter shape on a CPU (1-2 s
+    apiece for e12's CNN under XLA's default optimisations)."""
     if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-        return jax.random.key(seed)
+        key = jax.random.key(seed)
+        return key if leaf.shape == () else jax.random.split(key, leaf.shape)
     floating = dtype is not None and jnp.issubdtype(leaf.dtype, jnp.floating)
     return np.zeros(leaf.shape, dtype if floating else leaf.dtype)
+
+
+def _check_abstract(model: nnx.Module) -> None:
+    """An abstract port's state beyond its parameters, batch statistics and RNG streams (a
+    constant ``nnx.Variable``, a mask, a table) has no torch counterpart to load: zeros would
+    stand in for it for good.
+
+    Raises:
+        JaxnetError: naming those leaves.
+    """
+    others = nnx.state(model, nnx.Not(nnx.Any(nnx.Param, nnx.BatchStat, nnx.RngState)))
+    abstract = [k for k, v in _dotted(others).items() if isinstance(v, jax.ShapeDtypeStruct)]
+    if abstract:
+        raise JaxnetError(
+            f"the port was built abstractly (nnx.eval_shape) but holds state that is neither a parameter "
+            f"nor a batch statistic, which torch's weights do not replace: {', '.join(abstract)}; build it concretely"
+        )
 
 
 def _run_in(module: nnx.Module, dtype: str) -> None:
