@@ -20,8 +20,7 @@ from flax import nnx
 
 from jaxnet import fastconv
 from jaxnet.data import to_float
-from jaxnet.numerics import rel_error, unit_roundoff
-from jaxnet.parity.verdict import K
+from parity_tests.floors import assert_within_float32_floor
 from parity_tests.nnx_ports import blank
 
 U = 2.0**-24
@@ -224,11 +223,5 @@ def test_the_resnet_on_fastconv_is_within_the_float32_floor_of_the_idiomatic_por
         nnx.update(wide, jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), state))
         wide.train()
         plain64 = _resnet_step(wide, jnp.asarray(x, jnp.float64), y)
-    assert plain64.keys() == fast32.keys() and len(plain64) > 40
-    for name, reference in plain64.items():
-        floor = max(rel_error(plain32[name], reference), unit_roundoff("float32"))
-        assert rel_error(fast32[name], reference) <= K * floor, (
-            name,
-            rel_error(fast32[name], reference),
-            floor,
-        )
+    assert len(plain64) > 40
+    assert_within_float32_floor(fast32, plain32, plain64)

@@ -14,6 +14,7 @@ from flax import nnx
 
 from jaxnet import cnn, fastconv, fastpool
 from jaxnet.config import CNNConfig
+from parity_tests.floors import assert_within_float32_floor
 
 
 def _torch(x: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -79,8 +80,6 @@ def test_the_cnn_on_the_fast_path_is_within_the_float32_floor_of_the_idiomatic_o
     idiomatic float32 model's own error, never below one float32 u. The idiomatic pair passes
     against torch (test_cnn_models, ``jaxnet parity --model cnn``)."""
     from jaxnet.data import to_float
-    from jaxnet.numerics import rel_error, unit_roundoff
-    from jaxnet.parity.verdict import K
 
     config = CNNConfig(channels=(4, 8), hidden=16)
     x = to_float(fmnist.train.images[:8])[:, None]
@@ -102,11 +101,5 @@ def test_the_cnn_on_the_fast_path_is_within_the_float32_floor_of_the_idiomatic_o
     fast32 = step(fastconv.enable(cnn.build(config)), jnp.float32)
     with jax.enable_x64(True):
         plain64 = step(cnn.build(config), jnp.float64)
-    assert plain64.keys() == fast32.keys() and len(plain64) == 9
-    for name, reference in plain64.items():
-        floor = max(rel_error(plain32[name], reference), unit_roundoff("float32"))
-        assert rel_error(fast32[name], reference) <= K * floor, (
-            name,
-            rel_error(fast32[name], reference),
-            floor,
-        )
+    assert len(plain64) == 9
+    assert_within_float32_floor(fast32, plain32, plain64)
