@@ -17,10 +17,10 @@ are GEMMs too, given ``g = d loss / d out``::
 ``P`` is built from strided slices merged into the channel axis: ``kw`` column taps of the
 input, then ``kh`` row taps of those (tap ``(i, j)`` reads rows ``i*dh, i*dh + sh, ...``); the
 forward keeps it for ``dW``. ``col2im`` puts each tap's slice of ``dP`` back with one
-``lax.pad`` (``sh - 1`` zeros between rows: interior padding) and sums the k*k of them, which XLA fuses into one loop (against ``.at[].add`` on strided
-slices, a scatter: less CPU time on 6 of the ResNet's 8 layer shapes, up to 1.7x; the
-scatter won on two with 7x7 outputs, by 1.1-1.3x; one shared 2-core machine). Input rows no window
-reaches (a stride-2 window on an even size) get zero gradient. A 1x1 convolution is one
+``lax.pad`` (``sh - 1`` zeros between rows: interior padding) and sums the k*k of them,
+which XLA fuses into one loop (against ``.at[].add`` on strided slices, a scatter: less CPU
+time on 6 of the ResNet's 8 layer shapes, up to 1.7x; the scatter won on two with 7x7
+outputs, by 1.1-1.3x; one shared 2-core machine). Input rows no window reaches (a stride-2 window on an even size) get zero gradient. A 1x1 convolution is one
 strided slice and a plain GEMM. The user's port stays idiomatic: an ``nnx.Conv`` whose
 ``conv_general_dilated`` is :func:`conv_general_dilated` (:func:`enable` sets it on every
 ``nnx.Conv`` of a model); any case outside the fast one (input dilation, i.e. a transposed
