@@ -14,7 +14,7 @@ def real_batch(n: int = 8, dtype: str = "float32") -> tuple[np.ndarray, np.ndarr
     from jaxnet import data
 
     test = data.load().test
-    return test.float_images(dtype)[:n], test.labels[:n]
+    return test[:n].float_images(dtype), test.labels[:n]
 
 
 # Significant digits printed per dtype. float32 results differ in their last bits between

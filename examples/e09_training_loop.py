@@ -156,7 +156,7 @@ def main():
     # batches, in the same order (the DataLoader's: no shuffle), from the same weights.
     batches = [np.arange(s, min(s + 64, n)) for s in range(0, n, 64)]
     report = parity.training(
-        fmnist.train.float_images()[:n], labels, batches, OptimConfig(lr=0.1), state=state
+        fmnist.train[:n].float_images(), labels, batches, OptimConfig(lr=0.1), state=state
     )
     forced = [r for r in report.rows if r.section.startswith("step")]
     free = [r for r in report.rows if r.section.startswith("trajectory")]
@@ -173,7 +173,7 @@ def main():
     # ~1e-2 relative in 200 steps on one machine), which moves only predictions that sit that
     # close to a tie between two classes: far under 1% of them. Another batch order changes
     # ~40% (a learning rate 10% off changes ~1%: the second loss above catches that).
-    x = fmnist.test.float_images()[:1000]
+    x = fmnist.test[:1000].float_images()
     with torch.no_grad():
         torch_pred = torch_model(torch.from_numpy(x)).argmax(1).numpy()
     jax_pred = np.asarray(jax_model(x).argmax(1))

@@ -115,7 +115,7 @@ def main():
 
     steps = 20
     train = data.load().train
-    images, labels = train.float_images("float64")[: 64 * steps], train.labels[: 64 * steps]
+    images, labels = train[: 64 * steps].float_images("float64"), train.labels[: 64 * steps]
     state = init_state_dict(ModelConfig(), seed=0, dtype="float64")
     torch_model, torch_losses = torch_side(images, labels, state, steps)
     with jax.enable_x64(True):  # float64 JAX here only; importing this file switches nothing on

@@ -73,6 +73,11 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def __getitem__(self, index: slice | np.ndarray) -> Split:
+        """The examples at ``index``, as a split: ``ds.train[:64].float_images()`` converts 64
+        images, not all 60,000 before keeping 64."""
+        return Split(images=self.images[index], labels=self.labels[index])
+
     def float_images(self, dtype: np.dtype | str = np.float32) -> np.ndarray:
         """``[N, 1, 28, 28]`` in [0, 1], as ``ToTensor`` computes it: ``x / 255`` in ``dtype``."""
         return to_float(self.images, dtype)[:, None]

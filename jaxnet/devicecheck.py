@@ -148,7 +148,7 @@ def part_parity(model: str, precision: str, device: str, size: str, out: Path, t
         start, ds = time.perf_counter(), data.load()
         config = registry.family(model).config()
         state = checkpoint.init_state_dict(config, 0)
-        x, y = ds.train.float_images()[:BATCH], ds.train.labels[:BATCH]
+        x, y = ds.train[:BATCH].float_images(), ds.train.labels[:BATCH]
         options = {"config": config, "dtypes": s["dtypes"], "device": device, "matmul_precision": precision}
         with session(state, **options) as (setup, env):
             report = parity.Report(forward_and_gradient(setup, x, y), env)

@@ -21,7 +21,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 def margins() -> list[dict]:
     train = data.load().train
-    images = train.float_images()[:16, :, 8:20, 8:20].copy(), train.labels[:16]
+    images = train[:16].float_images()[:, :, 8:20, 8:20].copy(), train.labels[:16]
     out = []
     for name, (_, where) in PITFALLS.items():
         report = compare_pitfall(name, images, dtypes=("float32", "float64"))

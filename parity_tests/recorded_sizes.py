@@ -43,7 +43,7 @@ def images(n: int = N, crop: bool = False):
     from jaxnet import data
 
     train = data.load().train
-    x = train.float_images()[:n]
+    x = train[:n].float_images()
     return (x[:, :, 8:20, 8:20].copy() if crop else x), train.labels[:n]
 
 

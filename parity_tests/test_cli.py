@@ -46,7 +46,7 @@ def tutorial_pth(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = torchref.NeuralNetwork()
     ds = data.load()
-    x = torch.from_numpy(ds.train.float_images()[:3200])
+    x = torch.from_numpy(ds.train[:3200].float_images())
     y = torch.from_numpy(ds.train.labels[:3200])
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-1)
     torchref.train_loop(zip(x.split(64), y.split(64), strict=True), 3200, model, optimizer, log=None)
@@ -199,7 +199,7 @@ def test_the_cnn_trains_resumes_in_the_other_backend_and_predicts_alike(tmp_path
     # Both backends predict with that checkpoint (the first 1,000 test images): a prediction may
     # differ only at a near-tie of the top two log-probabilities, within the worst-case float32
     # rounding of the four layers' reductions (conv1 9, conv2 9 * 4, fc1 8 * 12 * 12, fc2 16 terms).
-    x = fmnist.test.float_images()[:1000]
+    x = fmnist.test[:1000].float_images()
     out_j = get_backend("jax", saved.config, state=saved.model).predict(x)
     out_t = get_backend("torch", saved.config, state=saved.model).predict(x)
     differ = np.flatnonzero(out_j.argmax(1) != out_t.argmax(1))

@@ -63,7 +63,7 @@ def jax_net(state: dict[str, np.ndarray], channels=(32, 64), hidden=128) -> tupl
 def pair(fmnist):
     """Both nets with one set of float64 weights, 8 real test images, labels, dropout masks."""
     state = torch_state()
-    x = fmnist.test.float_images("float64")[:N]
+    x = fmnist.test[:N].float_images("float64")
     y = np.asarray(fmnist.test.labels[:N], np.int64)
     rng = np.random.default_rng(1)
     masks = (

@@ -32,12 +32,16 @@ def test_real_files_shapes_dtypes_and_classes(fmnist):
 
 def test_float_images_match_torchvision_to_tensor_bit_for_bit(fmnist):
     u8 = fmnist.test.images[:256]
-    ours = fmnist.test.float_images("float32")[:256]
+    ours = fmnist.test[:256].float_images("float32")
     # torchvision's ToTensor: torch.from_numpy(img).to(float32).div(255), with a channel axis.
     theirs = torch.from_numpy(u8.copy()).unsqueeze(1).to(torch.float32).div(255).numpy()
     assert ours.shape == (256, 1, 28, 28) and ours.dtype == np.float32
     assert np.array_equal(ours.view(np.uint32), theirs.view(np.uint32))
     assert ours.min() == 0.0 and ours.max() == 1.0
+    # A slice of the split converts to the same bits as the whole split, sliced; labels stay paired.
+    part = fmnist.test[100:356]
+    assert np.array_equal(part.float_images("float64"), fmnist.test.float_images("float64")[100:356])
+    assert np.array_equal(part.labels, fmnist.test.labels[100:356]) and len(part) == 256
 
 
 # ---------------------------------------------------------------------------- bad input

@@ -84,7 +84,7 @@ def _test(n: int) -> tuple[np.ndarray, np.ndarray]:
     from jaxnet import data
 
     test = data.load().test
-    return test.float_images()[:n], test.labels[:n]
+    return test[:n].float_images(), test.labels[:n]
 
 
 @pytest.mark.parametrize("backend", ["torch", "jax"])

@@ -31,7 +31,7 @@ def _bits(state: dict[str, np.ndarray]) -> dict[str, bytes]:
 def test_jax_scan_epoch_equals_the_step_loop_bit_for_bit(fmnist):
     config = ModelConfig()
     state = checkpoint.init_state_dict(config, 0)
-    x, y = fmnist.train.float_images()[:LIMIT], fmnist.train.labels[:LIMIT]
+    x, y = fmnist.train[:LIMIT].float_images(), fmnist.train.labels[:LIMIT]
     results = {}
     for scan in (True, False):
         backend = JaxBackend(config, scan=scan)
@@ -128,7 +128,7 @@ def test_torch_step_on_a_kept_gradient_equals_the_computed_step(fmnist):
     parameters forgets it (a step from a loaded state is computed, not replayed)."""
     config = ModelConfig(hidden=(32,))
     state = checkpoint.init_state_dict(config, 0)
-    x, y = fmnist.train.float_images()[:LIMIT], fmnist.train.labels[:LIMIT]
+    x, y = fmnist.train[:LIMIT].float_images(), fmnist.train.labels[:LIMIT]
     batches = _batches(LIMIT)[:3]
     results = {}
     for asked in (True, False):

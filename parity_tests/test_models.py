@@ -62,7 +62,7 @@ def resnets(fmnist):
     with jax.enable_x64(True):  # built abstractly (nothing initialised), then given torch's state
         port = nnx.eval_shape(lambda: jresnet.ResNet(CHANNELS, BLOCKS, dtype=jnp.float64, rngs=nnx.Rngs(0)))
         jresnet.load_torch_state(port, numpy_state(model))
-    return model, port, fmnist.test.float_images("float64")[: 2 * N]
+    return model, port, fmnist.test[: 2 * N].float_images("float64")
 
 
 def batch_sizes(model: tresnet.ResNet, x: np.ndarray) -> dict[str, int]:

@@ -238,7 +238,7 @@ def test_a_lazy_search_for_causes_finds_what_the_step_by_step_one_does(fmnist):
 
     config = ModelConfig(hidden=(32,))
     state = checkpoint.init_state_dict(config, 0)
-    x, y = fmnist.train.float_images()[:256], fmnist.train.labels[:256]
+    x, y = fmnist.train[:256].float_images(), fmnist.train.labels[:256]
     opt = RECIPES["adam-l2"]
     runs = {}
     for lazy in (True, False):
@@ -286,7 +286,7 @@ def test_a_side_that_does_not_reload_its_own_state_fails_its_row_not_the_run(fmn
 
     config = ModelConfig(hidden=(32,))
     state = checkpoint.init_state_dict(config, 0)
-    x, y = fmnist.train.float_images()[:64], fmnist.train.labels[:64]
+    x, y = fmnist.train[:64].float_images(), fmnist.train.labels[:64]
     sides = []
     for name in ("jax", "torch"):
         backend = get_backend(name, config, state=state)

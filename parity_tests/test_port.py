@@ -56,7 +56,7 @@ class NNXMLP(nnx.Module):
 
 @pytest.fixture(scope="module")
 def batch(fmnist):
-    return fmnist.train.float_images()[:32], fmnist.train.labels[:32]
+    return fmnist.train[:32].float_images(), fmnist.train.labels[:32]
 
 
 def test_unmapped_names_are_an_error_listing_both_sides(batch):

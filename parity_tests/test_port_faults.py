@@ -29,7 +29,7 @@ from parity_tests.test_faults import EXPECTED_FIRST_FAILURE
 @pytest.fixture(scope="module")
 def images(fmnist):
     """12x12 crops of real Fashion-MNIST images (the centre), and their labels."""
-    return fmnist.train.float_images()[:16, :, 8:20, 8:20].copy(), fmnist.train.labels[:16]
+    return fmnist.train[:16].float_images()[:, :, 8:20, 8:20].copy(), fmnist.train.labels[:16]
 
 
 def torch_loss(outputs, targets):

@@ -38,7 +38,7 @@ ARGS = {
 
 @pytest.fixture(scope="module")
 def data(fmnist):
-    return fmnist.train.float_images()[:8, :, 8:20, 8:20].copy(), fmnist.train.labels[:8]
+    return fmnist.train[:8].float_images()[:, :, 8:20, 8:20].copy(), fmnist.train.labels[:8]
 
 
 @pytest.fixture(scope="module")

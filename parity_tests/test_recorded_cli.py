@@ -46,7 +46,7 @@ class Net(nn.Module):
 
 def batch():  # 8 real images' 4x4 centre crops, flattened
     train = data.load().train
-    return train.float_images()[:8, 0, 12:16, 12:16].reshape(8, 16), train.labels[:8]
+    return train[:8].float_images()[:, 0, 12:16, 12:16].reshape(8, 16), train.labels[:8]
 
 
 OPTIONS = {"steps": 2, "dtypes": ("float32",), "optimizer": OptimConfig(name="sgd", lr=0.1, momentum=0.9)}

@@ -79,7 +79,7 @@ def test_augmentation_is_drawn_from_seed_and_step(fmnist):
     assert dy.min() == dx.min() == 0 and dy.max() == dx.max() == 2 * augment.PAD  # every offset
     assert 0.45 < flip.mean() < 0.55  # p = 1/2: 4096 draws put the mean within +-0.05 (6 sigma)
     # the same draw on uint8 images and on ToTensor's floats: one augmentation for both backends
-    floats = fmnist.train.float_images("float32")[:64]
+    floats = fmnist.train[:64].float_images("float32")
     assert np.array_equal(
         augment.augment(floats, seed=0, step=7), floats.dtype.type(a[:, None]) / np.float32(255)
     )

@@ -104,7 +104,7 @@ def run(
     options = {"config": config, "dtypes": dtypes, "device": device, "matmul_precision": matmul_precision}
     with session(state, reverse_batches=reverse_batches, **options) as (setup, env):
         report = Report(rows=[], environment=env)
-        x, y = data.train.float_images()[:BATCH], data.train.labels[:BATCH]
+        x, y = data.train[:BATCH].float_images(), data.train.labels[:BATCH]
         if reverse_batches:  # the same examples, every batch reduction in the other order
             x, y = x[::-1].copy(), y[::-1].copy()
         report.rows += forward_and_gradient(setup, x, y)
