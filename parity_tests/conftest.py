@@ -35,6 +35,28 @@ if (
 ):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SUITE_XLA_FLAGS}".strip()
 
+# One thread per worker: `make test` runs one xdist worker per core (-n 2 on 2 cores), and two
+# workers that each drive two-thread torch and XLA pools on two cores spend CPU handing work
+# between threads (the suite here, idle: 203 s -> 175 s, ~380 -> 335 CPU-s). One thread is one
+# more arithmetic order; the threaded ones users run are held by the tests that start the library
+# threaded (:func:`threaded`: test_parity's MKL-generic report, test_recorded's torch-free check,
+# test_training's thread counts) and by the README job, which runs its commands as a reader
+# would. `OMP_NUM_THREADS=2 XLA_FLAGS=--xla_cpu_multi_thread_eigen=true make test`: all threaded.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
+if "JAXNET_SUITE_XLA_CACHE" not in os.environ and "multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
+    one = "--xla_cpu_multi_thread_eigen=false" if os.environ["OMP_NUM_THREADS"] == "1" else ""
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {one}".strip()
+
+
+def threaded(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with torch, MKL and XLA's Eigen on two threads, its other XLA flags kept: a
+    subprocess on a threaded arithmetic order, as users run, on any machine (one core or many)."""
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if "multi_thread_eigen" not in f]
+    flags.append("--xla_cpu_multi_thread_eigen=true")
+    return {**env, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "XLA_FLAGS": " ".join(flags)}
+
+
 from jaxnet import process  # noqa: E402 (after the XLA environment above)
 
 process.prepare(shared=True)  # before torch loads: MKL's reproducible mode, OpenMP waits passive
@@ -108,19 +130,22 @@ def batch(ds: data.FashionMNIST, dtype: str, start: int = 0, size: int = 64) -> 
 # file handed out last leaves the other worker idle meanwhile. Files not listed follow, in
 # pytest's order. A scheduling hint only: every test runs either way.
 LONGEST_FIRST = (
-    "parity_tests/test_parity.py",
-    "parity_tests/test_port_pitfalls.py",
-    "parity_tests/test_port_engine.py",
-    "parity_tests/test_cli.py",
-    "parity_tests/test_distributed.py",
     "examples/test_examples.py",
+    "parity_tests/test_parity_families.py",
+    "parity_tests/test_parity.py",
+    "parity_tests/test_distributed.py",
+    "parity_tests/test_cli.py",
     "parity_tests/test_faults.py",
-    "parity_tests/test_forward_grad.py",
+    "parity_tests/test_port_engine.py",
+    "parity_tests/test_bench_families.py",
+    "parity_tests/test_port_pitfalls.py",
+    "parity_tests/test_families.py",
     "parity_tests/test_recorded.py",
+    "parity_tests/test_imports.py",
+    "parity_tests/test_fastconv.py",
+    "parity_tests/test_forward_grad.py",
     "parity_tests/test_fast_paths.py",
     "parity_tests/test_port.py",
-    "parity_tests/test_cnn_models.py",
-    "parity_tests/test_imports.py",
 )
 
 

@@ -1,7 +1,7 @@
 """``jaxnet parity``: verdicts that hold on any CPU and catch every planted fault.
 
 No false alarms: a correct JAX side passes under three arithmetic orders (as built, every
-gradient reduction reversed, torch on MKL's generic kernels with one thread everywhere).
+gradient reduction reversed, torch on MKL's generic kernels with two threads everywhere).
 No blind spots: each fault of :mod:`jaxnet.parity.faults` fails the float32 rows alone,
 named by its first failing row (``test_faults.py``).
 """
@@ -24,7 +24,7 @@ from jaxnet.config import RECIPES, ModelConfig
 from jaxnet.numerics import UNIT_ROUNDOFF, error
 from jaxnet.parity import verdict
 from jaxnet.parity.environment import matmul_precision
-from parity_tests.conftest import problems
+from parity_tests.conftest import problems, threaded
 
 QUICK = {"steps": 1, "epoch_recipe": "sgd", "train_limit": 352}  # an epoch of 5 steps and a short one
 TEST_IMAGES = 2000  # the epoch's outcomes on the first 2000 test images, not all 10000
@@ -81,12 +81,12 @@ def test_same_verdicts_with_every_reduction_reversed(small, quick_report):
     assert report.passed, problems(report)
 
 
-def test_same_verdicts_on_mkl_generic_kernels_and_one_thread(tmp_path):
-    """torch on MKL's generic (SSE) kernels, one thread for torch, MKL and XLA's Eigen: another
-    CPU's rounding, in a fresh process because the libraries read these settings when they load."""
-    env = {**os.environ, "MKL_CBWR": "COMPATIBLE", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false",
-           "JAX_DISABLE_MOST_OPTIMIZATIONS": "0"}  # XLA optimising, as users run it (conftest)  # fmt: skip
+def test_same_verdicts_on_mkl_generic_kernels_and_two_threads(tmp_path):
+    """torch on MKL's generic (SSE) kernels, two threads for torch, MKL and XLA's Eigen (the
+    suite's own processes run one: conftest), XLA optimising as users run it: another CPU's
+    rounding, in a fresh process because the libraries read these settings when they load."""
+    env = threaded({**os.environ, "MKL_CBWR": "COMPATIBLE", "XLA_FLAGS": "",
+                    "JAX_DISABLE_MOST_OPTIMIZATIONS": "0"})  # XLA optimising, as users run it (conftest)  # fmt: skip
     out = tmp_path / "report.json"
     # Two steps of the recipe with momentum, decay and a schedule; Adam's run in-process above.
     cmd = [sys.executable, "-m", "jaxnet", "parity", "--steps", "2", "--optimizer", "sgd-nesterov-wd-step"]
@@ -95,7 +95,7 @@ def test_same_verdicts_on_mkl_generic_kernels_and_one_thread(tmp_path):
     assert result.returncode in (0, 1), result.stderr[-3000:]  # 1: a row failed; else it crashed
     report = json.loads(out.read_text())
     assert result.returncode == 0 and report["passed"], [r for r in report["rows"] if not r["passed"]]
-    assert "1 threads" in report["environment"]["torch device"]
+    assert "2 threads" in report["environment"]["torch device"]
 
 
 # ---------------------------------------------------------------------------- verdict pieces

@@ -2,8 +2,8 @@
 
 A BatchNorm pair (train-mode steps, running statistics, a counter) is recorded once on real
 Fashion-MNIST crops; the recorded check must give the live comparison's rows and verdicts, in
-a process where ``import torch`` fails, also under another arithmetic order (one XLA thread
-instead of the pool), and must still catch a planted pitfall at the same row.
+a process where ``import torch`` fails, also under another arithmetic order (XLA's thread
+pool instead of the suite's one thread), and must still catch a planted pitfall at the same row.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from jaxnet.config import OptimConfig
 from jaxnet.errors import JaxnetError
 from jaxnet.parity import bundle as bundle_format
 from jaxnet.testing import assert_parity
+from parity_tests.conftest import threaded
 from parity_tests.port_models import NNXBN, TorchBN
 from parity_tests.test_imports import BLOCK_TORCH
 
@@ -73,9 +74,9 @@ print(json.dumps(out))
 
 def test_recorded_check_without_torch_gives_the_live_verdicts(bundle, torch_net, data):
     """Same rows and verdicts as live, correct and with a planted fault, torch unimportable,
-    on another arithmetic order than the recording's (one XLA thread instead of the pool)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+    on another arithmetic order than the recording's (XLA's thread pool, not the suite's one
+    thread: conftest)."""
+    env = threaded({**os.environ, "PYTHONPATH": str(ROOT)})
     code = BLOCK_TORCH + CHECK
     result = subprocess.run(
         [sys.executable, "-c", code, str(bundle)], capture_output=True, text=True, env=env, timeout=600

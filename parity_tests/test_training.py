@@ -10,6 +10,7 @@ state, not the test score; the full 10,000-image evaluation is test_cli's and th
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -72,13 +73,14 @@ def test_torch_runs_are_bit_identical_on_one_thread_and_on_all(fmnist):
     import torch
 
     cfg = TrainConfig(optimizer=RECIPES["adam-l2"], epochs=1, seed=3, train_limit=3200)
-    threads = torch.get_num_threads()
+    threads = torch.get_num_threads()  # 1 in the suite (conftest)
     try:
         torch.set_num_threads(1)
         one = train("torch", fmnist, cfg, ModelConfig()).state_dict()
+        torch.set_num_threads(max(2, os.cpu_count() or 1))  # at least two, even on one core
+        every = train("torch", fmnist, cfg, ModelConfig()).state_dict()
     finally:
         torch.set_num_threads(threads)
-    every = train("torch", fmnist, cfg, ModelConfig()).state_dict()
     assert all(one[k].tobytes() == every[k].tobytes() for k in one)
 
 
