@@ -25,7 +25,10 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # before jax is im
 # half the CPU time (a float32 port compare of the BatchNorm net and the transformer block:
 # 10 CPU-s -> 5). Another code generator for the same operations, so one more arithmetic order
 # again. Subprocesses inherit it; the tests that run XLA as users do clear XLA_FLAGS or set their own.
-SUITE_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false"
+# And each program's machine code built as one LLVM module, not split into parts compiled in
+# parallel: the suite's programs are small, and splitting them cost more CPU than it saved
+# (test_port_engine + test_port_pitfalls, one process, alternated: 26.5-29.9 -> 23.8-27.0 user s).
+SUITE_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false --xla_cpu_parallel_codegen_split_count=1"
 # XLA aborts on a flag it does not know: only for the jaxlib line the suite was measured with
 # (constraints.txt), a later one runs the suite with XLA's own emitters.
 if (
