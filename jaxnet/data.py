@@ -73,9 +73,11 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: slice | np.ndarray) -> Split:
-        """The examples at ``index``, as a split: ``ds.train[:64].float_images()`` converts 64
-        images, not all 60,000 before keeping 64."""
+    def __getitem__(self, index: slice | list[int] | np.ndarray) -> Split:
+        """The examples at ``index`` (a slice, a list or an array of indices), as a split:
+        ``ds.train[:64].float_images()`` converts 64 images, not all 60,000 before keeping 64."""
+        if isinstance(index, int | np.integer):  # a split of one example: train[i : i + 1]
+            raise TypeError(f"a split is indexed by a slice or indices, not {index!r}")
         return Split(images=self.images[index], labels=self.labels[index])
 
     def float_images(self, dtype: np.dtype | str = np.float32) -> np.ndarray:

@@ -18,7 +18,7 @@ STARTED_WITH = dict(os.environ)
 # 549 of its 937 CPU-seconds; unoptimised, a parity compare costs about a third less. Every
 # verdict holds for any correct arithmetic order, so this is one more order the suite runs
 # under. Users run XLA's defaults: the subprocess tests that check the command line's
-# arithmetic (test_parity's MKL-generic / one-thread run, test_imports' JAX-only training) set
+# arithmetic (test_parity's MKL-generic two-thread run, test_imports' JAX-only training) set
 # it back to 0, and `JAX_DISABLE_MOST_OPTIMIZATIONS=0 make test` runs the whole suite so.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # before jax is imported
 # XLA:CPU's older loop emitters, not its MLIR fusion emitters: the same HLO, compiled in about
@@ -40,7 +40,7 @@ if (
 
 # One thread per worker: `make test` runs one xdist worker per core (-n 2 on 2 cores), and two
 # workers that each drive two-thread torch and XLA pools on two cores spend CPU handing work
-# between threads (the suite here, idle: 203 s -> 175 s, ~380 -> 335 CPU-s). One thread is one
+# between threads (the suite here, alternated runs of four files: 53-62 s -> 52 s). One thread is one
 # more arithmetic order; the threaded ones users run are held by the tests that start the library
 # threaded (:func:`threaded`: test_parity's MKL-generic report, test_recorded's torch-free check,
 # test_training's thread counts) and by the README job, which runs its commands as a reader
@@ -53,8 +53,9 @@ if "JAXNET_SUITE_XLA_CACHE" not in os.environ and "multi_thread_eigen" not in os
 
 
 def threaded(env: dict[str, str]) -> dict[str, str]:
-    """``env`` with torch, MKL and XLA's Eigen on two threads, its other XLA flags kept: a
-    subprocess on a threaded arithmetic order, as users run, on any machine (one core or many)."""
+    """``env`` with torch and MKL on two threads and XLA's Eigen on its thread pool, its other
+    XLA flags kept: a subprocess on a threaded arithmetic order, as users run. (torch's two
+    threads hold on one core too; XLA sizes its pool by the cores it sees.)"""
     flags = [f for f in env.get("XLA_FLAGS", "").split() if "multi_thread_eigen" not in f]
     flags.append("--xla_cpu_multi_thread_eigen=true")
     return {**env, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "XLA_FLAGS": " ".join(flags)}
@@ -128,7 +129,7 @@ def batch(ds: data.FashionMNIST, dtype: str, start: int = 0, size: int = 64) -> 
     return split[start : start + size].float_images(dtype), split.labels[start : start + size]
 
 
-# The files that take longest, longest first (CPU seconds measured on 2 shared cores, rounded):
+# The files that take longest, longest first (their tests' summed durations, one run, rounded):
 # `-n 2 --dist loadfile` hands whole files to the two workers in collection order, and a long
 # file handed out last leaves the other worker idle meanwhile. Files not listed follow, in
 # pytest's order. A scheduling hint only: every test runs either way.

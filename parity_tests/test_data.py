@@ -42,6 +42,8 @@ def test_float_images_match_torchvision_to_tensor_bit_for_bit(fmnist):
     part = fmnist.test[100:356]
     assert np.array_equal(part.float_images("float64"), fmnist.test.float_images("float64")[100:356])
     assert np.array_equal(part.labels, fmnist.test.labels[100:356]) and len(part) == 256
+    with pytest.raises(TypeError, match="a slice or indices"):  # one example is test[i : i + 1]
+        fmnist.test[3]
 
 
 # ---------------------------------------------------------------------------- bad input

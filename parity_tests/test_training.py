@@ -78,6 +78,7 @@ def test_torch_runs_are_bit_identical_on_one_thread_and_on_all(fmnist):
         torch.set_num_threads(1)
         one = train("torch", fmnist, cfg, ModelConfig()).state_dict()
         torch.set_num_threads(max(2, os.cpu_count() or 1))  # at least two, even on one core
+        assert torch.get_num_threads() >= 2
         every = train("torch", fmnist, cfg, ModelConfig()).state_dict()
     finally:
         torch.set_num_threads(threads)

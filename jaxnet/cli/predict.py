@@ -31,7 +31,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     bad = [i for i in args.index if i >= len(test)]
     if bad:
         parser.error(f"--index {bad[0]} is out of range (the test set has {len(test)} images)")
-    logits = backend.predict(test.float_images(backend.dtype)[args.index])
+    logits = backend.predict(test[args.index].float_images(backend.dtype))
     for i, row in zip(args.index, logits, strict=True):
         predicted, actual = data.CLASS_NAMES[int(row.argmax())], data.CLASS_NAMES[int(test.labels[i])]
         print(f'[{i}] Predicted: "{predicted}", Actual: "{actual}"')

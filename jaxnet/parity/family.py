@@ -58,7 +58,8 @@ def batch(config, examples: int, seed: int, data_dir: Path | None = None, corpus
 
     train = data.load(data_dir).train
     pick = np.random.default_rng([seed, 11]).choice(len(train.labels), examples, replace=False)
-    return train.float_images()[pick], train.labels[pick]
+    picked = train[pick]  # converts the examples picked, not all 60,000
+    return picked.float_images(), picked.labels
 
 
 def pair(config, seed: int):
