@@ -23,6 +23,9 @@ SCHEDULES = ("constant", "cosine", "step", "warmup-cosine")
 DTYPES = ("float32", "float64")
 BACKENDS = ("jax", "torch")
 DEVICES = ("auto", "cpu", "cuda")
+# A parity worker process costs its imports, its session and its compiles (about 5 CPU-s for
+# the MLP); a report of fewer steps than this in all stays in one (jaxnet.parity.pool.auto).
+PARITY_WORKER_MIN_STEPS = 200
 STACK = "linear_relu_stack"  # the tutorial's attribute name, hence every state-dict key's prefix
 
 

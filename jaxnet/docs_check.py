@@ -70,7 +70,11 @@ def parity_figures(readme: str, docs: Path) -> list[str]:
             found.append(f"README: gap {gap} against {bound} at step {step}; docs/parity-*-cpu.json: {gaps}")
     for name, pattern in (
         ("parity-cpu.json", rf"(\d+)/(\d+) rows pass, in ({NUMBER}) s"),
-        ("parity-cpu-avx2.json", rf"passes (\d+)/(\d+)\s+rows in ({NUMBER}) s \(\[docs/parity-cpu-avx2"),
+        ("parity-cpu-avx2.json", rf"passes (\d+)/(\d+)\s+rows in ({NUMBER}) s \(\[docs/parity-cpu-avx2\.md"),
+        (
+            "parity-cpu-avx2-workers1.json",
+            rf"passes (\d+)/(\d+)\s+rows in ({NUMBER}) s\s+\(\[docs/parity-cpu-avx2-workers1\.json",
+        ),
         *(
             (
                 f"parity-{m}-cpu.json",

@@ -112,6 +112,15 @@ def test_convert_pth_to_safetensors_and_back(tutorial_pth, tmp_path, capsys):
         (["train", "--model", "cnn", "--hidden", "256"], "--hidden sizes the MLP"),
         (["train", "--step-size", "-1"], "argument --step-size: must be >= 0"),
         (["parity", "--model", "cnn", "--devices", "2"], "--devices is for --model mlp"),
+        (["parity", "--workers", "0"], "argument --workers: must be >= 1, got 0"),
+        (
+            ["parity", "--plant", "adam-eps-1e-7", "--workers", "2"],
+            "--workers 2: a planted fault lives in this",
+        ),
+        (
+            ["parity", "--model", "resnet", "--workers", "2"],
+            "--workers 2: --model resnet compares in one process",
+        ),
     ],
 )
 def test_invalid_flags_get_argparse_errors(args, message, capsys):

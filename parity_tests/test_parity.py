@@ -81,6 +81,20 @@ def test_same_verdicts_with_every_reduction_reversed(small, quick_report):
     assert report.passed, problems(report)
 
 
+def test_worker_processes_compute_the_rows_this_process_does(small, quick_report):
+    """Sections run by two spawned workers (each its own imports, backends and compiles, at the
+    suite's one thread) give the serial report's rows to the bit: the same errors, floors, notes
+    and order, with the forward rows computed here meanwhile. The epoch's recipe alone keeps it
+    short (four sections: its steps, the epoch's sample, each dtype's epoch): every recipe's
+    steps start from the same weights, so its rows are the serial report's rows of that recipe."""
+    report = parity.run(small, config=CONFIG, **QUICK | {"workers": 2}, recipes=("sgd",))
+    assert report.environment["processes"].startswith("step and epoch sections in 2 worker processes")
+    kept = [r for r in quick_report.rows if not r.section.startswith(("step", "trajectory"))
+            or r.quantity.split(":")[0] == "sgd"]  # fmt: skip
+    assert [repr(r) for r in report.rows] == [repr(r) for r in kept]  # repr: every float to the bit
+    assert report.histories == {k: v for k, v in quick_report.histories.items() if k.endswith(" sgd")}
+
+
 def test_same_verdicts_on_mkl_generic_kernels_and_two_threads(tmp_path):
     """torch on MKL's generic (SSE) kernels, two threads for torch, MKL and XLA's Eigen (the
     suite's own processes run one: conftest), XLA optimising as users run it: another CPU's

@@ -3,9 +3,9 @@
     python docs/scripts/parity_profile.py run --label "after" [--root CHECKOUT]  # appends a run
     python docs/scripts/parity_profile.py table > docs/parity-profile-cpu.md
 
-``run`` runs ``python -m cProfile -m jaxnet parity`` (the defaults: the MLP, both dtypes, every
-section) in ``--root`` (default: this checkout; another one profiles an older commit with the
-same accounting), and saves to docs/parity-profile-cpu.json the report's own seconds, the
+``run`` runs ``python -m cProfile -m jaxnet parity --workers 1`` (the defaults, in one process:
+the MLP, both dtypes, every section) in ``--root`` (default: this checkout; another one
+profiles an older commit with the same accounting), and saves to docs/parity-profile-cpu.json the report's own seconds, the
 process's wall and CPU time, and the cumulative seconds of the parts below (cProfile's clock is
 wall time, and it adds its own overhead to every Python call: compare runs with each other, not
 with an unprofiled report). ``table`` prints the saved runs side by side.
@@ -32,7 +32,8 @@ SAVED = ROOT / "docs" / "parity-profile-cpu.json"
 PARTS: dict[str, list[tuple[str, str]]] = {
     "the report (after imports and data)": [("jaxnet/parity/builtin.py", "run")],
     "teacher-forced steps, every recipe": [("jaxnet/parity/forced.py", "teacher_forced")],
-    "the free-running epoch (its sample steps too)": [("jaxnet/parity/sections.py", "epoch_section")],
+    "the free-running epoch (its sample steps too)": [("jaxnet/parity/sections.py", "epoch_section"),
+        ("jaxnet/parity/epoch.py", "sample"), ("jaxnet/parity/epoch.py", "run_dtype")],  # before, after 2026-12-01
     "torch: forward matmuls (linear)": [("~", "<built-in method torch._C._nn.linear>")],
     "torch: backward": [("~", "<method 'run_backward' of 'torch._C._EngineBase' objects>")],
     "torch: optimizer steps": [("torch/optim/optimizer.py", "wrapper")],
@@ -71,6 +72,8 @@ def run(label: str, root: Path) -> dict:
             "--json",
             str(report),
         ]
+        if (root / "jaxnet" / "parity" / "pool.py").exists():  # one process: cProfile sees only its own
+            cmd += ["--workers", "1"]
         start = time.perf_counter()
         done = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
         wall = time.perf_counter() - start

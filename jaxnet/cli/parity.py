@@ -36,7 +36,7 @@ from jaxnet import registry
 from jaxnet.argtypes import nonneg_int, positive_int
 from jaxnet.cli import parity_recorded
 from jaxnet.cli._common import add_corpus_dir, add_data_dir
-from jaxnet.config import ALL_RECIPES, DEVICES
+from jaxnet.config import ALL_RECIPES, DEVICES, PARITY_WORKER_MIN_STEPS
 from jaxnet.errors import JaxnetError
 
 MODELS = registry.NAMES
@@ -81,6 +81,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", type=positive_int, default=1,
                    help="also run the same training data-parallel on N devices in each framework (JAX's "
                    "device mesh, torch's DistributedDataParallel) and compare with one device (default: %(default)s)")  # fmt: skip
+    p.add_argument("--workers", type=positive_int,
+                   help="mlp, cnn: processes that run the step and epoch sections, each on its share of "
+                   "the cores; the rows are the same at the same thread count (default: one per core "
+                   "on a CPU, up to one per section; one on a GPU, with --plant, or for a report under "
+                   f"{PARITY_WORKER_MIN_STEPS} steps, too short to pay for starting them)")  # fmt: skip
     add_data_dir(p)
     add_corpus_dir(p)
     p.add_argument("--json", type=Path, help="also write the report as JSON")
@@ -140,6 +145,13 @@ def _check_engine_flags(args, parser, port: bool) -> None:
                 parser.error(f"{flag} is for the MLP and the CNN (--model {args.model} trains on one batch)")
     elif args.examples is not None:
         parser.error("--examples is for --model resnet and gpt (the MLP and the CNN take --train-limit)")
+    if args.workers is not None and (port or args.plant is not None) and args.workers > 1:
+        why = (
+            f"--model {args.model} compares in one process"
+            if port
+            else "a planted fault lives in this process"
+        )
+        parser.error(f"--workers {args.workers}: {why}")
 
 
 def _config(args, parser):
@@ -185,6 +197,7 @@ def _report(args, data, parity, config=None):
         matmul_precision=args.matmul_precision,
         seed=args.seed,
         train_limit=args.train_limit,
+        workers=1 if args.plant is not None else args.workers,
     )
 
 

@@ -22,18 +22,19 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from jaxnet import checkpoint, registry
 from jaxnet.config import ALL_RECIPES, AnyModel, ModelConfig, OptimConfig
 from jaxnet.data import FashionMNIST, batch_slices, epoch_order
-from jaxnet.parity import environment, verdict
+from jaxnet.parity import environment, epoch, pool, verdict
+from jaxnet.parity.free import on_cpu
 from jaxnet.parity.layers import DROPOUT_NOTE, forward_and_gradient, shared_masks
 from jaxnet.parity.probes import probes
 from jaxnet.parity.report import Report, Row
-from jaxnet.parity.sections import BATCH, Run, epoch_section, steps_section
+from jaxnet.parity.sections import BATCH, Run, steps_section
 
 # the families this report runs (the built-in engine's); ``parity.compare`` takes any pair
 MODELS = registry.BUILTIN
@@ -89,48 +90,123 @@ def run(
     config: AnyModel | None = None,
     train_limit: int = 0,
     reverse_batches: bool = False,
+    workers: int | None = 1,
 ) -> Report:
     """Every comparison of the report, float32 rows before float64 rows in each section.
 
     ``model``: ``"mlp"`` (the tutorial's) or ``"cnn"`` (``examples/mnist``'s); ``recipes`` and
-    ``epoch_recipe`` name recipes of ``ALL_RECIPES`` (default: the model's own).
+    ``epoch_recipe`` name recipes of ``ALL_RECIPES`` (default: the model's own). ``workers``:
+    processes that run the step and epoch sections (None: :func:`pool.auto`, one per core on
+    CPU); each builds its own backends, so a function patched in this process (a planted
+    fault) is not patched there: run those with one. Workers are spawned, and spawning
+    imports the calling script again: a script that asks for them keeps its work under
+    ``if __name__ == "__main__":``.
     """
     start = time.perf_counter()
     family = registry.family(model)
-    own = family.recipes
-    config, known = config or family.config(), ALL_RECIPES
-    recipes = tuple(own) if recipes is None else recipes
+    config = config or family.config()
+    job = _Job(
+        tuple(family.recipes) if recipes is None else recipes, epoch_recipe, steps, seed, train_limit, dtypes
+    )
     state = checkpoint.init_state_dict(config, seed)
-    options = {"config": config, "dtypes": dtypes, "device": device, "matmul_precision": matmul_precision}
-    with session(state, reverse_batches=reverse_batches, **options) as (setup, env):
+    options = {"config": config, "dtypes": dtypes, "device": device, "matmul_precision": matmul_precision,
+               "reverse_batches": reverse_batches}  # fmt: skip
+    with session(state, **options) as (setup, env):
         report = Report(rows=[], environment=env)
-        x, y = data.train[:BATCH].float_images(), data.train.labels[:BATCH]
-        if reverse_batches:  # the same examples, every batch reduction in the other order
-            x, y = x[::-1].copy(), y[::-1].copy()
-        report.rows += forward_and_gradient(setup, x, y)
-        if config.dropouts:  # train mode, the same draw on both sides
-            report.rows += forward_and_gradient(setup, x, y, shared_masks(setup, x, seed))
+        if config.dropouts:
             env["dropout"] = DROPOUT_NOTE
-        report.rows += probes(setup, x, y)
-        images = data.train.float_images()
-        n = min(train_limit or len(images), len(images))
-        order = epoch_order(n, seed=seed, epoch=0)
-        forced = {}  # recipe -> its teacher-forced run
-        for name in recipes:
-            opt = replace(known[name], total_steps=min(steps, len(batch_slices(n, BATCH))))
-            batches = setup.batches(order, n)[:steps]
-            rows, forced[name], histories = steps_section(
-                setup, name, opt, batches, images, data.train.labels
-            )
-            report.rows += rows
-            report.histories |= histories
-        if epoch_recipe is not None:
-            opt = replace(known[epoch_recipe], total_steps=len(batch_slices(n, BATCH)))
-            report.rows += epoch_section(
-                setup, epoch_recipe, opt, setup.batches(order, n), images, data, forced
-            )
+        if workers is None:
+            sides = setup.backend("jax", setup.dtypes[0]), setup.backend("torch", "float32")
+            workers = pool.auto(job.lengths(len(data.train)), all(map(on_cpu, sides)))
+        here = None if workers > 1 else pool.Context(setup, data, data.train.float_images())
+        if workers > 1:
+            env["processes"] = pool.describe(workers)
+        begin = pool.Start(options, state, data.train, data.test)
+        with pool.Pool(workers, begin, here) as sections:
+            forced = {name: sections.submit(_steps, job, name) for name in job.ordered()}
+            sampled = sections.submit(_sample, job) if epoch_recipe is not None else None
+            report.rows += _forward_rows(setup, data, config, seed, reverse_batches)  # here, meanwhile
+            if sampled is not None:
+                source = forced.get(epoch_recipe, sampled)
+                allowance = source.result()[-1]
+                runs = [sections.submit(_epoch, job, d, allowance) for d in epoch.epoch_dtypes(setup.dtypes)]
+            for name in job.recipes:
+                rows, histories, _ = forced[name].result()
+                report.rows += rows
+                report.histories |= histories
+            if sampled is not None:
+                n_steps = len(batch_slices(job.n(len(data.train)), BATCH))
+                runs = [r.result() for r in runs]
+                report.rows += epoch.rows(epoch_recipe, setup.dtypes, n_steps, sampled.result()[0], runs)
     report.seconds = time.perf_counter() - start
     return report
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every section of one report shares (sent to the workers)."""
+
+    recipes: tuple[str, ...]
+    epoch_recipe: str | None
+    steps: int
+    seed: int
+    train_limit: int
+    dtypes: tuple[str, ...]
+
+    def n(self, available: int) -> int:
+        return min(self.train_limit or available, available)
+
+    def ordered(self) -> list[str]:
+        """The recipes, the epoch's first: its allowance starts the epoch's sections."""
+        return sorted(self.recipes, key=lambda name: name != self.epoch_recipe)
+
+    def lengths(self, available: int) -> list[int]:
+        """The steps of each section: each recipe's, and each dtype's epoch."""
+        n_batches = len(batch_slices(self.n(available), BATCH))
+        epochs = len(epoch.epoch_dtypes(self.dtypes)) if self.epoch_recipe else 0
+        return [min(self.steps, n_batches)] * len(self.recipes) + [n_batches] * epochs
+
+    def opt(self, name: str, total_steps: int) -> OptimConfig:
+        return replace(ALL_RECIPES[name], total_steps=total_steps)
+
+    def batches(self, setup: Run, available: int) -> list[np.ndarray]:
+        n = self.n(available)
+        return setup.batches(epoch_order(n, seed=self.seed, epoch=0), n)
+
+
+def _forward_rows(setup: Run, data, config: AnyModel, seed: int, reverse: bool) -> list[Row]:
+    """The forward, gradient and probe rows, on the first batch of the training split."""
+    x, y = data.train[:BATCH].float_images(), data.train.labels[:BATCH]
+    if reverse:  # the same examples, every batch reduction in the other order
+        x, y = x[::-1].copy(), y[::-1].copy()
+    rows = forward_and_gradient(setup, x, y)
+    if config.dropouts:  # train mode, the same draw on both sides
+        rows += forward_and_gradient(setup, x, y, shared_masks(setup, x, seed))
+    return rows + probes(setup, x, y)
+
+
+def _steps(here: pool.Context, job: _Job, name: str):
+    """One recipe's teacher-forced and free-running steps: rows, series and allowance."""
+    batches = job.batches(here.setup, len(here.images))
+    opt = job.opt(name, min(job.steps, len(batches)))
+    rows, forced, histories = steps_section(
+        here.setup, name, opt, batches[: job.steps], here.images, here.data.train.labels
+    )
+    return rows, histories, epoch.Allowance.of(forced)
+
+
+def _sample(here: pool.Context, job: _Job):
+    batches = job.batches(here.setup, len(here.images))
+    opt = job.opt(job.epoch_recipe, len(batches))
+    return epoch.sample(here.setup, job.epoch_recipe, opt, batches, here.images, here.data.train.labels)
+
+
+def _epoch(here: pool.Context, job: _Job, dtype: str, allowance: epoch.Allowance):
+    batches = job.batches(here.setup, len(here.images))
+    opt = job.opt(job.epoch_recipe, len(batches))
+    return epoch.run_dtype(
+        here.setup, job.epoch_recipe, opt, batches, here.images, here.data, dtype, allowance
+    )
 
 
 def training(

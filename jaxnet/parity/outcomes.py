@@ -1,6 +1,6 @@
 """Outcome rows of ``compare``: where its free-running steps cover the inputs at least once (an
 epoch over them), the end of the run judged on outcomes, as ``jaxnet parity``'s epoch is
-(:func:`jaxnet.parity.sections.outcome_rows`, the same rows and bounds).
+(:func:`jaxnet.parity.epoch.outcome_rows`, the same rows and bounds).
 
 After the steps, both free-running sides predict every input (eval mode) and take the loss on
 all of them; predictions differing, accuracy and loss are bounded by K times their spread
@@ -33,10 +33,11 @@ from jaxnet import batch
 from jaxnet.backends import Backend
 from jaxnet.config import OptimConfig
 from jaxnet.parity.bundle import Replayer
+from jaxnet.parity.epoch import outcome_rows
 from jaxnet.parity.forced import OPT, TeacherForced, load
 from jaxnet.parity.layers import mode
 from jaxnet.parity.report import Row
-from jaxnet.parity.sections import Run, outcome_rows
+from jaxnet.parity.sections import Run
 
 NOTE = (
     "after the free-running steps (an epoch or more over the inputs): predictions, accuracy and "

@@ -1,8 +1,8 @@
-"""The parts of a parity run over training steps: the backends, the step sections, the epoch.
+"""The parts of a parity run over training steps: the backends and the step sections.
 
 :class:`Run` holds the settings and makes each backend once per run; :func:`steps_section`
-compares one recipe's steps teacher-forced and free-running; :func:`epoch_section` runs one
-free-running epoch and judges its end on outcomes.
+compares one recipe's steps teacher-forced and free-running (:mod:`jaxnet.parity.epoch` runs
+a whole epoch of them).
 """
 
 from __future__ import annotations
@@ -17,14 +17,10 @@ from jaxnet import batch
 from jaxnet.backends import Backend, get_backend
 from jaxnet.config import AnyModel, OptimConfig
 from jaxnet.data import batch_slices
-from jaxnet.numerics import rel_error, unit_roundoff
-from jaxnet.parity import verdict
 from jaxnet.parity.forced import Sides, teacher_forced
 from jaxnet.parity.free import FreePair
-from jaxnet.parity.report import Row
 
 BATCH = 64
-TF_SAMPLE = 3  # an epoch's first steps teacher-forced (with its last batch)
 
 
 @dataclass
@@ -85,7 +81,7 @@ def steps_section(setup: Run, recipe: str, opt: OptimConfig, batches, images, la
     Returns the rows, the teacher-forced run (its per-step allowances and gradient floors
     serve the epoch's free-running pair) and the series to plot.
     """
-    used, batches = _compact(batches)  # only the examples these steps touch go on the devices
+    used, batches = compact(batches)  # only the examples these steps touch go on the devices
     images, labels = batch.take(images, used), batch.take(labels, used)
     relu_inputs, pool_inputs = list(setup.config.relu_inputs), list(setup.config.pool_inputs)
     sides = Sides(
@@ -132,98 +128,8 @@ def _tensor_order(name: str, order: dict[str, int]) -> tuple[int, str]:
     return (order.get(param, len(order)) + (len(order) if name.startswith("optimizer.") else 0), name)
 
 
-def _compact(batches: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+def compact(batches: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
     """The examples ``batches`` use, and the batches re-indexed into them."""
     used, inverse = np.unique(np.concatenate(batches), return_inverse=True)
     bounds = np.cumsum([0, *map(len, batches)])
     return used, [inverse[a:b] for a, b in itertools.pairwise(bounds)]
-
-
-def epoch_section(
-    setup: Run, recipe: str, opt: OptimConfig, batches, images, data, forced: dict
-) -> list[Row]:
-    """One epoch of ``opt`` (named ``recipe``), free-running; its divergence explained, its end
-    judged on outcomes.
-
-    The per-step allowance and gradient floors are the largest the teacher-forced steps of
-    the same recipe measured (on the first steps, if the recipe had no step rows).
-    """
-    # Teacher-forced, the first steps and the last, short batch (60000 % 64 = 32 examples):
-    # steps the free-running run alone would judge only by outcomes.
-    sample = batches[:TF_SAMPLE] + batches[-1:]
-    sample_rows, sampled, _ = steps_section(setup, recipe, opt, sample, images, data.train.labels)
-    rows = [replace(r, section=f"epoch sample ({len(sample)} steps, teacher-forced)")
-            for r in sample_rows if r.section.startswith("step")]  # fmt: skip
-    tf = forced.get(recipe, sampled)  # the allowances of the longer run, where there is one
-    used, batches = _compact(batches)
-    images, labels = images[used], data.train.labels[used]
-    train_x = {d: images.astype(d) for d in ("float32", "float64")}
-    test_x, test_y = data.test.float_images(), data.test.labels
-    eps = normalising_eps(opt)
-    outcomes: dict[tuple[str, str], tuple[np.ndarray, float, float]] = {}
-
-    def trained(name: str, dtype: str, role: str) -> Backend:
-        backend = setup.backend(name, dtype, f"epoch {role}")
-        backend.set_optimizer(opt)
-        backend.set_train_data(train_x[dtype], labels)
-        return backend
-
-    def outcome(backend: Backend) -> tuple[np.ndarray, float, float]:
-        x = test_x.astype(backend.dtype)
-        correct, loss = backend.evaluate(x, test_y)
-        return backend.predict(x).argmax(1), correct / len(test_y), loss
-
-    for dtype in sorted(set(setup.dtypes) | {"float64"}):
-        torch_side = trained("torch", dtype, "")
-        if dtype in setup.dtypes:
-            pair = FreePair(trained("jax", dtype, ""), torch_side, list(setup.config.relu_inputs), eps=eps,
-                            pool_inputs=list(setup.config.pool_inputs),
-                            data=lambda idx, d=dtype: (train_x[d][idx], labels[idx]))  # fmt: skip
-            allowance = max(tf.allowance[dtype])
-            for t, idx in enumerate(batches, start=1):
-                pair.before(train_x[dtype][idx], labels[idx])
-                pair.step(idx)
-                pair.after(t, allowance, tf.noise[dtype])
-            rows.append(
-                pair.row(f"epoch ({len(batches)} steps, free-running)", f"{recipe}: trajectory", dtype)
-            )
-            outcomes["jax", dtype] = outcome(pair.jax)
-        else:
-            torch_side.train_steps(batches)
-        outcomes["torch", dtype] = outcome(torch_side)
-        reversed_run = trained("torch", dtype, "reversed")
-        reversed_run.train_steps([b[::-1].copy() for b in batches])
-        outcomes["torch reversed", dtype] = outcome(reversed_run)
-    for dtype in setup.dtypes:
-        references = [("torch reversed", dtype)] + ([("torch", "float64")] if dtype == "float32" else [])
-        rows += outcome_rows(recipe, dtype, outcomes, references, len(batches))
-    return sorted(rows, key=lambda r: r.dtype != "float32")
-
-
-def outcome_rows(
-    recipe, dtype, outcomes, references, steps, section: str = "", on: str = "test"
-) -> list[Row]:
-    """jax against torch after the epoch, each measure bounded by K times its largest value
-    between torch and a correct torch run that differs only in arithmetic order.
-
-    ``outcomes``: ``{(run, dtype): (predictions, accuracy, loss)}`` with runs ``"jax"``,
-    ``"torch"`` and those of ``references``; ``section`` defaults to the epoch's, ``on`` names
-    the examples measured."""
-    section = section or f"epoch ({steps} steps, free-running)"
-    pred, acc, loss = outcomes["torch", dtype]
-    pred_j, acc_j, loss_j = outcomes["jax", dtype]
-    spread = [outcomes[r] for r in references]
-    names = ", ".join(f"{n} {d}" for n, d in references)
-    found = int(np.sum(pred_j != pred))
-    floor = max(int(np.sum(p != pred)) for p, _, _ in spread)
-    rows = [verdict.count(section, f"{recipe}: {on} predictions differing: {found} of {len(pred)}", dtype, found,
-                          floor, int(verdict.K * max(floor, 1)), f"floor: torch against {names}; at least 1 (a count)")]  # fmt: skip
-    one = 1.0 / len(pred)  # accuracy resolves one image
-    floor = max(max(abs(a - acc) for _, a, _ in spread), one)
-    rows.append(Row(section, f"{recipe}: {on} accuracy {acc_j:.2%} / {acc:.2%}", dtype, abs(acc_j - acc), floor,
-                    verdict.K * floor, abs(acc_j - acc) <= verdict.K * floor, None, f"floor: torch against {names}"))  # fmt: skip
-    floor = max(max(rel_error(np.float64(l_), np.float64(loss)) for _, _, l_ in spread), unit_roundoff(dtype))
-    err = rel_error(np.float64(loss_j), np.float64(loss))
-    rows.append(Row(section, f"{recipe}: {on} loss {loss_j:.6f} / {loss:.6f}", dtype, err, floor, verdict.K * floor,
-                    err <= verdict.K * floor, None, f"floor: torch against {names}"))  # fmt: skip
-    return rows

@@ -1,0 +1,161 @@
+"""Sections of one parity report in worker processes, one per core.
+
+A report's sections are independent once each has its inputs: every recipe's steps start from
+the same initial weights, and each dtype's epoch needs only the allowance its recipe's
+teacher-forced steps measured. On CPU every section's result is the same bits in any process
+and at any thread count (torch under ``MKL_CBWR``, XLA's CPU programs: test_training), so a
+report run by N processes holds the rows one process computes, in the same order
+(test_parity checks it). Each worker imports both frameworks and compiles its own programs:
+a few seconds, which :func:`auto` weighs against the report's length.
+
+The same :class:`Pool` interface runs in this process too (``workers=1``): sections run as
+they are submitted, with this process's backends.
+
+    with Pool(2, start) as pool:          # start: Start(...), what each worker builds once
+        future = pool.submit(fn, *args)   # fn(context, *args) in a worker; context: Context
+        rows = future.result()
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import contextlib
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from jaxnet.config import PARITY_WORKER_MIN_STEPS as MIN_STEPS
+from jaxnet.errors import JaxnetError
+
+
+@dataclass(frozen=True)
+class Start:
+    """What every worker builds its session from: the session's options (``builtin.session``),
+    the float32 initial weights and the data (its train and test :class:`~jaxnet.data.Split`)."""
+
+    options: dict[str, Any]
+    state: dict[str, np.ndarray]
+    train: Any
+    test: Any
+
+
+@dataclass
+class Context:
+    """A process's session: its backends (``setup``), the data and its float32 training images
+    (converted once per process)."""
+
+    setup: Any  # sections.Run
+    data: Any
+    images: np.ndarray
+
+
+def auto(steps: list[int], on_cpu: bool, cores: int | None = None) -> int:
+    """The processes a report of sections of ``steps`` steps each is run by: one per core, at
+    most one per section; one on an accelerator (each process would claim its memory), or
+    where the report is too short to pay for starting workers (:data:`MIN_STEPS`)."""
+    cores = cores or os.cpu_count() or 1
+    if not on_cpu or sum(steps) < MIN_STEPS:
+        return 1
+    return max(1, min(cores, len(steps)))
+
+
+def thread_env(workers: int) -> dict[str, str]:
+    """Each worker's share of the cores, unless the user chose its threads: torch's (OpenMP,
+    MKL) and, at one thread, XLA's Eigen pool off."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return {}
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    flags = os.environ.get("XLA_FLAGS", "")
+    if threads == 1 and "multi_thread_eigen" not in flags:
+        env["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false".strip()
+    return env
+
+
+def describe(workers: int) -> str:
+    """The environment line of a report run by workers."""
+    own = thread_env(workers).get("OMP_NUM_THREADS")
+    threads = (
+        f"{own} thread(s) each"
+        if own
+        else f"threads as set (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']})"
+    )
+    return f"step and epoch sections in {workers} worker processes, {threads}"
+
+
+_CONTEXT: Context | None = None  # a worker's, for its lifetime
+_SESSION = contextlib.ExitStack()
+
+
+def _start(env: dict[str, str], start: Start) -> None:
+    """A worker's initializer: its threads before either framework loads, then its session.
+    Ctrl-C reaches the whole process group: the parent stops the workers, they do not print."""
+    global _CONTEXT
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.update(env)
+    from jaxnet import process
+
+    process.prepare(shared=True)
+    from jaxnet.parity.builtin import session
+
+    data = _Data(start.train, start.test)
+    setup, _ = _SESSION.enter_context(session(start.state, **start.options))
+    atexit.register(_SESSION.close)  # restored while torch is whole, not by the garbage collector
+    _CONTEXT = Context(setup, data, data.train.float_images())
+
+
+def _call(fn: Callable, *args):
+    assert _CONTEXT is not None, "a worker runs sections after its initializer"
+    return fn(_CONTEXT, *args)
+
+
+@dataclass(frozen=True)
+class _Data:
+    train: Any
+    test: Any
+
+
+class Pool:
+    """``workers`` processes (``workers=1``: this one, given its ``context``) running sections."""
+
+    def __init__(self, workers: int, start: Start, context: Context | None = None) -> None:
+        self.workers, self.context = workers, context
+        self._pool = None
+        if workers > 1:
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                workers,
+                multiprocessing.get_context("spawn"),
+                initializer=_start,
+                initargs=(thread_env(workers), start),
+            )
+
+    def submit(self, fn: Callable, *args) -> concurrent.futures.Future:
+        """``fn(context, *args)``: in a worker, or here and now."""
+        if self._pool is not None:
+            return self._pool.submit(_call, fn, *args)
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        done.set_result(fn(self.context, *args))  # an exception propagates here, as it would
+        return done
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        if self._pool is None:
+            return
+        if kind is not None:  # an error or Ctrl-C: the other sections' results are not wanted
+            # (Python 3.14 names this terminate_workers(); before it, the executor's own table)
+            for process in list(getattr(self._pool, "_processes", {}).values()):
+                process.terminate()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        if kind is not None and issubclass(kind, concurrent.futures.BrokenExecutor):
+            raise JaxnetError(
+                "a parity worker process died before its section ended (out of memory?); "
+                "--workers 1 runs the report in this process"
+            ) from None
