@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -21,8 +22,9 @@ import pytest
 from jaxnet import data, parity
 from jaxnet.cli import main
 from jaxnet.config import RECIPES, ModelConfig
+from jaxnet.errors import JaxnetError
 from jaxnet.numerics import UNIT_ROUNDOFF, error
-from jaxnet.parity import verdict
+from jaxnet.parity import pool, verdict
 from jaxnet.parity.environment import matmul_precision
 from parity_tests.conftest import problems, threaded
 
@@ -93,6 +95,33 @@ def test_worker_processes_compute_the_rows_this_process_does(small, quick_report
             or r.quantity.split(":")[0] == "sgd"]  # fmt: skip
     assert [repr(r) for r in report.rows] == [repr(r) for r in kept]  # repr: every float to the bit
     assert report.histories == {k: v for k, v in quick_report.histories.items() if k.endswith(" sgd")}
+
+
+def test_workers_start_where_they_pay_each_with_its_share_of_the_cores(monkeypatch):
+    default = [100] * 4 + [938, 938]  # the MLP report's sections: four recipes, two dtypes' epochs
+    assert pool.auto(default, on_cpu=True, available=2) == 2
+    assert pool.auto(default, on_cpu=True, available=64) == 6  # at most one per section
+    assert pool.auto(default, on_cpu=False, available=64) == 1  # an accelerator: one process
+    assert pool.auto([2] * 4, on_cpu=True, available=64) == 1  # too short to pay for a worker
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("XLA_FLAGS", "")
+    two = pool.worker_env(2, available=2)
+    assert two["OMP_NUM_THREADS"] == two["MKL_NUM_THREADS"] == "1"
+    assert two["XLA_FLAGS"] == "--xla_cpu_multi_thread_eigen=false"
+    assert pool.worker_env(2, available=8)["OMP_NUM_THREADS"] == "4"
+    assert "XLA_FLAGS" not in pool.worker_env(2, available=8)  # XLA's pool stays on
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert "OMP_NUM_THREADS" not in pool.worker_env(2, available=8)  # the user's choice stands
+
+
+def test_a_worker_that_cannot_start_raises_the_cause_from_each_section(small, monkeypatch):
+    """Run here as a worker runs it: a session that fails (weights with a wrong key) is kept
+    and raised by every section, not lost in a broken pool."""
+    monkeypatch.setattr(pool, "_FAILED", None)
+    options = {"config": CONFIG, "dtypes": ("float32",)}
+    pool._open({}, pool.Start(options, {"no.such.weight": np.zeros(1, np.float32)}, small.train, small.test))
+    with pytest.raises(JaxnetError, match=re.escape("missing key 'linear_relu_stack.0.weight'")):
+        pool._call(lambda context: context)
 
 
 def test_same_verdicts_on_mkl_generic_kernels_and_two_threads(tmp_path):

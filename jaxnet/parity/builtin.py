@@ -105,9 +105,6 @@ def run(
     start = time.perf_counter()
     family = registry.family(model)
     config = config or family.config()
-    job = _Job(
-        tuple(family.recipes) if recipes is None else recipes, epoch_recipe, steps, seed, train_limit, dtypes
-    )
     state = checkpoint.init_state_dict(config, seed)
     options = {"config": config, "dtypes": dtypes, "device": device, "matmul_precision": matmul_precision,
                "reverse_batches": reverse_batches}  # fmt: skip
@@ -115,29 +112,38 @@ def run(
         report = Report(rows=[], environment=env)
         if config.dropouts:
             env["dropout"] = DROPOUT_NOTE
+        job = _Job(tuple(family.recipes) if recipes is None else recipes, epoch_recipe, steps, seed,
+                   min(train_limit or len(data.train), len(data.train)), setup.dtypes)  # fmt: skip
         if workers is None:
             sides = setup.backend("jax", setup.dtypes[0]), setup.backend("torch", "float32")
-            workers = pool.auto(job.lengths(len(data.train)), all(map(on_cpu, sides)))
+            workers = pool.auto(job.lengths(), all(map(on_cpu, sides)))
         here = None if workers > 1 else pool.Context(setup, data, data.train.float_images())
         if workers > 1:
             env["processes"] = pool.describe(workers)
         begin = pool.Start(options, state, data.train, data.test)
         with pool.Pool(workers, begin, here) as sections:
-            forced = {name: sections.submit(_steps, job, name) for name in job.ordered()}
+            # what the epoch's runs wait for first (its recipe's allowance), so that they start early
+            first = [epoch_recipe] if epoch_recipe in job.recipes else []
+            forced = {name: sections.submit(_steps, job, name) for name in first}
             sampled = sections.submit(_sample, job) if epoch_recipe is not None else None
-            report.rows += _forward_rows(setup, data, config, seed, reverse_batches)  # here, meanwhile
+            forced |= {name: sections.submit(_steps, job, name) for name in job.recipes if name not in first}
+            report.rows += _forward_rows(
+                setup, data, config, seed, reverse_batches
+            )  # with workers: meanwhile
             if sampled is not None:
-                source = forced.get(epoch_recipe, sampled)
-                allowance = source.result()[-1]
-                runs = [sections.submit(_epoch, job, d, allowance) for d in epoch.epoch_dtypes(setup.dtypes)]
+                allowance = forced.get(epoch_recipe, sampled).result()[-1]
+                epochs = [
+                    sections.submit(_epoch, job, d, allowance) for d in epoch.epoch_dtypes(setup.dtypes)
+                ]
             for name in job.recipes:
                 rows, histories, _ = forced[name].result()
                 report.rows += rows
                 report.histories |= histories
             if sampled is not None:
-                n_steps = len(batch_slices(job.n(len(data.train)), BATCH))
-                runs = [r.result() for r in runs]
-                report.rows += epoch.rows(epoch_recipe, setup.dtypes, n_steps, sampled.result()[0], runs)
+                runs = [r.result() for r in epochs]
+                report.rows += epoch.rows(
+                    epoch_recipe, setup.dtypes, job.epoch_steps(), sampled.result()[0], runs
+                )
     report.seconds = time.perf_counter() - start
     return report
 
@@ -150,28 +156,22 @@ class _Job:
     epoch_recipe: str | None
     steps: int
     seed: int
-    train_limit: int
+    n: int  # the training examples the epoch runs over
     dtypes: tuple[str, ...]
 
-    def n(self, available: int) -> int:
-        return min(self.train_limit or available, available)
+    def epoch_steps(self) -> int:
+        return len(batch_slices(self.n, BATCH))
 
-    def ordered(self) -> list[str]:
-        """The recipes, the epoch's first: its allowance starts the epoch's sections."""
-        return sorted(self.recipes, key=lambda name: name != self.epoch_recipe)
-
-    def lengths(self, available: int) -> list[int]:
+    def lengths(self) -> list[int]:
         """The steps of each section: each recipe's, and each dtype's epoch."""
-        n_batches = len(batch_slices(self.n(available), BATCH))
         epochs = len(epoch.epoch_dtypes(self.dtypes)) if self.epoch_recipe else 0
-        return [min(self.steps, n_batches)] * len(self.recipes) + [n_batches] * epochs
+        return [min(self.steps, self.epoch_steps())] * len(self.recipes) + [self.epoch_steps()] * epochs
 
     def opt(self, name: str, total_steps: int) -> OptimConfig:
         return replace(ALL_RECIPES[name], total_steps=total_steps)
 
-    def batches(self, setup: Run, available: int) -> list[np.ndarray]:
-        n = self.n(available)
-        return setup.batches(epoch_order(n, seed=self.seed, epoch=0), n)
+    def batches(self, setup: Run) -> list[np.ndarray]:
+        return setup.batches(epoch_order(self.n, seed=self.seed, epoch=0), self.n)
 
 
 def _forward_rows(setup: Run, data, config: AnyModel, seed: int, reverse: bool) -> list[Row]:
@@ -187,7 +187,7 @@ def _forward_rows(setup: Run, data, config: AnyModel, seed: int, reverse: bool) 
 
 def _steps(here: pool.Context, job: _Job, name: str):
     """One recipe's teacher-forced and free-running steps: rows, series and allowance."""
-    batches = job.batches(here.setup, len(here.images))
+    batches = job.batches(here.setup)
     opt = job.opt(name, min(job.steps, len(batches)))
     rows, forced, histories = steps_section(
         here.setup, name, opt, batches[: job.steps], here.images, here.data.train.labels
@@ -196,13 +196,13 @@ def _steps(here: pool.Context, job: _Job, name: str):
 
 
 def _sample(here: pool.Context, job: _Job):
-    batches = job.batches(here.setup, len(here.images))
+    batches = job.batches(here.setup)
     opt = job.opt(job.epoch_recipe, len(batches))
     return epoch.sample(here.setup, job.epoch_recipe, opt, batches, here.images, here.data.train.labels)
 
 
 def _epoch(here: pool.Context, job: _Job, dtype: str, allowance: epoch.Allowance):
-    batches = job.batches(here.setup, len(here.images))
+    batches = job.batches(here.setup)
     opt = job.opt(job.epoch_recipe, len(batches))
     return epoch.run_dtype(
         here.setup, job.epoch_recipe, opt, batches, here.images, here.data, dtype, allowance

@@ -44,9 +44,8 @@ class Allowance:
 def sample(setup: Run, recipe: str, opt: OptimConfig, batches, images, labels) -> tuple[list[Row], Allowance]:
     """The epoch's first steps and its last, short batch (60000 % 64 = 32 examples),
     teacher-forced: steps the free-running run alone would judge only by outcomes. Returns their
-    rows and their allowance (the epoch's, where its recipe had no longer step rows: otherwise
-    the per-step allowance and gradient floors are the largest the recipe's own teacher-forced
-    steps measured)."""
+    rows and their allowance, which the epoch's runs are held to where its recipe has no step
+    rows of its own (with them, the longer run's)."""
     picked = batches[:TF_SAMPLE] + batches[-1:]
     found, forced, _ = steps_section(setup, recipe, opt, picked, images, labels)
     section = f"epoch sample ({len(picked)} steps, teacher-forced)"

@@ -2,11 +2,13 @@
 
 A report's sections are independent once each has its inputs: every recipe's steps start from
 the same initial weights, and each dtype's epoch needs only the allowance its recipe's
-teacher-forced steps measured. On CPU every section's result is the same bits in any process
-and at any thread count (torch under ``MKL_CBWR``, XLA's CPU programs: test_training), so a
-report run by N processes holds the rows one process computes, in the same order
-(test_parity checks it). Each worker imports both frameworks and compiles its own programs:
-a few seconds, which :func:`auto` weighs against the report's length.
+teacher-forced steps measured. On CPU a section's result is the same bits in any process
+with the same thread settings, so a report run by N processes holds the rows one process
+computes, in the same order (test_parity checks it). The workers' default settings (a share
+of the cores each: one thread on 2 cores) are another arithmetic order than one process's on
+every core: float64 rows differ in their last bits, and the verdicts hold as under any
+correct order. Each worker imports both frameworks and compiles its own programs: a few
+seconds, which :func:`auto` weighs against the report's length.
 
 The same :class:`Pool` interface runs in this process too (``workers=1``): sections run as
 they are submitted, with this process's backends.
@@ -55,23 +57,31 @@ class Context:
     images: np.ndarray
 
 
-def auto(steps: list[int], on_cpu: bool, cores: int | None = None) -> int:
-    """The processes a report of sections of ``steps`` steps each is run by: one per core, at
-    most one per section; one on an accelerator (each process would claim its memory), or
-    where the report is too short to pay for starting workers (:data:`MIN_STEPS`)."""
-    cores = cores or os.cpu_count() or 1
+def cores() -> int:
+    """The cores this process may run on (its affinity; a container's cgroup may allow fewer)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def auto(steps: list[int], on_cpu: bool, available: int | None = None) -> int:
+    """The processes a report of sections of ``steps`` steps each is run by: one per core
+    (``available``, default :func:`cores`), at most one per section; one on an accelerator (each
+    process would hold its own copy of the model and data there), or where the report is too
+    short to pay for starting workers (:data:`MIN_STEPS` in all)."""
     if not on_cpu or sum(steps) < MIN_STEPS:
         return 1
-    return max(1, min(cores, len(steps)))
+    return max(1, min(available or cores(), len(steps)))
 
 
-def thread_env(workers: int) -> dict[str, str]:
-    """Each worker's share of the cores, unless the user chose its threads: torch's (OpenMP,
-    MKL) and, at one thread, XLA's Eigen pool off."""
+def worker_env(workers: int, available: int | None = None) -> dict[str, str]:
+    """What each worker sets before either framework loads: its share of the cores for torch
+    (OpenMP, MKL) and, at one thread, XLA's Eigen pool off, unless the user chose the threads
+    (``OMP_NUM_THREADS``); and no up-front claim of an accelerator's memory, which an explicit
+    ``--workers`` on a GPU would otherwise take once per process."""
+    env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
     if "OMP_NUM_THREADS" in os.environ:
-        return {}
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        return env
+    threads = max(1, (available or cores()) // workers)
+    env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     flags = os.environ.get("XLA_FLAGS", "")
     if threads == 1 and "multi_thread_eigen" not in flags:
         env["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false".strip()
@@ -79,38 +89,50 @@ def thread_env(workers: int) -> dict[str, str]:
 
 
 def describe(workers: int) -> str:
-    """The environment line of a report run by workers."""
-    own = thread_env(workers).get("OMP_NUM_THREADS")
+    """The environment line of a report run by workers (the torch device line is this
+    process's, which runs the forward rows)."""
+    own = worker_env(workers).get("OMP_NUM_THREADS")
     threads = (
-        f"{own} thread(s) each"
-        if own
-        else f"threads as set (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']})"
+        f"{own} torch thread(s) each" if own else f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} each"
     )
     return f"step and epoch sections in {workers} worker processes, {threads}"
 
 
 _CONTEXT: Context | None = None  # a worker's, for its lifetime
+_FAILED: BaseException | None = None  # why a worker's start failed: its sections raise it
 _SESSION = contextlib.ExitStack()
 
 
 def _start(env: dict[str, str], start: Start) -> None:
-    """A worker's initializer: its threads before either framework loads, then its session.
-    Ctrl-C reaches the whole process group: the parent stops the workers, they do not print."""
-    global _CONTEXT
+    """A worker's initializer. Ctrl-C reaches the whole process group: the parent stops the
+    workers (a worker interrupted before this runs may still print its traceback)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.environ.update(env)
-    from jaxnet import process
+    _open(env, start)
 
-    process.prepare(shared=True)
-    from jaxnet.parity.builtin import session
 
-    data = _Data(start.train, start.test)
-    setup, _ = _SESSION.enter_context(session(start.state, **start.options))
-    atexit.register(_SESSION.close)  # restored while torch is whole, not by the garbage collector
-    _CONTEXT = Context(setup, data, data.train.float_images())
+def _open(env: dict[str, str], start: Start) -> None:
+    """The worker's threads before either framework loads, then its session. A failure is
+    kept and raised by each section (:func:`_call`): an initializer's own exception would
+    only print, and the pool would report a broken worker instead of the cause."""
+    global _CONTEXT, _FAILED
+    try:
+        os.environ.update(env)
+        from jaxnet import process
+
+        process.prepare(shared=True)
+        from jaxnet.parity.builtin import session
+
+        data = _Data(start.train, start.test)
+        setup, _ = _SESSION.enter_context(session(start.state, **start.options))
+        atexit.register(_SESSION.close)  # restored while torch is whole, not by the garbage collector
+        _CONTEXT = Context(setup, data, data.train.float_images())
+    except Exception as err:  # raised by every section
+        _FAILED = err
 
 
 def _call(fn: Callable, *args):
+    if _FAILED is not None:
+        raise _FAILED
     assert _CONTEXT is not None, "a worker runs sections after its initializer"
     return fn(_CONTEXT, *args)
 
@@ -125,14 +147,14 @@ class Pool:
     """``workers`` processes (``workers=1``: this one, given its ``context``) running sections."""
 
     def __init__(self, workers: int, start: Start, context: Context | None = None) -> None:
-        self.workers, self.context = workers, context
+        self.context = context
         self._pool = None
         if workers > 1:
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 workers,
                 multiprocessing.get_context("spawn"),
                 initializer=_start,
-                initargs=(thread_env(workers), start),
+                initargs=(worker_env(workers), start),
             )
 
     def submit(self, fn: Callable, *args) -> concurrent.futures.Future:
