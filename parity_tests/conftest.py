@@ -140,8 +140,8 @@ def batch(ds: data.FashionMNIST, dtype: str, start: int = 0, size: int = 64) -> 
 # pytest's order. A scheduling hint only: every test runs either way.
 LONGEST_FIRST = (
     "examples/test_examples.py",
-    "parity_tests/test_parity_families.py",
     "parity_tests/test_parity.py",
+    "parity_tests/test_parity_families.py",
     "parity_tests/test_distributed.py",
     "parity_tests/test_cli.py",
     "parity_tests/test_faults.py",
