@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -103,11 +104,14 @@ def test_workers_start_where_they_pay_each_with_its_share_of_the_cores(monkeypat
     assert pool.auto(default, on_cpu=True, available=64) == 6  # at most one per section
     assert pool.auto(default, on_cpu=False, available=64) == 1  # an accelerator: one process
     assert pool.auto([2] * 4, on_cpu=True, available=64) == 1  # too short to pay for a worker
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert pool.cores() == 2  # the affinity mask, not every core of the machine
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setenv("XLA_FLAGS", "")
     two = pool.worker_env(2, available=2)
     assert two["OMP_NUM_THREADS"] == two["MKL_NUM_THREADS"] == "1"
     assert two["XLA_FLAGS"] == "--xla_cpu_multi_thread_eigen=false"
+    assert two["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"  # no accelerator memory claimed up front
     assert pool.worker_env(2, available=8)["OMP_NUM_THREADS"] == "4"
     assert "XLA_FLAGS" not in pool.worker_env(2, available=8)  # XLA's pool stays on
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
@@ -120,8 +124,25 @@ def test_a_worker_that_cannot_start_raises_the_cause_from_each_section(small, mo
     monkeypatch.setattr(pool, "_FAILED", None)
     options = {"config": CONFIG, "dtypes": ("float32",)}
     pool._open({}, pool.Start(options, {"no.such.weight": np.zeros(1, np.float32)}, small.train, small.test))
-    with pytest.raises(JaxnetError, match=re.escape("missing key 'linear_relu_stack.0.weight'")):
-        pool._call(lambda context: context)
+    for _ in range(2):  # every section, not only the first
+        with pytest.raises(
+            JaxnetError, match=re.escape("missing key 'linear_relu_stack.0.weight'")
+        ) as raised:
+            pool._call(lambda context: context)
+    assert str(pickle.loads(pickle.dumps(raised.value))) == str(raised.value)  # it reaches the parent whole
+
+
+def test_a_start_error_reaches_the_parent_with_its_cause():
+    class TwoArgs(Exception):  # local, and not rebuilt from its one message: it cannot travel
+        def __init__(self, a, b):
+            super().__init__(f"{a} and {b}")
+
+    odd = pool._portable(TwoArgs("torch", "jax"))
+    assert (
+        isinstance(odd, JaxnetError) and str(odd) == "a parity worker could not start: TwoArgs: torch and jax"
+    )
+    plain = pool._portable(ValueError("bad"))  # travels, with the worker's traceback beside it
+    assert isinstance(plain, ValueError) and plain.__notes__[0].startswith("in a parity worker's start:")
 
 
 def test_same_verdicts_on_mkl_generic_kernels_and_two_threads(tmp_path):

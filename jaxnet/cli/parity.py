@@ -83,7 +83,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "device mesh, torch's DistributedDataParallel) and compare with one device (default: %(default)s)")  # fmt: skip
     p.add_argument("--workers", type=positive_int,
                    help="mlp, cnn: processes that run the step and epoch sections, each on its share of "
-                   "the cores; the rows are the same at the same thread count (default: one per core "
+                   "the cores; the rows are one process's at the same thread settings (the default's fewer "
+                   "threads each are another arithmetic order) (default: one per core "
                    "on a CPU, up to one per section; one on a GPU, with --plant, or for a report under "
                    f"{PARITY_WORKER_MIN_STEPS} steps, too short to pay for starting them)")  # fmt: skip
     add_data_dir(p)

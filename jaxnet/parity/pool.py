@@ -6,8 +6,9 @@ teacher-forced steps measured. On CPU a section's result is the same bits in any
 with the same thread settings, so a report run by N processes holds the rows one process
 computes, in the same order (test_parity checks it). The workers' default settings (a share
 of the cores each: one thread on 2 cores) are another arithmetic order than one process's on
-every core: float64 rows differ in their last bits, and the verdicts hold as under any
-correct order. Each worker imports both frameworks and compiles its own programs: a few
+every core: errors and floors move at rounding level (a float64 row's roundoff-sized error
+by up to 10x, a float32 floor in its last bits), and the verdicts hold as under any correct
+order. Each worker imports both frameworks and compiles its own programs: a few
 seconds, which :func:`auto` weighs against the report's length.
 
 The same :class:`Pool` interface runs in this process too (``workers=1``): sections run as
@@ -25,7 +26,9 @@ import concurrent.futures
 import contextlib
 import multiprocessing
 import os
+import pickle
 import signal
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -77,7 +80,7 @@ def worker_env(workers: int, available: int | None = None) -> dict[str, str]:
     (OpenMP, MKL) and, at one thread, XLA's Eigen pool off, unless the user chose the threads
     (``OMP_NUM_THREADS``); and no up-front claim of an accelerator's memory, which an explicit
     ``--workers`` on a GPU would otherwise take once per process."""
-    env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    env = {} if "XLA_PYTHON_CLIENT_PREALLOCATE" in os.environ else {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
     if "OMP_NUM_THREADS" in os.environ:
         return env
     threads = max(1, (available or cores()) // workers)
@@ -127,7 +130,21 @@ def _open(env: dict[str, str], start: Start) -> None:
         atexit.register(_SESSION.close)  # restored while torch is whole, not by the garbage collector
         _CONTEXT = Context(setup, data, data.train.float_images())
     except Exception as err:  # raised by every section
-        _FAILED = err
+        _FAILED = _portable(err)
+
+
+def _portable(err: Exception) -> Exception:
+    """``err`` as it can reach the parent: a jaxnet error as it is (its one line is the
+    message); any other with the worker's traceback as a note, or, where it does not survive
+    pickling, a JaxnetError naming it."""
+    if isinstance(err, JaxnetError):
+        return err
+    err.add_note("in a parity worker's start:\n" + "".join(traceback.format_exception(err)).rstrip())
+    try:
+        pickle.loads(pickle.dumps(err))
+    except Exception:
+        return JaxnetError(f"a parity worker could not start: {type(err).__name__}: {err}")
+    return err
 
 
 def _call(fn: Callable, *args):
