@@ -156,11 +156,17 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             p.wait()
 
 
-def _threads(world: int) -> dict[str, str]:
-    """The cores shared out among the workers (as torchrun does), unless the user chose."""
+def cores() -> int:
+    """The cores this process may run on (its affinity; a container's cgroup may allow fewer)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def thread_share(world: int, available: int | None = None) -> dict[str, str]:
+    """The cores (``available``, default :func:`cores`) shared out among ``world`` workers, as
+    torchrun does, unless the user chose (``OMP_NUM_THREADS``)."""
     if "OMP_NUM_THREADS" in os.environ:
         return {}
-    return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // world))}
+    return {"OMP_NUM_THREADS": str(max(1, (available or cores()) // world))}
 
 
 def torch_envs(world: int) -> list[dict[str, str]]:
@@ -172,7 +178,7 @@ def torch_envs(world: int) -> list[dict[str, str]]:
         "MASTER_ADDR": "127.0.0.1",
         "MASTER_PORT": port,
     }
-    return [{**common, **_threads(world), "RANK": str(r), "LOCAL_RANK": str(r)} for r in range(world)]
+    return [{**common, **thread_share(world), "RANK": str(r), "LOCAL_RANK": str(r)} for r in range(world)]
 
 
 def jax_envs(processes: int, devices: int) -> list[dict[str, str]]:
@@ -184,7 +190,7 @@ def jax_envs(processes: int, devices: int) -> list[dict[str, str]]:
     flags = f"{os.environ.get('XLA_FLAGS', '')} {local}".strip()
     return [
         {"JAXNET_COORDINATOR": coordinator, "JAXNET_NUM_PROCESSES": str(processes), "JAXNET_PROCESS_ID": str(i),
-         "XLA_FLAGS": flags, **_threads(processes)}
+         "XLA_FLAGS": flags, **thread_share(processes)}
         for i in range(processes)
     ]  # fmt: skip
 

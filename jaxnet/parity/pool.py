@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from jaxnet.config import PARITY_WORKER_MIN_STEPS as MIN_STEPS
+from jaxnet.distributed import cores, thread_share
 from jaxnet.errors import JaxnetError
 
 
@@ -60,11 +61,6 @@ class Context:
     images: np.ndarray
 
 
-def cores() -> int:
-    """The cores this process may run on (its affinity; a container's cgroup may allow fewer)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def auto(steps: list[int], on_cpu: bool, available: int | None = None) -> int:
     """The processes a report of sections of ``steps`` steps each is run by: one per core
     (``available``, default :func:`cores`), at most one per section; one on an accelerator (each
@@ -81,12 +77,12 @@ def worker_env(workers: int, available: int | None = None) -> dict[str, str]:
     (``OMP_NUM_THREADS``); and no up-front claim of an accelerator's memory, which an explicit
     ``--workers`` on a GPU would otherwise take once per process."""
     env = {} if "XLA_PYTHON_CLIENT_PREALLOCATE" in os.environ else {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
-    if "OMP_NUM_THREADS" in os.environ:
+    share = thread_share(workers, available)
+    if not share:
         return env
-    threads = max(1, (available or cores()) // workers)
-    env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env |= share | {"MKL_NUM_THREADS": share["OMP_NUM_THREADS"]}
     flags = os.environ.get("XLA_FLAGS", "")
-    if threads == 1 and "multi_thread_eigen" not in flags:
+    if share["OMP_NUM_THREADS"] == "1" and "multi_thread_eigen" not in flags:
         env["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false".strip()
     return env
 
