@@ -6,7 +6,9 @@ or JAX is imported; each variable is set only where the user has not set it alre
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import sys
 
 # torch's CPU matrix products come from MKL, whose summation order (and so rounding) depends on
@@ -21,6 +23,38 @@ REPRODUCIBLE = {"MKL_CBWR": "AUTO,STRICT", "MKL_DYNAMIC": "FALSE", "OMP_DYNAMIC"
 # sleep between parallel regions instead of spinning: torch's and XLA's spinning threads
 # otherwise wait each other out (36 s against 9 s for 20 teacher-forced Adam steps here).
 SHARED = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+# XLA:CPU in jaxlib 0.10 hands convolutions to YNNPACK (its "individual_convolution" library
+# fusion), whose training convolutions (the gradients above all) run 2-3x slower than the Eigen
+# convolutions it replaced: the ResNet's train step here 860 ms against 370 (docs/xla-cpu-conv.md
+# has the reproduction). This flag gives them back to Eigen. Only for the jaxlib line it was
+# measured on: XLA aborts on a flag it does not know, and a later one may have fixed the cause.
+XLA_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+XLA_CONV_JAXLIB = "0.10."
+
+
+def xla_flags(flags: str) -> str:
+    """``XLA_FLAGS`` with :data:`XLA_CONV_FLAG` added where jaxlib is the 0.10 line and the user
+    has chosen no YNN fusion types (any ``--xla_cpu_experimental_ynn_fusion_type`` is theirs)."""
+    if "ynn_fusion_type" in flags or not jaxlib_version().startswith(XLA_CONV_JAXLIB):
+        return flags
+    return f"{flags} {XLA_CONV_FLAG}".strip()
+
+
+def jaxlib_version() -> str:
+    """The installed jaxlib's version, read from its version.py without importing it (an import
+    would start nothing, but importlib.metadata costs ~90 ms of start-up); "" where absent."""
+    spec = importlib.util.find_spec("jaxlib")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        try:
+            with open(os.path.join(folder, "version.py"), encoding="utf-8") as source:
+                found = re.search(r'^_version\s*=\s*"([^"]+)"', source.read(), re.MULTILINE)
+        except OSError:
+            continue
+        if found:
+            return found.group(1)
+    return ""
 
 
 def compile_cache() -> dict[str, str]:
@@ -40,8 +74,9 @@ def compile_cache() -> dict[str, str]:
 
 
 def prepare(*, shared: bool = False, cache: bool = False) -> list[str]:
-    """Set :data:`REPRODUCIBLE`, :data:`SHARED` if both frameworks will run here, and
-    :func:`compile_cache` if ``cache``. JAX reads its variables when it is imported.
+    """Set :data:`REPRODUCIBLE`, :data:`SHARED` if both frameworks will run here,
+    :func:`compile_cache` if ``cache``, and :func:`xla_flags`. JAX reads its variables when it is
+    imported, XLA its flags when JAX first starts a backend.
 
     Returns the variables that came too late: torch was already imported, so its MKL and
     OpenMP runtimes have read their settings (the caller may warn).
@@ -51,4 +86,7 @@ def prepare(*, shared: bool = False, cache: bool = False) -> list[str]:
     late = late if "torch" in sys.modules else []
     for key, value in wanted.items():
         os.environ.setdefault(key, value)
+    flags = xla_flags(os.environ.get("XLA_FLAGS", ""))
+    if flags:
+        os.environ["XLA_FLAGS"] = flags
     return late

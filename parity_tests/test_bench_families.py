@@ -35,16 +35,19 @@ def tiny(monkeypatch):
             registry.FAMILIES, name, replace(family, config=config, flags=family.flags | {"batch_size": 2})
         )
 
-    def spawn(*args: str) -> dict:
+    def spawn(*args: str, xla_flags: str = "") -> dict:
         if args[0] == "--limits":  # torch's kernels only: XLA would compile one program per kernel
             if args[1] == "jax":
                 return {"error": "not timed in the test"}
             models = tuple((registry.family(m).config(), bench.batch_of(m)) for m in args[3:])
             return {"square_2048": 1.0, "kernels": limits.time_kernels("torch", models, 1), "device": "cpu"}
         path, epochs, limit = args[1], int(args[3]), int(args[5])
+        flags[path] = xla_flags  # the worker's own XLA flags (its process would read them)
         return workers.run_worker(path, epochs, limit)
 
+    flags: dict[str, str] = {}
     monkeypatch.setattr(bench, "_spawn", spawn)
+    return flags
 
 
 @pytest.mark.parametrize("model", ["resnet", "gpt"])
@@ -65,7 +68,7 @@ def test_bench_of_a_port_family_prints_its_rows(model, tiny, tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     paths = bench.MODEL_PATHS[model]
-    fast = (f"{model}-jax-fastconv",) if model == "resnet" else ()
+    fast = (f"{model}-jax-fastconv", f"{model}-jax-ynn") if model == "resnet" else ()
     assert (
         paths
         == tuple(f"{model}-{fw}-{kind}" for fw in ("torch", "jax") for kind in ("plain", "jaxnet")) + fast
@@ -88,6 +91,8 @@ def test_bench_of_a_port_family_prints_its_rows(model, tiny, tmp_path, capsys):
         tokens = row["tokens_per_s"]
         assert tokens is None if model == "resnet" else tokens == 8 * row["samples_per_s"]
     assert rows[f"{model}-torch-plain"]["vs_plain"] == 1.0
+    # XLA's default YNNPACK convolutions for the ynn worker alone (jaxnet turns them off elsewhere)
+    assert tiny == {p: bench.YNN_DEFAULT if p.endswith("-jax-ynn") else "" for p in paths}
     # the FLOP count is the family's own declaration: per sample, the step's products over the batch
     step = sum(k.flop for k in limits.step_kernels(config, batch))
     assert report["models"][model]["gflop_per_sample"] == step / batch / 1e9

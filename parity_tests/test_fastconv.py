@@ -11,6 +11,7 @@ absolute values (its own rounding is a relative ``K u``, covered by a factor 1.0
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -225,3 +226,28 @@ def test_the_resnet_on_fastconv_is_within_the_float32_floor_of_the_idiomatic_por
         plain64 = _resnet_step(wide, jnp.asarray(x, jnp.float64), y)
     assert len(plain64) > 40
     assert_within_float32_floor(fast32, plain32, plain64)
+
+
+def test_jaxnet_processes_give_convolutions_to_eigen_on_jaxlib_0_10_and_keep_a_users_choice(monkeypatch):
+    """process.prepare adds XLA_CONV_FLAG on the jaxlib line it was measured on (XLA aborts on
+    a flag it does not know, so never on another); a user's own YNN fusion types stay theirs."""
+    from importlib.metadata import version
+
+    from jaxnet import process
+
+    assert process.jaxlib_version() == version("jaxlib")  # read from version.py, not metadata
+    monkeypatch.setattr(process, "jaxlib_version", lambda: "0.10.2")
+    assert process.xla_flags("") == process.XLA_CONV_FLAG
+    assert process.xla_flags("--xla_cpu_ftz=true") == f"--xla_cpu_ftz=true {process.XLA_CONV_FLAG}"
+    mine = "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution"
+    assert process.xla_flags(mine) == mine
+    monkeypatch.setattr(process, "jaxlib_version", lambda: "0.11.0")
+    assert process.xla_flags("") == ""
+    monkeypatch.setattr(process, "jaxlib_version", lambda: "")  # no jaxlib: a torch-only install
+    assert process.xla_flags("--xla_cpu_ftz=true") == "--xla_cpu_ftz=true"
+    monkeypatch.setattr(process, "jaxlib_version", lambda: "0.10.2")
+    monkeypatch.setenv("XLA_FLAGS", "")
+    process.prepare()
+    assert process.XLA_CONV_FLAG in os.environ["XLA_FLAGS"].split()
+    process.prepare()  # twice: added once
+    assert os.environ["XLA_FLAGS"].split().count(process.XLA_CONV_FLAG) == 1

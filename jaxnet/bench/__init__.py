@@ -18,7 +18,9 @@ with the tutorial's recipe (SGD, lr 1e-3, batch 64):
   JAX: a ``lax.scan`` over conv steps runs slower on XLA's CPU backend);
 - ``cnn-jax-fastconv``: the same JAX path, its ``nnx.Conv`` layers on :mod:`jaxnet.fastconv`'s
   measured policy (both layers computing as im2col + one GEMM with their own gradient) and its
-  2x2 max-pool on :mod:`jaxnet.fastpool` (torch's tie rule, no ``select_and_scatter``).
+  2x2 max-pool on :mod:`jaxnet.fastpool` (torch's tie rule, no ``select_and_scatter``);
+- ``cnn-jax-ynn``: ``cnn-jax-jaxnet`` on XLA's own default, its convolutions on YNNPACK, which
+  every jaxnet process turns off (``jaxnet.process.XLA_CONV_FLAG``; docs/xla-cpu-conv.md).
 
 ``--model resnet`` and ``--model gpt`` time the port families with their ``jaxnet train``
 recipes and batch sizes (:mod:`jaxnet.bench.port_loops`), on a few steps an epoch by default
@@ -32,7 +34,8 @@ recipes and batch sizes (:mod:`jaxnet.bench.port_loops`), on a few steps an epoc
   as ``jaxnet train --model resnet`` runs them;
 - ``resnet-jax-fastconv``: the same JAX backend, its ``nnx.Conv`` layers on
   :mod:`jaxnet.fastconv`'s measured policy: the stem, the 3x3 stride-2 and 1x1 stride-2 layers
-  as im2col + one GEMM with their own gradient, the 3x3 stride-1 ones on XLA's convolution.
+  as im2col + one GEMM with their own gradient, the 3x3 stride-1 ones on XLA's convolution;
+- ``resnet-jax-ynn``: ``resnet-jax-jaxnet`` on XLA's default YNNPACK convolutions.
 
 The allocator matters to the JAX paths: glibc's defaults hand XLA's large buffers back to the
 kernel and fault them in again every step (165,000-890,000 minor page faults an epoch here);
@@ -72,18 +75,22 @@ from jaxnet import flops
 from jaxnet.config import ModelConfig
 
 PATHS = ("torch-tutorial", "torch-plain", "torch-jaxnet", "jax-plain", "jax-jaxnet-step", "jax-jaxnet-scan")
-CNN_PATHS = ("cnn-torch-plain", "cnn-torch-jaxnet", "cnn-jax-jaxnet", "cnn-jax-fastconv")
+CNN_PATHS = ("cnn-torch-plain", "cnn-torch-jaxnet", "cnn-jax-jaxnet", "cnn-jax-fastconv", "cnn-jax-ynn")
 PLAIN_PORTS = ("resnet", "gpt")  # the port families with plain loops of their own (bench.port_loops)
-FASTCONV_PORTS = ("resnet",)  # the port families with convolutions: a jax-fastconv path too
+FASTCONV_PORTS = ("resnet",)  # the port families with convolutions: jax-fastconv and jax-ynn paths too
+# XLA's own default for a ``*-jax-ynn`` worker: convolutions on YNNPACK, which jaxnet's
+# process.prepare turns off (an explicit choice of YNN fusion types is the user's, kept).
+YNN_DEFAULT = "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution"
 
 
 def port_paths(name: str) -> tuple[str, ...]:
     """A port-engine family's paths: the plain loops where the bench has them, jaxnet's two, and
-    jaxnet's JAX path on :mod:`jaxnet.fastconv` where the family has convolutions."""
+    jaxnet's JAX path on :mod:`jaxnet.fastconv` and on XLA's default (YNNPACK) convolutions where
+    the family has convolutions."""
     plain = name in PLAIN_PORTS
     paths = tuple(f"{name}-{fw}-{kind}" for fw in ("torch", "jax") for kind in ("plain", "jaxnet")
                   if plain or kind == "jaxnet")  # fmt: skip
-    return paths + ((f"{name}-jax-fastconv",) if name in FASTCONV_PORTS else ())
+    return paths + ((f"{name}-jax-fastconv", f"{name}-jax-ynn") if name in FASTCONV_PORTS else ())
 
 
 def _model_paths() -> dict[str, tuple[str, ...]]:
@@ -145,9 +152,12 @@ def epoch_gflop(config, n: int, batch: int = BATCH) -> float:
 # ---------------------------------------------------------------------------- the run and its table
 
 
-def _spawn(*args: str) -> dict:
+def _spawn(*args: str, xla_flags: str = "") -> dict:
     cmd = [sys.executable, "-m", "jaxnet.bench.workers", *args]
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if xla_flags:
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         lines = out.stderr.strip().splitlines() or [f"exit status {out.returncode}"]
         return {"error": f"bench worker {' '.join(args)} failed: {lines[-1][:300]}"}
@@ -196,7 +206,8 @@ def run_bench(
     results = []
     for p in paths:
         limit = train_limit_of(model_name(p), train_limit)
-        result = _spawn("--worker", p, "--epochs", str(epochs), "--train-limit", str(limit))
+        ynn = YNN_DEFAULT if p.endswith("-jax-ynn") else ""
+        result = _spawn("--worker", p, "--epochs", str(epochs), "--train-limit", str(limit), xla_flags=ynn)
         results.append(result if "error" not in result else {"path": p, **result})
     if devices > 1:
         limit = train_limit or 0

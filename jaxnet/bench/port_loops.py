@@ -3,7 +3,8 @@ and the plain loops a user of each framework writes, on the same recipe, batches
 
 ``<family>-jax-fastconv`` is the port engine's JAX backend with its ``nnx.Conv`` layers on
 :mod:`jaxnet.fastconv`'s measured policy (im2col + one GEMM with its own gradient where that
-measured faster than XLA's convolution: ``fastconv.gemm_wins``).
+measured faster than XLA's convolution: ``fastconv.gemm_wins``); ``<family>-jax-ynn`` is that
+backend unchanged, in a worker the bench starts with XLA's default YNNPACK convolutions.
 
 ``epoch_fn(path, train_limit)`` returns a function that runs one epoch (its ``samples``
 attribute: the samples an epoch covers). Every path:
@@ -58,7 +59,7 @@ def epoch_fn(path: str, train_limit: int):
     state = checkpoint.init_state_dict(config, 0)
     framework, kind = framework_of(path), path.rsplit("-", 1)[1]
     epochs = itertools.count()
-    if kind in ("jaxnet", "fastconv"):
+    if kind in ("jaxnet", "fastconv", "ynn"):  # ynn: jaxnet's path, XLA's flags set by the bench
         run = _jaxnet(framework, config, cfg, task, state, fast=kind == "fastconv")
     else:
         plain = {("resnet", "torch"): _resnet_torch, ("resnet", "jax"): _resnet_jax,
