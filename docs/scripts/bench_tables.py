@@ -45,6 +45,9 @@ def machine(report: dict) -> list[str]:
     if "allocator_env" in report:  # recorded since the allocator finding (docs/xla-cpu-conv.md)
         env = " ".join(f"{k}={v}" for k, v in report["allocator_env"].items())
         line += f" glibc's allocator: {f'`{env}`' if env else 'its defaults'}."
+    if "xla_flags" in report:  # recorded since jaxnet moved XLA's convolutions off YNNPACK
+        flags = report["xla_flags"]
+        line += f" The JAX workers' XLA_FLAGS: {f'`{flags}`' if flags else 'none'}."
     return [line, ""]
 
 

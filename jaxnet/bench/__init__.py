@@ -71,7 +71,7 @@ import sys
 import tempfile
 import time
 
-from jaxnet import flops
+from jaxnet import flops, process
 from jaxnet.config import ModelConfig
 
 PATHS = ("torch-tutorial", "torch-plain", "torch-jaxnet", "jax-plain", "jax-jaxnet-step", "jax-jaxnet-scan")
@@ -300,6 +300,8 @@ def summarise(peaks: dict, results: list[dict], epochs: int, n: int, startup: di
         "epochs": epochs,
         "machine": f"{os.uname().machine}, {os.cpu_count()} cores",
         "allocator_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")},
+        # what every JAX worker ran with (process.prepare adds jaxnet's; the -ynn paths add theirs)
+        "xla_flags": process.xla_flags(os.environ.get("XLA_FLAGS", "")),
         "results": results,
         "startup_s": startup,
     }
