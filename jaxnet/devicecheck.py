@@ -173,7 +173,8 @@ def part_bench(device: str, size: str, out: Path, tag: str) -> dict:
     from jaxnet import bench
 
     s = BENCH_SETTINGS[size]
-    paths = bench.PATHS + bench.CNN_PATHS if size == "full" else ("jax-jaxnet-step", "cnn-jax-jaxnet")
+    every = bench.PATHS + tuple(p for p in bench.CNN_PATHS if not p.endswith("-ynn"))  # CPU-only
+    paths = every if size == "full" else ("jax-jaxnet-step", "cnn-jax-jaxnet")
     report = bench.run_bench(paths, s["epochs"], s["train_limit"], with_startup=False)
     report["settings"] = s
     (out / f"bench-{tag}.json").write_text(json.dumps(report, indent=1))

@@ -1,7 +1,10 @@
 """Opt-in fast 2-D convolutions for XLA's CPU backend: im2col and one GEMM, with its own gradient.
 
-XLA's CPU convolutions (and their autodiff transposes) run 3-5x slower than torch's here
-(flax#3551, equinox#970), while its GEMM runs at the machine's float32 GEMM rate. A valid
+XLA's CPU convolutions (and their autodiff transposes) ran 3-5x slower than torch's here
+(flax#3551, equinox#970) on YNNPACK, jaxlib 0.10's default, while its GEMM runs at the
+machine's float32 GEMM rate. On Eigen's convolutions, which :func:`jaxnet.process.prepare`
+selects, XLA's stride-1 3x3 layers beat these GEMMs and the measured policy gains little
+(docs/xla-cpu-conv.md). A valid
 convolution with strides ``(sh, sw)`` and kernel dilation ``(dh, dw)`` (padding is applied
 to the input first) is a GEMM on patches::
 
@@ -222,8 +225,9 @@ def gemm_wins(lhs_shape, rhs_shape, strides: Pair) -> bool:
     XLA's on the CPU: a 1x1 kernel, a stride above 1, at most :data:`FEW_CHANNELS` input
     channels (a stem), or at least :data:`LARGE_OUTPUT` output values per image.
 
-    Forward + backward CPU ms, one thread, XLA's convolution against :func:`conv_general_dilated`
-    (each pair from one run; two runs for the ResNet's layers, a shared 2-core machine)::
+    Forward + backward CPU ms, one thread, XLA's convolution (YNNPACK's, before jaxnet chose
+    Eigen's) against :func:`conv_general_dilated` (each pair from one run; two runs for the
+    ResNet's layers, a shared 2-core machine)::
 
         batch 128, the ResNet's layers     XLA        GEMM     out/image
         1->16 3x3, 28x28 (stem)           25, 20      7, 5     12,544

@@ -26,10 +26,11 @@ SHARED = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 # XLA:CPU in jaxlib 0.10 hands convolutions to YNNPACK (its "individual_convolution" library
-# fusion), whose training convolutions (the gradients above all) run 2-3x slower than the Eigen
-# convolutions it replaced: the ResNet's train step here 860 ms against 370 (docs/xla-cpu-conv.md
-# has the reproduction). This flag gives them back to Eigen. Only for the jaxlib line it was
-# measured on: XLA aborts on a flag it does not know, and a later one may have fixed the cause.
+# fusion), whose training convolutions (forward and both gradients) ran 1.35-3.2x slower here
+# than the Eigen convolutions it replaced, the ResNet's train step 1408 ms against 484
+# (docs/xla-cpu-conv.md, its reproduction docs/scripts/xla_ynn_conv.py). This flag gives them
+# back to Eigen. Only for the jaxlib line it was measured on: XLA aborts on a flag it does not
+# know, and a later one may have fixed the cause. XLA reads it when JAX starts its first backend.
 XLA_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 XLA_CONV_JAXLIB = "0.10."
 
@@ -49,7 +50,9 @@ def jaxlib_version() -> str:
     for folder in (spec.submodule_search_locations or []) if spec else []:
         try:
             with open(os.path.join(folder, "version.py"), encoding="utf-8") as source:
-                found = re.search(r'^_version\s*=\s*"([^"]+)"', source.read(), re.MULTILINE)
+                found = re.search(
+                    r"^_version\s*(?::\s*str\s*)?=\s*[\"']([^\"']+)[\"']", source.read(), re.MULTILINE
+                )
         except OSError:
             continue
         if found:
@@ -79,7 +82,8 @@ def prepare(*, shared: bool = False, cache: bool = False) -> list[str]:
     imported, XLA its flags when JAX first starts a backend.
 
     Returns the variables that came too late: torch was already imported, so its MKL and
-    OpenMP runtimes have read their settings (the caller may warn).
+    OpenMP runtimes have read their settings, or JAX had started a backend before XLA_FLAGS
+    gained :data:`XLA_CONV_FLAG` (the caller may warn).
     """
     wanted = REPRODUCIBLE | (SHARED if shared else {}) | (compile_cache() if cache else {})
     late = [k for k in REPRODUCIBLE | (SHARED if shared else {}) if os.environ.get(k) != wanted[k]]
@@ -87,6 +91,17 @@ def prepare(*, shared: bool = False, cache: bool = False) -> list[str]:
     for key, value in wanted.items():
         os.environ.setdefault(key, value)
     flags = xla_flags(os.environ.get("XLA_FLAGS", ""))
+    if flags != os.environ.get("XLA_FLAGS", flags):
+        late += ["XLA_FLAGS"] if _jax_started() else []
     if flags:
         os.environ["XLA_FLAGS"] = flags
     return late
+
+
+def _jax_started() -> bool:
+    """Whether JAX has started a backend in this process (XLA has read its flags then)."""
+    if "jax" not in sys.modules:
+        return False
+    from jax._src import xla_bridge
+
+    return xla_bridge.backends_are_initialized()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import subprocess
 from dataclasses import replace
 
 import pytest
@@ -68,7 +69,8 @@ def test_bench_of_a_port_family_prints_its_rows(model, tiny, tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     paths = bench.MODEL_PATHS[model]
-    fast = (f"{model}-jax-fastconv", f"{model}-jax-ynn") if model == "resnet" else ()
+    ynn = (f"{model}-jax-ynn",) if bench.WITH_YNN else ()  # only where jaxnet changes XLA's default
+    fast = (f"{model}-jax-fastconv", *ynn) if model == "resnet" else ()
     assert (
         paths
         == tuple(f"{model}-{fw}-{kind}" for fw in ("torch", "jax") for kind in ("plain", "jaxnet")) + fast
@@ -96,6 +98,24 @@ def test_bench_of_a_port_family_prints_its_rows(model, tiny, tmp_path, capsys):
     # the FLOP count is the family's own declaration: per sample, the step's products over the batch
     step = sum(k.flop for k in limits.step_kernels(config, batch))
     assert report["models"][model]["gflop_per_sample"] == step / batch / 1e9
+
+
+def test_a_ynn_worker_gets_xlas_default_convolutions_and_the_others_jaxnets(monkeypatch):
+    """``_spawn`` replaces any YNN choice in the worker's XLA_FLAGS (jaxnet's own included) with
+    :data:`bench.YNN_DEFAULT` for a ``*-jax-ynn`` path, keeps every other flag, and leaves the
+    other workers' environment as it is."""
+    seen = []
+
+    def run(cmd, **kwargs):
+        seen.append(kwargs["env"]["XLA_FLAGS"])
+        return subprocess.CompletedProcess(cmd, 0, stdout='{"path": "x"}\n', stderr="")
+
+    monkeypatch.setattr(bench.subprocess, "run", run)
+    mine = "--xla_cpu_ftz=true --xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+    monkeypatch.setenv("XLA_FLAGS", mine)
+    assert bench._spawn("--worker", "resnet-jax-ynn", xla_flags=bench.YNN_DEFAULT) == {"path": "x"}
+    assert bench._spawn("--worker", "resnet-jax-jaxnet") == {"path": "x"}
+    assert seen == [f"--xla_cpu_ftz=true {bench.YNN_DEFAULT}", mine]
 
 
 def test_bench_refuses_bad_flags_in_one_line(capsys):

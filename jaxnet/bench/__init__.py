@@ -75,7 +75,12 @@ from jaxnet import flops, process
 from jaxnet.config import ModelConfig
 
 PATHS = ("torch-tutorial", "torch-plain", "torch-jaxnet", "jax-plain", "jax-jaxnet-step", "jax-jaxnet-scan")
-CNN_PATHS = ("cnn-torch-plain", "cnn-torch-jaxnet", "cnn-jax-jaxnet", "cnn-jax-fastconv", "cnn-jax-ynn")
+# A *-jax-ynn path (XLA's default YNNPACK convolutions beside jaxnet's Eigen ones) only where
+# jaxnet changes that default: the jaxlib 0.10 line (jaxnet.process.xla_flags).
+WITH_YNN = bool(process.xla_flags(""))
+CNN_PATHS = ("cnn-torch-plain", "cnn-torch-jaxnet", "cnn-jax-jaxnet", "cnn-jax-fastconv") + (
+    ("cnn-jax-ynn",) if WITH_YNN else ()
+)
 PLAIN_PORTS = ("resnet", "gpt")  # the port families with plain loops of their own (bench.port_loops)
 FASTCONV_PORTS = ("resnet",)  # the port families with convolutions: jax-fastconv and jax-ynn paths too
 # XLA's own default for a ``*-jax-ynn`` worker: convolutions on YNNPACK, which jaxnet's
@@ -90,7 +95,9 @@ def port_paths(name: str) -> tuple[str, ...]:
     plain = name in PLAIN_PORTS
     paths = tuple(f"{name}-{fw}-{kind}" for fw in ("torch", "jax") for kind in ("plain", "jaxnet")
                   if plain or kind == "jaxnet")  # fmt: skip
-    return paths + ((f"{name}-jax-fastconv", f"{name}-jax-ynn") if name in FASTCONV_PORTS else ())
+    if name not in FASTCONV_PORTS:
+        return paths
+    return paths + (f"{name}-jax-fastconv",) + ((f"{name}-jax-ynn",) if WITH_YNN else ())
 
 
 def _model_paths() -> dict[str, tuple[str, ...]]:
@@ -155,8 +162,9 @@ def epoch_gflop(config, n: int, batch: int = BATCH) -> float:
 def _spawn(*args: str, xla_flags: str = "") -> dict:
     cmd = [sys.executable, "-m", "jaxnet.bench.workers", *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if xla_flags:
-        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
+    if xla_flags:  # replacing any YNN choice already there (jaxnet's own included)
+        kept = [f for f in env.get("XLA_FLAGS", "").split() if "ynn_fusion_type" not in f]
+        env["XLA_FLAGS"] = " ".join([*kept, xla_flags])
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         lines = out.stderr.strip().splitlines() or [f"exit status {out.returncode}"]

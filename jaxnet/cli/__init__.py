@@ -43,9 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = argv  # what a launcher hands on to the processes it starts
     late = process.prepare(shared=args.command == "parity", cache=True)
-    if late:  # torch came first (jaxnet.cli.main called from a program that imported it)
-        print(f"jaxnet: warning: torch was imported before {', '.join(late)} could be set; "
+    torch_late = [k for k in late if k != "XLA_FLAGS"]
+    if torch_late:  # torch came first (jaxnet.cli.main called from a program that imported it)
+        print(f"jaxnet: warning: torch was imported before {', '.join(torch_late)} could be set; "
               "its results may not be bit-reproducible", file=sys.stderr)  # fmt: skip
+    if "XLA_FLAGS" in late:  # JAX came first: XLA has read its flags
+        print("jaxnet: warning: JAX had started before XLA's convolutions could be moved off YNNPACK; "
+              "they run at XLA's default speed (docs/xla-cpu-conv.md)", file=sys.stderr)  # fmt: skip
     try:
         versions.check()  # an old framework: one line naming what is needed, not an AttributeError
         code = args.run(args, parser)
