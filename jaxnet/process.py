@@ -6,6 +6,7 @@ or JAX is imported; each variable is set only where the user has not set it alre
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import re
@@ -43,6 +44,7 @@ def xla_flags(flags: str) -> str:
     return f"{flags} {XLA_CONV_FLAG}".strip()
 
 
+@functools.cache
 def jaxlib_version() -> str:
     """The installed jaxlib's version, read from its version.py without importing it (an import
     would start nothing, but importlib.metadata costs ~90 ms of start-up); "" where absent."""
@@ -91,7 +93,7 @@ def prepare(*, shared: bool = False, cache: bool = False) -> list[str]:
     for key, value in wanted.items():
         os.environ.setdefault(key, value)
     flags = xla_flags(os.environ.get("XLA_FLAGS", ""))
-    if flags != os.environ.get("XLA_FLAGS", flags):
+    if flags != os.environ.get("XLA_FLAGS", ""):  # the flag is new here (XLA_FLAGS unset or not)
         late += ["XLA_FLAGS"] if _jax_started() else []
     if flags:
         os.environ["XLA_FLAGS"] = flags

@@ -253,3 +253,6 @@ def test_jaxnet_processes_give_convolutions_to_eigen_on_jaxlib_0_10_and_keep_a_u
     assert process.XLA_CONV_FLAG in os.environ["XLA_FLAGS"].split()
     assert "XLA_FLAGS" not in process.prepare()  # twice: added once, nothing new to be late
     assert os.environ["XLA_FLAGS"].split().count(process.XLA_CONV_FLAG) == 1
+    monkeypatch.delenv("XLA_FLAGS")  # unset, as on most machines: late all the same
+    assert "XLA_FLAGS" in process.prepare()
+    assert os.environ["XLA_FLAGS"] == process.XLA_CONV_FLAG
