@@ -3,8 +3,8 @@
 XLA's CPU convolutions (and their autodiff transposes) ran 3-5x slower than torch's here
 (flax#3551, equinox#970) on YNNPACK, jaxlib 0.10's default, while its GEMM runs at the
 machine's float32 GEMM rate. On Eigen's convolutions, which :func:`jaxnet.process.prepare`
-selects, XLA's stride-1 3x3 layers beat these GEMMs and the measured policy gains little
-(docs/xla-cpu-conv.md). A valid
+selects, XLA's stride-1 3x3 layers beat these GEMMs; the stem, 1x1 and strided layers still
+gain up to 3.5x (:func:`gemm_wins`, docs/xla-cpu-conv.md). A valid
 convolution with strides ``(sh, sw)`` and kernel dilation ``(dh, dw)`` (padding is applied
 to the input first) is a GEMM on patches::
 
@@ -222,50 +222,38 @@ def _hashable(precision):
 
 def gemm_wins(lhs_shape, rhs_shape, strides: Pair) -> bool:
     """The measured policy: the convolutions (NHWC input, HWIO kernel) where im2col + GEMM beat
-    XLA's on the CPU: a 1x1 kernel, a stride above 1, at most :data:`FEW_CHANNELS` input
-    channels (a stem), or at least :data:`LARGE_OUTPUT` output values per image.
+    XLA's (Eigen's, :func:`jaxnet.process.prepare`) on the CPU: a 1x1 kernel, a stride above 1,
+    or at most :data:`FEW_CHANNELS` input channels (a stem). Stride-1 layers with more channels
+    stay on XLA's convolution.
 
-    Forward + backward CPU ms, one thread, XLA's convolution (YNNPACK's, before jaxnet chose
-    Eigen's) against :func:`conv_general_dilated` (each pair from one run; two runs for the
-    ResNet's layers, a shared 2-core machine)::
+    Forward + both gradients, ms, best of 7, two threads, from the bench's floor tables
+    (``jaxnet bench``: docs/bench-resnet-cpu.md, docs/bench-cpu.md; a shared 2-core EPYC)::
 
-        batch 128, the ResNet's layers     XLA        GEMM     out/image
-        1->16 3x3, 28x28 (stem)           25, 20      7, 5     12,544
-        16->32 1x1 s2                     20, 17      6, 4
-        32->64 1x1 s2                    9.5, 7.7   4.6, 4.1
-        16->32 3x3 s2                     54, 49     37, 49
-        32->64 3x3 s2                   22.5, 20   32.5, 19
-        16->16 3x3, 28x28                129, 58    181, 188    12,544
-        32->32 3x3, 14x14                 52, 48     91, 128     6,272
-        64->64 3x3, 7x7                   30, 39     49, 41      3,136
-        batch 64, stride 1
-        32->64 3x3 valid, 26x26 (the CNN's conv2)   418    174     36,864
-        16->64 3x3, 28x28                           302    124     50,176
-        32->32 3x3 valid, 26x26                     170    159     21,632
-        32->64 3x3, 14x14                            35     37     12,544
-        16->16 3x3, 28x28                            25    117     12,544
+        layer (batch 128: the ResNet's)    XLA (Eigen)   GEMMs
+        1->16 3x3, 28x28 (stem)               7.1         2.0
+        16->32 1x1 stride 2                   8.5         2.9
+        32->64 1x1 stride 2                   5.8         2.2
+        16->32 3x3 stride 2                  22.1         9.7
+        32->64 3x3 stride 2                  15.2         8.7
+        16->16 3x3, 28x28                    25.7        52.4
+        32->32 3x3, 14x14                    17.2        17.7
+        64->64 3x3, 7x7                      16.5        15.0
+        batch 64 (the CNN's)
+        1->32 3x3 valid, 28x28 (stem)         4.3         4.1
+        32->64 3x3 valid, 26x26              45.5        67.3
 
     A 1x1 kernel is one strided slice and one GEMM, a stem's patches (``kh*kw*C_in`` columns)
-    are small: 2-4x faster. A strided 3x3 ties or wins (its patches are ``sh*sw`` times smaller
-    than at stride 1). XLA's stride-1 convolution is fast while an image's output is small
-    (here up to ~22k values) and 2.4x slower than the GEMMs past ~37k; below that the GEMM path
-    loses up to 4x (its patches copy the input ``kh*kw`` times, and the input gradient's GEMM has
-    only ``C_out`` as its inner dimension; that gradient as a convolution of the padded gradient
-    with the flipped kernel, through the same patches + GEMM, measured no better: 227, 122 and
-    115 ms on the ResNet's three stride-1 layers, and 5-10x worse at stride 2).
+    are small, a strided layer's patches are ``sh*sw`` times smaller than at stride 1: 2-4x
+    faster. At stride 1 XLA's convolution wins or ties: the GEMM path copies the input ``kh*kw``
+    times into its patches, and the input gradient's GEMM has only ``C_out`` as its inner
+    dimension. (On YNNPACK, jaxlib 0.10's default, the measurements differed: XLA's stride-1
+    convolution lost 2.4x past ~37,000 output values per image; docs/xla-cpu-conv.md.)
     """
-    kh, kw, c_in, c_out = rhs_shape
-    out = [out_size(n, k, s) for n, k, s in zip(lhs_shape[1:3], (kh, kw), strides, strict=True)]
-    return (
-        (kh, kw) == (1, 1)
-        or tuple(strides) != (1, 1)
-        or c_in <= FEW_CHANNELS
-        or out[0] * out[1] * c_out >= LARGE_OUTPUT
-    )
+    kh, kw, c_in, _ = rhs_shape
+    return (kh, kw) == (1, 1) or tuple(strides) != (1, 1) or c_in <= FEW_CHANNELS
 
 
 FEW_CHANNELS = 4  # a stem: grey, RGB or RGBA images
-LARGE_OUTPUT = 2**15  # output values per image (OH*OW*C_out) past which XLA's stride 1 loses
 
 
 def conv_measured(lhs, rhs, window_strides, padding, *args, **kwargs):
