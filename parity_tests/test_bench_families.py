@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import subprocess
 from dataclasses import replace
 
 import pytest
@@ -36,19 +35,18 @@ def tiny(monkeypatch):
             registry.FAMILIES, name, replace(family, config=config, flags=family.flags | {"batch_size": 2})
         )
 
-    def spawn(*args: str, xla_flags: str = "") -> dict:
-        if args[0] == "--limits":  # torch's kernels only: XLA would compile one program per kernel
-            if args[1] == "jax":
-                return {"error": "not timed in the test"}
-            models = tuple((registry.family(m).config(), bench.batch_of(m)) for m in args[3:])
-            return {"square_2048": 1.0, "kernels": limits.time_kernels("torch", models, 1), "device": "cpu"}
-        path, epochs, limit = args[1], int(args[3]), int(args[5])
-        flags[path] = xla_flags  # the worker's own XLA flags (its process would read them)
-        return workers.run_worker(path, epochs, limit)
+    def spawn(*args: str) -> dict:
+        assert args[0] == "--limits"  # torch's kernels only: XLA would compile one program per kernel
+        if args[1] == "jax":
+            return {"error": "not timed in the test"}
+        models = tuple((registry.family(m).config(), bench.batch_of(m)) for m in args[3:])
+        return {"square_2048": 1.0, "kernels": limits.time_kernels("torch", models, 1), "device": "cpu"}
 
-    flags: dict[str, str] = {}
+    def run_paths(paths, epochs, limit):  # each path in this process (test_run_paths: the workers)
+        return [workers.run_worker(p, epochs, limit[p]) for p in paths]
+
     monkeypatch.setattr(bench, "_spawn", spawn)
-    return flags
+    monkeypatch.setattr(bench, "run_paths", run_paths)
 
 
 @pytest.mark.parametrize("model", ["resnet", "gpt"])
@@ -93,29 +91,39 @@ def test_bench_of_a_port_family_prints_its_rows(model, tiny, tmp_path, capsys):
         tokens = row["tokens_per_s"]
         assert tokens is None if model == "resnet" else tokens == 8 * row["samples_per_s"]
     assert rows[f"{model}-torch-plain"]["vs_plain"] == 1.0
-    # XLA's default YNNPACK convolutions for the ynn worker alone (jaxnet turns them off elsewhere)
-    assert tiny == {p: bench.YNN_DEFAULT if p.endswith("-jax-ynn") else "" for p in paths}
     # the FLOP count is the family's own declaration: per sample, the step's products over the batch
     step = sum(k.flop for k in limits.step_kernels(config, batch))
     assert report["models"][model]["gflop_per_sample"] == step / batch / 1e9
 
 
 def test_a_ynn_worker_gets_xlas_default_convolutions_and_the_others_jaxnets(monkeypatch):
-    """``_spawn`` replaces any YNN choice in the worker's XLA_FLAGS (jaxnet's own included) with
-    :data:`bench.YNN_DEFAULT` for a ``*-jax-ynn`` path, keeps every other flag, and leaves the
-    other workers' environment as it is."""
-    seen = []
-
-    def run(cmd, **kwargs):
-        seen.append(kwargs["env"]["XLA_FLAGS"])
-        return subprocess.CompletedProcess(cmd, 0, stdout='{"path": "x"}\n', stderr="")
-
-    monkeypatch.setattr(bench.subprocess, "run", run)
+    """A ``*-jax-ynn`` worker's XLA_FLAGS: any YNN choice (jaxnet's own included) replaced with
+    :data:`bench.YNN_DEFAULT`, every other flag kept; the other workers get the environment
+    as it is. No worker claims an accelerator's memory up front (all are alive at once)."""
     mine = "--xla_cpu_ftz=true --xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
     monkeypatch.setenv("XLA_FLAGS", mine)
-    assert bench._spawn("--worker", "resnet-jax-ynn", xla_flags=bench.YNN_DEFAULT) == {"path": "x"}
-    assert bench._spawn("--worker", "resnet-jax-jaxnet") == {"path": "x"}
-    assert seen == [f"--xla_cpu_ftz=true {bench.YNN_DEFAULT}", mine]
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
+    ynn, other = bench._worker_env("resnet-jax-ynn"), bench._worker_env("resnet-jax-jaxnet")
+    assert ynn["XLA_FLAGS"] == f"--xla_cpu_ftz=true {bench.YNN_DEFAULT}"
+    assert other["XLA_FLAGS"] == mine
+    assert ynn["XLA_PYTHON_CLIENT_PREALLOCATE"] == other["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+
+
+def test_run_paths_interleaves_the_workers_epochs_and_keeps_going_past_a_failed_one():
+    """Real worker processes (torch paths: no JAX to start): every path built and warmed up
+    first, then one timed epoch per path in turn, round after round; a worker that fails to
+    start is a row with its error, and the others still run."""
+    paths = ("torch-plain", "no-such-path", "torch-jaxnet")
+    rows = bench.run_paths(paths, 2, dict.fromkeys(paths, 128))
+    assert [r["path"] for r in rows] == list(paths)
+    a, bad, b = rows
+    assert (
+        bad["error"].startswith("bench worker --serve no-such-path failed:")
+        and "invalid choice" in bad["error"]
+    )
+    assert len(a["epoch_times"]) == len(b["epoch_times"]) == 2 and a["samples"] == b["samples"] == 128
+    starts = [a["epoch_starts"][0], b["epoch_starts"][0], a["epoch_starts"][1], b["epoch_starts"][1]]
+    assert starts == sorted(starts)  # a, b, a, b: the rounds alternate the paths
 
 
 def test_bench_refuses_bad_flags_in_one_line(capsys):

@@ -17,8 +17,8 @@ with the tutorial's recipe (SGD, lr 1e-3, batch 64):
 - ``cnn-torch-jaxnet``, ``cnn-jax-jaxnet``: jaxnet's backends (one jitted step per batch in
   JAX: a ``lax.scan`` over conv steps runs slower on XLA's CPU backend);
 - ``cnn-jax-fastconv``: the same JAX path, its ``nnx.Conv`` layers on :mod:`jaxnet.fastconv`'s
-  measured policy (both layers computing as im2col + one GEMM with their own gradient) and its
-  2x2 max-pool on :mod:`jaxnet.fastpool` (torch's tie rule, no ``select_and_scatter``);
+  measured policy (the stem, conv1, as im2col + one GEMM with its own gradient; conv2 on XLA's
+  convolution) and its 2x2 max-pool on :mod:`jaxnet.fastpool` (torch's tie rule, no ``select_and_scatter``);
 - ``cnn-jax-ynn``: ``cnn-jax-jaxnet`` on XLA's own default, its convolutions on YNNPACK, which
   every jaxnet process turns off (``jaxnet.process.XLA_CONV_FLAG``; docs/xla-cpu-conv.md).
 
@@ -48,7 +48,9 @@ in the plain loops too; the GPT's windows at the same offsets); a family on the 
 without plain loops of its own gets jaxnet's two paths.
 
 Epoch times are medians of ``--epochs`` timed epochs after a warm-up one (its extra time is
-reported as compile). The limits are the machine's, the same for every path
+reported as compile), taken in rounds: every path's worker is alive at once and the paths
+take their timed epochs in turn (:func:`run_paths`), so that a shared machine's drift reaches
+every path alike. The limits are the machine's, the same for every path
 (:mod:`jaxnet.bench.limits`): every GEMM and convolution of one training step timed in torch
 and in XLA (best of several trials; a convolution also as its im2col GEMMs), the fastest of
 any framework per kernel summed into the step's floor; and the cores' float32 FMA peak,
@@ -63,6 +65,7 @@ others still run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -159,17 +162,84 @@ def epoch_gflop(config, n: int, batch: int = BATCH) -> float:
 # ---------------------------------------------------------------------------- the run and its table
 
 
-def _spawn(*args: str, xla_flags: str = "") -> dict:
-    cmd = [sys.executable, "-m", "jaxnet.bench.workers", *args]
+def _worker_env(path: str = "") -> dict[str, str]:
+    """A worker's environment: this one's, unbuffered, no up-front claim of an accelerator's
+    memory (every worker is alive at once: :func:`run_paths`), and for a ``*-jax-ynn`` path
+    :data:`YNN_DEFAULT` in place of any YNN choice in ``XLA_FLAGS`` (jaxnet's own included)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if xla_flags:  # replacing any YNN choice already there (jaxnet's own included)
+    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    if path.endswith("-jax-ynn"):
         kept = [f for f in env.get("XLA_FLAGS", "").split() if "ynn_fusion_type" not in f]
-        env["XLA_FLAGS"] = " ".join([*kept, xla_flags])
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        env["XLA_FLAGS"] = " ".join([*kept, YNN_DEFAULT])
+    return env
+
+
+def _spawn(*args: str) -> dict:
+    cmd = [sys.executable, "-m", "jaxnet.bench.workers", *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=_worker_env())
     if out.returncode != 0:
-        lines = out.stderr.strip().splitlines() or [f"exit status {out.returncode}"]
-        return {"error": f"bench worker {' '.join(args)} failed: {lines[-1][:300]}"}
+        return {"error": _failure(" ".join(args), out.stderr, out.returncode)}
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _failure(what: str, stderr: str, code: int | None) -> str:
+    lines = stderr.strip().splitlines() or [f"exit status {code}"]
+    return f"bench worker {what} failed: {lines[-1][:300]}"
+
+
+def run_paths(paths: tuple[str, ...], epochs: int, limits: dict[str, int]) -> list[dict]:
+    """Time each path in its own worker process (:func:`jaxnet.bench.workers.serve`), all of
+    them alive at once, their epochs interleaved.
+
+    Each worker builds its model and runs its warm-up epoch alone, one after another; then
+    ``epochs`` rounds of one timed epoch per path in turn, while the others wait on a read
+    (no CPU). A shared machine's drift over the run (neighbours come and go within minutes)
+    then reaches every path alike: paths timed one after another would each meet a different
+    machine, and their ratios would carry it. A worker that fails is a row with its error; the
+    others go on. Returns the rows in ``paths``' order."""
+    rows: dict[str, dict] = {}
+    live: dict[str, tuple[subprocess.Popen, object]] = {}
+
+    def ask(path: str, command: str | None) -> dict | None:
+        proc, err = live[path]
+        try:
+            if command is not None:
+                proc.stdin.write(command + "\n")
+                proc.stdin.flush()
+            for line in proc.stdout:  # anything a library prints to stdout is skipped
+                if line.startswith("{"):
+                    return json.loads(line)
+        except (BrokenPipeError, json.JSONDecodeError):
+            pass
+        proc.kill()
+        err.seek(0)
+        rows[path] = {"path": path, "error": _failure(f"--serve {path}", err.read(), proc.wait())}
+        del live[path]
+        return None
+
+    with contextlib.ExitStack() as files:
+        try:
+            for path in paths:
+                args = ["--serve", path, "--train-limit", str(limits[path])]
+                err = files.enter_context(tempfile.TemporaryFile("w+"))
+                proc = subprocess.Popen([sys.executable, "-m", "jaxnet.bench.workers", *args], stderr=err,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                        env=_worker_env(path))  # fmt: skip
+                live[path] = (proc, err)
+                ask(path, None)  # ready: built and warmed up
+            for _ in range(epochs):
+                for path in list(live):
+                    ask(path, "epoch")
+            for path in list(live):
+                result = ask(path, "finish")
+                if result is not None:
+                    rows[path] = result
+                    live.pop(path)[0].wait()
+        finally:  # an interrupt or an error here: no worker left behind
+            for proc, _ in live.values():
+                proc.kill()
+                proc.wait()
+    return [rows[p] for p in paths]
 
 
 def _wall(cmd: list[str], repeats: int = 3) -> float:
@@ -211,12 +281,7 @@ def run_bench(
     characters), None for each family's default (:data:`DEFAULT_LIMIT`, else all)."""
     models = tuple(dict.fromkeys(model_name(p) for p in paths))
     peaks = {fw: _spawn("--limits", fw, "--models", *models) for fw in ("torch", "jax")}
-    results = []
-    for p in paths:
-        limit = train_limit_of(model_name(p), train_limit)
-        ynn = YNN_DEFAULT if p.endswith("-jax-ynn") else ""
-        result = _spawn("--worker", p, "--epochs", str(epochs), "--train-limit", str(limit), xla_flags=ynn)
-        results.append(result if "error" not in result else {"path": p, **result})
+    results = run_paths(paths, epochs, {p: train_limit_of(model_name(p), train_limit) for p in paths})
     if devices > 1:
         limit = train_limit or 0
         results += [

@@ -1,9 +1,12 @@
 """The processes ``jaxnet bench`` measures in, each holding one framework.
 
-    python -m jaxnet.bench.workers --worker PATH --epochs N --train-limit N
     python -m jaxnet.bench.workers --limits {torch,jax}
 
-prints one JSON object.
+prints one JSON object;
+
+    python -m jaxnet.bench.workers --serve PATH --train-limit N
+
+times one epoch per ``epoch`` line it reads (:func:`serve`: how ``jaxnet bench`` runs every path).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import json
 import resource
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -193,35 +197,80 @@ def _jax_loop(state, x, labels, batches, test_x, test_y):
     return epoch, (lambda: jax.block_until_ready(evaluate(graphdef, holder[0], test_x, test_y)))
 
 
+def _timed(fn) -> tuple[float, float]:
+    """(wall-clock start, seconds) of one call."""
+    when, start = time.time(), time.perf_counter()
+    fn()
+    return when, time.perf_counter() - start
+
+
 def run_worker(path: str, epochs: int, train_limit: int, test_limit: int = 0) -> dict:
-    """Time ``path``: one warm-up epoch, then ``epochs`` more; the evaluation (the MLP's and
-    the CNN's, on the test set) four times. A port family's epoch function says its own samples."""
-    t0 = time.perf_counter()
-    run_epoch, evaluate = _epoch_fn(path, train_limit, test_limit)
-    setup = time.perf_counter() - t0
-    times = []
-    for _ in range(epochs + 1):
-        start = time.perf_counter()
-        run_epoch()
-        times.append(time.perf_counter() - start)
-    eval_times = [float("nan")] * 4  # not timed where there is no evaluation (the port families)
-    for i in range(4 if evaluate else 0):
-        start = time.perf_counter()
-        evaluate()
-        eval_times[i] = time.perf_counter() - start
-    median = statistics.median(times[1:])
-    samples = getattr(run_epoch, "samples", None) or train_limit or 60000
-    return {
-        "path": path,
-        "samples": samples,
-        "setup_s": setup,
-        "epoch_s": median,
-        "epoch_times": times[1:],
-        "compile_s": max(0.0, times[0] - median),
-        "eval_s": statistics.median(eval_times[1:]),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "device": _device_of(path),
-    }
+    """Time ``path`` in this process: one warm-up epoch, then ``epochs`` more; the evaluation
+    (the MLP's and the CNN's, on the test set) four times."""
+    session = Session(path, train_limit, test_limit)
+    for _ in range(epochs):
+        session.epoch()
+    return session.result()
+
+
+class Session:
+    """One path built and warmed up (its first epoch, compiling), then timed an epoch at a time.
+
+    A port family's epoch function says its own samples per epoch."""
+
+    def __init__(self, path: str, train_limit: int, test_limit: int = 0) -> None:
+        t0 = time.perf_counter()
+        self.path, self.train_limit = path, train_limit
+        self.run_epoch, self.evaluate = _epoch_fn(path, train_limit, test_limit)
+        self.setup_s = time.perf_counter() - t0
+        self.warmup_s = _timed(self.run_epoch)[1]
+        self.starts: list[float] = []  # each timed epoch's wall-clock start (time.time())
+        self.times: list[float] = []
+
+    def epoch(self) -> float:
+        when, seconds = _timed(self.run_epoch)
+        self.starts.append(when)
+        self.times.append(seconds)
+        return seconds
+
+    def result(self) -> dict:
+        """The row: the median timed epoch, the warm-up's extra time as compile, the evaluation's
+        median of three after a first one, peak memory."""
+        eval_times = [float("nan")] * 4  # not timed where there is no evaluation (the port families)
+        for i in range(4 if self.evaluate else 0):
+            eval_times[i] = _timed(self.evaluate)[1]
+        median = statistics.median(self.times)
+        return {
+            "path": self.path,
+            "samples": getattr(self.run_epoch, "samples", None) or self.train_limit or 60000,
+            "setup_s": self.setup_s,
+            "epoch_s": median,
+            "epoch_times": self.times,
+            "epoch_starts": self.starts,
+            "compile_s": max(0.0, self.warmup_s - median),
+            "eval_s": statistics.median(eval_times[1:]),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "device": _device_of(self.path),
+        }
+
+
+def serve(path: str, train_limit: int, commands=sys.stdin, out=sys.stdout) -> None:
+    """The worker ``jaxnet bench`` drives (:func:`jaxnet.bench.run_paths`): build ``path`` and
+    run its warm-up epoch, say ``{"ready": path}``; then one timed epoch per ``epoch`` line
+    read, each answered with ``{"epoch_s": seconds}``; at ``finish`` (or the end of the input)
+    the evaluations and the result. One JSON object per line."""
+
+    def say(obj: dict) -> None:
+        out.write(json.dumps(obj) + "\n")
+        out.flush()
+
+    session = Session(path, train_limit)
+    say({"ready": path})
+    for line in commands:
+        if line.strip() != "epoch":
+            break
+        say({"epoch_s": session.epoch()})
+    say(session.result())
 
 
 def _device_of(path: str) -> str:
@@ -242,18 +291,15 @@ if __name__ == "__main__":
     import argparse
 
     worker = argparse.ArgumentParser()
-    worker.add_argument("--worker", choices=ALL_PATHS)
+    worker.add_argument("--serve", choices=ALL_PATHS)
     worker.add_argument("--limits", choices=("torch", "jax"))
     worker.add_argument("--models", nargs="+", choices=tuple(MODEL_PATHS), default=("mlp", "cnn"))
-    worker.add_argument("--epochs", type=int, default=3)
     worker.add_argument("--train-limit", type=int, default=0)
     w = worker.parse_args()
     from jaxnet import process
 
     process.prepare()
-    result = (
-        limits(w.limits, models=tuple(w.models))
-        if w.limits
-        else run_worker(w.worker, w.epochs, w.train_limit)
-    )
-    print(json.dumps(result))
+    if w.serve:
+        serve(w.serve, w.train_limit)
+        sys.exit()
+    print(json.dumps(limits(w.limits, models=tuple(w.models))))
