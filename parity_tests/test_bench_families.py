@@ -126,6 +126,16 @@ def test_run_paths_interleaves_the_workers_epochs_and_keeps_going_past_a_failed_
     assert starts == sorted(starts)  # a, b, a, b: the rounds alternate the paths
 
 
+def test_start_up_commands_are_timed_in_turn(tmp_path):
+    """``_walls`` (the start-up table's timer) runs its commands a, b, a, b, ...: each command's
+    median comes from the same stretch of a shared machine's time as the others'."""
+    log = tmp_path / "order"
+    cmds = {name: ["sh", "-c", f"echo {name} >> {log}"] for name in ("a", "b")}
+    times = bench._walls(cmds, repeats=3)
+    assert log.read_text().split() == ["a", "b"] * 3
+    assert set(times) == {"a", "b"} and all(t > 0 for t in times.values())
+
+
 def test_bench_refuses_bad_flags_in_one_line(capsys):
     assert main(["bench", "--model", "gpt", "--devices", "2", "--no-startup"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -242,14 +242,16 @@ def run_paths(paths: tuple[str, ...], epochs: int, limits: dict[str, int]) -> li
     return [rows[p] for p in paths]
 
 
-def _wall(cmd: list[str], repeats: int = 3) -> float:
-    """Median wall time of a whole command, start to exit."""
-    times = []
+def _walls(cmds: dict[str, list[str]], repeats: int = 3) -> dict[str, float]:
+    """Median wall time of each whole command, start to exit, the commands taken in turn
+    ``repeats`` times (as the paths' epochs are: :func:`run_paths`)."""
+    times: dict[str, list[float]] = {name: [] for name in cmds}
     for _ in range(repeats):
-        start = time.perf_counter()
-        subprocess.run(cmd, capture_output=True, check=True)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, cmd in cmds.items():
+            start = time.perf_counter()
+            subprocess.run(cmd, capture_output=True, check=True)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def startup() -> dict[str, float]:
@@ -263,13 +265,13 @@ def startup() -> dict[str, float]:
             checkpoint.Checkpoint(model=checkpoint.init_state_dict(ModelConfig(), 0), config=ModelConfig()),
         )
         jaxnet = [sys.executable, "-m", "jaxnet"]
-        return {
-            "import jax, flax.nnx, optax": _wall([sys.executable, "-c", "import jax, flax.nnx, optax"]),
-            "import torch": _wall([sys.executable, "-c", "import torch"]),
-            "jaxnet eval": _wall([*jaxnet, "eval", "--checkpoint", ckpt]),
-            "jaxnet predict": _wall([*jaxnet, "predict", "--checkpoint", ckpt]),
-            "jaxnet train (64 images)": _wall([*jaxnet, "train", "--epochs", "1", "--train-limit", "64"]),
-        }
+        return _walls({
+            "import jax, flax.nnx, optax": [sys.executable, "-c", "import jax, flax.nnx, optax"],
+            "import torch": [sys.executable, "-c", "import torch"],
+            "jaxnet eval": [*jaxnet, "eval", "--checkpoint", ckpt],
+            "jaxnet predict": [*jaxnet, "predict", "--checkpoint", ckpt],
+            "jaxnet train (64 images)": [*jaxnet, "train", "--epochs", "1", "--train-limit", "64"],
+        })  # fmt: skip
 
 
 def run_bench(
