@@ -226,8 +226,9 @@ def gemm_wins(lhs_shape, rhs_shape, strides: Pair) -> bool:
     or at most :data:`FEW_CHANNELS` input channels (a stem). Stride-1 layers with more channels
     stay on XLA's convolution.
 
-    Forward + both gradients, ms, best of 7, two threads, from the bench's floor tables
-    (``jaxnet bench``: docs/bench-resnet-cpu.md, docs/bench-cpu.md; a shared 2-core EPYC)::
+    Forward + both gradients, ms, best of 7, two threads, from the bench's floor tables of its
+    run at 2b3d9d1 (``jaxnet bench``, a shared 2-core EPYC; the run at 42aaf84, whose tables
+    are docs/bench-resnet-cpu.md and docs/bench-cpu.md, ranks every layer alike)::
 
         layer (batch 128: the ResNet's)    XLA (Eigen)   GEMMs
         1->16 3x3, 28x28 (stem)               7.1         2.0

@@ -6,6 +6,7 @@ or JAX is imported; each variable is set only where the user has not set it alre
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import importlib.util
 import os
@@ -34,6 +35,31 @@ SHARED = {"OMP_WAIT_POLICY": "PASSIVE"}
 # know, and a later one may have fixed the cause. XLA reads it when JAX starts its first backend.
 XLA_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 XLA_CONV_JAXLIB = "0.10."
+
+
+# glibc's malloc hands large freed blocks back to the kernel (each above its mmap threshold,
+# and the heap's top past its trim threshold), and XLA frees and allocates a training step's
+# large buffers every step: the next step faults their pages in again, 165,000-890,000 minor
+# page faults an epoch here (docs/xla-cpu-conv.md). Kept in the process instead (mallopt, what
+# MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_ MALLOC_TOP_PAD_ MALLOC_ARENA_MAX=1 set at start),
+# the CNN's JAX epoch went from 1.7 times torch's to about torch's (docs/bench-allocator-cpu.md);
+# the cost is memory: a process keeps its peak. mallopt's parameter numbers, from glibc's malloc.h.
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX, M_ARENA_MAX = -1, -2, -4, -8
+MALLOC = {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 2**31 - 1, M_TOP_PAD: 10**9, M_ARENA_MAX: 1}
+
+
+def keep_freed_memory() -> bool:
+    """Set :data:`MALLOC` with glibc's ``mallopt``; whether it took. Not where the user chose
+    (``JAXNET_MALLOC=0``, or any ``MALLOC_*`` variable: glibc read those at start), nor where
+    the C library is not glibc. Before the first large allocation: what is already mapped is
+    not moved."""
+    if os.environ.get("JAXNET_MALLOC", "1") == "0" or any(k.startswith("MALLOC_") for k in os.environ):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, musl), or no C library to load
+        return False
+    return all(mallopt(param, value) == 1 for param, value in MALLOC.items())
 
 
 def xla_flags(flags: str) -> str:
@@ -80,8 +106,9 @@ def compile_cache() -> dict[str, str]:
 
 def prepare(*, shared: bool = False, cache: bool = False) -> list[str]:
     """Set :data:`REPRODUCIBLE`, :data:`SHARED` if both frameworks will run here,
-    :func:`compile_cache` if ``cache``, and :func:`xla_flags`. JAX reads its variables when it is
-    imported, XLA its flags when JAX first starts a backend.
+    :func:`compile_cache` if ``cache``, and :func:`xla_flags`; and keep freed memory in the
+    process (:func:`keep_freed_memory`). JAX reads its variables when it is imported, XLA its
+    flags when JAX first starts a backend.
 
     Returns the variables that came too late: torch was already imported, so its MKL and
     OpenMP runtimes have read their settings, or JAX had started a backend before XLA_FLAGS
@@ -97,6 +124,7 @@ def prepare(*, shared: bool = False, cache: bool = False) -> list[str]:
         late += ["XLA_FLAGS"] if _jax_started() else []
     if flags:
         os.environ["XLA_FLAGS"] = flags
+    keep_freed_memory()
     return late
 
 
