@@ -48,6 +48,9 @@ M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX, M_ARENA_MAX = -1, -2, -4, -8
 MALLOC = {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 2**31 - 1, M_TOP_PAD: 10**9, M_ARENA_MAX: 1}
 
 
+_KEPT: list[bool] = []  # whether keep_freed_memory took in this process (once it ran)
+
+
 def keep_freed_memory() -> bool:
     """Set :data:`MALLOC` with glibc's ``mallopt``; whether it took. Not where the user chose
     (``JAXNET_MALLOC=0``, or any ``MALLOC_*`` variable: glibc read those at start), nor where
@@ -59,7 +62,17 @@ def keep_freed_memory() -> bool:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # not glibc (macOS, musl), or no C library to load
         return False
-    return all(mallopt(param, value) == 1 for param, value in MALLOC.items())
+    took = all(mallopt(param, value) == 1 for param, value in MALLOC.items())
+    _KEPT[:] = [took]
+    return took
+
+
+def allocator() -> str:
+    """The C allocator's setting in this process, in words (the bench's rows record it)."""
+    chosen = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_"))
+    if chosen:
+        return f"`{chosen}` (the environment's)"
+    return "freed memory kept in the process (jaxnet.process.MALLOC)" if any(_KEPT) else "glibc's defaults"
 
 
 def xla_flags(flags: str) -> str:

@@ -7,7 +7,8 @@
 ``mlp-cnn`` reads ``docs/bench-cpu.json`` (the MLP's and the CNN's paths in one run),
 ``families`` reads ``docs/bench-resnet-cpu.json`` and ``docs/bench-gpt-cpu.json``,
 ``allocator`` ``docs/bench-{cnn,resnet}-alloc-cpu.json`` (the same paths run with glibc's
-allocator told to keep freed memory, ``MALLOC_*`` in the environment). Each model
+allocator at its defaults, ``JAXNET_MALLOC=0``; before jaxnet kept freed memory itself, the
+other way round: told to keep it, ``MALLOC_*`` in the environment). Each model
 gets its table (one row per path) and a line of ratios: every path's samples/s over its
 model's plain torch loop, the same run's. The README holds each output verbatim between
 ``<!-- generated: docs/X -->`` markers; ``jaxnet.docs_check`` fails when the two differ or
@@ -42,7 +43,9 @@ def machine(report: dict) -> list[str]:
     gemm = ", ".join(f"{fw} {p['square_2048']:.0f}" for fw, p in peaks.items() if "square_2048" in p)
     line = (f"Machine: {report['machine']}. The cores' float32 FMA peak (derived): {fma['derivation']}; "
             f"a 2048^3 GEMM, GFLOP/s: {gemm}.")  # fmt: skip
-    if "allocator_env" in report:  # recorded since the allocator finding (docs/xla-cpu-conv.md)
+    if report.get("allocator"):  # each worker's setting, recorded since jaxnet sets one
+        line += f" glibc's allocator: {', '.join(report['allocator'])}."
+    elif "allocator_env" in report:  # recorded since the allocator finding (docs/xla-cpu-conv.md)
         env = " ".join(f"{k}={v}" for k, v in report["allocator_env"].items())
         line += f" glibc's allocator: {f'`{env}`' if env else 'its defaults'}."
     if "xla_flags" in report:  # recorded since jaxnet moved XLA's convolutions off YNNPACK

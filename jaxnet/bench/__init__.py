@@ -38,10 +38,11 @@ recipes and batch sizes (:mod:`jaxnet.bench.port_loops`), on a few steps an epoc
 - ``resnet-jax-ynn``: ``resnet-jax-jaxnet`` on XLA's default YNNPACK convolutions.
 
 The allocator matters to the JAX paths: glibc's defaults hand XLA's large buffers back to the
-kernel and fault them in again every step (165,000-890,000 minor page faults an epoch here);
-the environment travels to every worker, so ``MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0
-MALLOC_TRIM_THRESHOLD_=4000000000 MALLOC_TOP_PAD_=1000000000 jaxnet bench ...`` times them
-without (docs/xla-cpu-conv.md).
+kernel and fault them in again every step (165,000-890,000 minor page faults an epoch here).
+Every worker keeps freed memory instead (:func:`jaxnet.process.keep_freed_memory`, as every
+jaxnet process does); the environment travels to every worker, so ``JAXNET_MALLOC=0 jaxnet
+bench ...`` times them on glibc's defaults (docs/xla-cpu-conv.md). Each row records its
+worker's setting.
 
 Every path trains on the same batches (the ResNet's crop-and-flip from :mod:`jaxnet.augment`
 in the plain loops too; the GPT's windows at the same offsets); a family on the port engine
@@ -375,6 +376,8 @@ def summarise(peaks: dict, results: list[dict], epochs: int, n: int, startup: di
         "epochs": epochs,
         "machine": f"{os.uname().machine}, {os.cpu_count()} cores",
         "allocator_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")},
+        # what the workers ran with (process.prepare's setting, or the environment's)
+        "allocator": sorted({r["allocator"] for r in ok if "allocator" in r}),
         # what every JAX worker ran with (process.prepare adds jaxnet's; the -ynn paths add theirs)
         "xla_flags": process.xla_flags(os.environ.get("XLA_FLAGS", "")),
         "results": results,

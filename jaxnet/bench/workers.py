@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 
+from jaxnet import process
 from jaxnet.bench import (
     ALL_PATHS,
     BATCH,
@@ -251,6 +252,7 @@ class Session:
             "eval_s": statistics.median(eval_times[1:]),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "device": _device_of(self.path),
+            "allocator": process.allocator(),
         }
 
 
@@ -296,8 +298,6 @@ if __name__ == "__main__":
     worker.add_argument("--models", nargs="+", choices=tuple(MODEL_PATHS), default=("mlp", "cnn"))
     worker.add_argument("--train-limit", type=int, default=0)
     w = worker.parse_args()
-    from jaxnet import process
-
     process.prepare()
     if w.serve:
         serve(w.serve, w.train_limit)
