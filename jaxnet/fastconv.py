@@ -71,7 +71,7 @@ def patches(x: jax.Array, kh: int, kw: int, strides: Pair = (1, 1), dilation: Pa
     of that, each a stack of strided slices on a new axis: the same copy as one concatenation of
     ``kh*kw`` slices, but the second pass moves runs of ``kw*C`` values; the CNN's conv2 patches
     (64 x 24 x 24 x 288) took 18 ms of CPU against 24 ms for the one concatenation with the
-    README's ``MALLOC_*`` settings, 62 against 113 ms under glibc's defaults (medians, one
+    freed memory kept (:func:`jaxnet.process.keep_freed_memory`), 62 against 113 ms under glibc's defaults (medians, one
     shared 2-core machine)."""
     _, h, w, _ = x.shape
     (sh, sw), (dh, dw) = strides, dilation
@@ -227,8 +227,11 @@ def gemm_wins(lhs_shape, rhs_shape, strides: Pair) -> bool:
     stay on XLA's convolution.
 
     Forward + both gradients, ms, best of 7, two threads, from the bench's floor tables of its
-    run at 2b3d9d1 (``jaxnet bench``, a shared 2-core EPYC; the run at 42aaf84, whose tables
-    are docs/bench-resnet-cpu.md and docs/bench-cpu.md, ranks every layer alike)::
+    run at 2b3d9d1 (``jaxnet bench``, a shared 2-core EPYC, glibc's allocator at its defaults).
+    With freed memory kept (jaxnet's default since, :func:`jaxnet.process.keep_freed_memory`)
+    the stride-1 layers come out even: at 7262e00 (docs/bench-cpu.md, docs/bench-resnet-cpu.md)
+    the CNN's conv2 took 47.9 ms on XLA against 45.9 on the GEMMs, 32->32 15.8 against 15.8,
+    while 16->16 stayed XLA's (24.9 against 30.9) and the stem and strided layers the GEMMs'::
 
         layer (batch 128: the ResNet's)    XLA (Eigen)   GEMMs
         1->16 3x3, 28x28 (stem)               7.1         2.0
@@ -244,8 +247,8 @@ def gemm_wins(lhs_shape, rhs_shape, strides: Pair) -> bool:
         32->64 3x3 valid, 26x26              45.5        67.3
 
     A 1x1 kernel is one strided slice and one GEMM, a stem's patches (``kh*kw*C_in`` columns)
-    are small, a strided layer's patches are ``sh*sw`` times smaller than at stride 1: 2-4x
-    faster. At stride 1 XLA's convolution wins or ties: the GEMM path copies the input ``kh*kw``
+    are small, a strided layer's patches are ``sh*sw`` times smaller than at stride 1: up to
+    3.5x faster. At stride 1 XLA's convolution wins or ties: the GEMM path copies the input ``kh*kw``
     times into its patches, and the input gradient's GEMM has only ``C_out`` as its inner
     dimension. (On YNNPACK, jaxlib 0.10's default, the measurements differed: XLA's stride-1
     convolution lost 2.4x past ~37,000 output values per image; docs/xla-cpu-conv.md.)

@@ -40,10 +40,11 @@ XLA_CONV_JAXLIB = "0.10."
 # glibc's malloc hands large freed blocks back to the kernel (each above its mmap threshold,
 # and the heap's top past its trim threshold), and XLA frees and allocates a training step's
 # large buffers every step: the next step faults their pages in again, 165,000-890,000 minor
-# page faults an epoch here (docs/xla-cpu-conv.md). Kept in the process instead (mallopt, what
-# MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_ MALLOC_TOP_PAD_ MALLOC_ARENA_MAX=1 set at start),
-# the CNN's JAX epoch went from 1.7 times torch's to about torch's (docs/bench-allocator-cpu.md);
-# the cost is memory: a process keeps its peak. mallopt's parameter numbers, from glibc's malloc.h.
+# page faults an epoch here (docs/xla-cpu-conv.md). Kept in the process instead (mallopt, as
+# MALLOC_MMAP_MAX_=0 MALLOC_TOP_PAD_ MALLOC_ARENA_MAX=1 MALLOC_TRIM_THRESHOLD_ would at start,
+# the last capped at mallopt's int), the CNN's JAX epoch went from 2.0 times torch's to 1.16
+# (two bench runs: README, Speed); the cost is memory, a process keeps its peak. mallopt's
+# parameter numbers, from glibc's malloc.h.
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX, M_ARENA_MAX = -1, -2, -4, -8
 MALLOC = {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 2**31 - 1, M_TOP_PAD: 10**9, M_ARENA_MAX: 1}
 
@@ -53,16 +54,19 @@ _KEPT: list[bool] = []  # whether keep_freed_memory took in this process (once i
 
 def keep_freed_memory() -> bool:
     """Set :data:`MALLOC` with glibc's ``mallopt``; whether it took. Not where the user chose
-    (``JAXNET_MALLOC=0``, or any ``MALLOC_*`` variable: glibc read those at start), nor where
-    the C library is not glibc. Before the first large allocation: what is already mapped is
-    not moved."""
-    if os.environ.get("JAXNET_MALLOC", "1") == "0" or any(k.startswith("MALLOC_") for k in os.environ):
+    (``JAXNET_MALLOC=0``, any ``MALLOC_*`` variable or a ``glibc.malloc`` tunable: glibc read
+    those at start; another allocator preloaded), nor where the C library is not glibc. Before
+    the first large allocation: what is already mapped is not moved."""
+    chosen = any(k.startswith("MALLOC_") for k in os.environ) or "glibc.malloc" in os.environ.get(
+        "GLIBC_TUNABLES", ""
+    )
+    if os.environ.get("JAXNET_MALLOC", "1") == "0" or chosen or "malloc" in os.environ.get("LD_PRELOAD", ""):
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # not glibc (macOS, musl), or no C library to load
         return False
-    took = all(mallopt(param, value) == 1 for param, value in MALLOC.items())
+    took = all([mallopt(param, value) == 1 for param, value in MALLOC.items()])  # every one tried
     _KEPT[:] = [took]
     return took
 

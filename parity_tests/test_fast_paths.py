@@ -90,7 +90,7 @@ def test_every_bench_path_runs_and_the_table_shows_limits_and_plain_loops(capsys
         p["square_2048"] > 0 and min(min(k.values()) for k in p["kernels"].values()) > 0
         for p in peaks.values()
     )
-    results.append({"path": "jax-jaxnet-scan", "error": "bench worker --worker jax-jaxnet-scan failed: boom"})
+    results.append({"path": "jax-jaxnet-scan", "error": "bench worker --serve jax-jaxnet-scan failed: boom"})
     report = bench.summarise(peaks, results, epochs=1, n=128, startup={"jaxnet eval": 1.0})
     bench.print_table(report)
     out = capsys.readouterr().out

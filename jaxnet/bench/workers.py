@@ -4,7 +4,7 @@
 
 prints one JSON object;
 
-    python -m jaxnet.bench.workers --serve PATH --train-limit N
+    python -m jaxnet.bench.workers --serve PATH --train-limit N [--test-limit N]
 
 times one epoch per ``epoch`` line it reads (:func:`serve`: how ``jaxnet bench`` runs every path).
 """
@@ -12,6 +12,7 @@ times one epoch per ``epoch`` line it reads (:func:`serve`: how ``jaxnet bench``
 from __future__ import annotations
 
 import json
+import os
 import resource
 import statistics
 import sys
@@ -256,7 +257,7 @@ class Session:
         }
 
 
-def serve(path: str, train_limit: int, commands=sys.stdin, out=sys.stdout) -> None:
+def serve(path: str, train_limit: int, test_limit: int = 0, commands=sys.stdin, out=sys.stdout) -> None:
     """The worker ``jaxnet bench`` drives (:func:`jaxnet.bench.run_paths`): build ``path`` and
     run its warm-up epoch, say ``{"ready": path}``; then one timed epoch per ``epoch`` line
     read, each answered with ``{"epoch_s": seconds}``; at ``finish`` (or the end of the input)
@@ -266,7 +267,7 @@ def serve(path: str, train_limit: int, commands=sys.stdin, out=sys.stdout) -> No
         out.write(json.dumps(obj) + "\n")
         out.flush()
 
-    session = Session(path, train_limit)
+    session = Session(path, train_limit, test_limit)
     say({"ready": path})
     for line in commands:
         if line.strip() != "epoch":
@@ -297,9 +298,12 @@ if __name__ == "__main__":
     worker.add_argument("--limits", choices=("torch", "jax"))
     worker.add_argument("--models", nargs="+", choices=tuple(MODEL_PATHS), default=("mlp", "cnn"))
     worker.add_argument("--train-limit", type=int, default=0)
+    worker.add_argument("--test-limit", type=int, default=0)
     w = worker.parse_args()
     process.prepare()
-    if w.serve:
-        serve(w.serve, w.train_limit)
+    if w.serve:  # the replies on a descriptor of their own; whatever else is printed goes to stderr
+        replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+        serve(w.serve, w.train_limit, w.test_limit, out=replies)
         sys.exit()
     print(json.dumps(limits(w.limits, models=tuple(w.models))))
