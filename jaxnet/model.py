@@ -18,7 +18,7 @@ from flax import nnx
 from jaxnet import registry
 from jaxnet.config import AnyModel
 from jaxnet.errors import CheckpointError
-from jaxnet.layout import BUILT_IN, Layout, kernel_to_torch, keys, leaf_name
+from jaxnet.layout import BUILT_IN, Layout, keys, leaf_name, weight_shape
 from jaxnet.models.mlp import NeuralNetwork, flatten, relu, torch_linear_init  # noqa: F401  (public names)
 from jaxnet.models.state import upload
 from jaxnet.rules import PortLayout
@@ -101,7 +101,10 @@ def module_paths(model: nnx.Module) -> list[str]:
 
 def to_torch_layout(tree, layout: Layout = BUILT_IN) -> dict[str, np.ndarray]:
     """Any params-shaped tree (params, grads, momentum) -> ``{torch key: array in torch layout}``
-    (the rules: :mod:`jaxnet.layout`, or a port's :class:`jaxnet.rules.PortLayout`)."""
+    (the rules: :mod:`jaxnet.layout`, or a port's :class:`jaxnet.rules.PortLayout`).
+
+    By :mod:`jaxnet.layout`'s rules, a tree of JAX arrays gives JAX arrays, moved on their
+    device (the backend copies them out once); a port's rules give numpy arrays."""
     if isinstance(layout, PortLayout):
         flat = jax.tree_util.tree_flatten_with_path(tree)[0]
         return layout.leaves_to_torch({".".join(keys(p)): np.asarray(v) for p, v in flat})
@@ -125,12 +128,12 @@ def from_torch_layout(template, state: dict[str, np.ndarray], layout: Layout = B
         is_kernel = leaf_name(path) == "kernel"
         expected = tuple(leaf.shape)
         if is_kernel:  # torch's weight shape for this kernel
-            expected = kernel_to_torch(np.empty(leaf.shape, np.int8)).shape
+            expected = weight_shape(tuple(leaf.shape))
         if value.shape != expected or value.dtype != leaf.dtype:
             raise CheckpointError(
                 f"key {name!r}: expected {leaf.dtype}{list(expected)}, found {value.dtype}{list(value.shape)}"
             )
-        return upload(layout.from_torch(name, value, is_kernel))
+        return layout.from_torch(name, upload(value), is_kernel)  # moved on the device
 
     return jax.tree_util.tree_map_with_path(take, template)
 

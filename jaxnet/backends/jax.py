@@ -220,7 +220,7 @@ class JaxBackend:
 
     @_in_mode
     def state_dict(self) -> dict[str, np.ndarray]:
-        return jmodel.to_torch_layout(_host(self.params), self.layout)
+        return _host(jmodel.to_torch_layout(self.params, self.layout))  # kernels turned by XLA
 
     @_in_mode
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
@@ -238,8 +238,8 @@ class JaxBackend:
         self, x: np.ndarray, y: np.ndarray, masks: dict[str, np.ndarray] | None = None
     ) -> tuple[float, dict[str, np.ndarray]]:
         args = (self._input(x), self._put(y), self._masks(masks), self.config.loss)
-        loss, grads = _host(_GRADS(self.params, self.graphdef, *args))
-        return float(loss), jmodel.to_torch_layout(grads, self.layout)
+        loss, grads = _GRADS(self.params, self.graphdef, *args)
+        return float(loss), _host(jmodel.to_torch_layout(grads, self.layout))
 
     @_in_mode
     def set_optimizer(
@@ -259,7 +259,7 @@ class JaxBackend:
 
     @_in_mode
     def optimizer_state(self) -> dict[str, np.ndarray]:
-        return jtrain.export_opt_state(_host(self.opt_state), self.step, self.layout)
+        return _host(jtrain.export_opt_state(self.opt_state, self.step, self.layout))
 
     @_in_mode
     def apply_gradients(self, grads: dict[str, np.ndarray]) -> None:
