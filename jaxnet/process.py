@@ -33,7 +33,8 @@ SHARED = {"OMP_WAIT_POLICY": "PASSIVE"}
 # (docs/xla-cpu-conv.md, its reproduction docs/scripts/xla_ynn_conv.py). This flag gives them
 # back to Eigen. Only for the jaxlib line it was measured on: XLA aborts on a flag it does not
 # know, and a later one may have fixed the cause. XLA reads it when JAX starts its first backend.
-XLA_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+YNN_FUSION = "--xla_cpu_experimental_ynn_fusion_type"  # a user's choice of it is theirs
+XLA_CONV_FLAG = f"{YNN_FUSION}=-individual_convolution"
 XLA_CONV_JAXLIB = "0.10."
 
 
@@ -52,14 +53,23 @@ MALLOC = {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 2**31 - 1, M_TOP_PAD: 10**9, M_ARENA_
 _KEPT: list[bool] = []  # whether keep_freed_memory took in this process (once it ran)
 
 
+def malloc_env() -> dict[str, str]:
+    """The ``MALLOC_*`` variables of this environment: glibc's own settings, read at start."""
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")}
+
+
+def no_preallocation() -> dict[str, str]:
+    """What a worker process adds to its environment so that it claims no accelerator memory up
+    front (each would take most of it), unless the user chose (``XLA_PYTHON_CLIENT_PREALLOCATE``)."""
+    return {} if "XLA_PYTHON_CLIENT_PREALLOCATE" in os.environ else {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+
+
 def keep_freed_memory() -> bool:
     """Set :data:`MALLOC` with glibc's ``mallopt``; whether it took. Not where the user chose
     (``JAXNET_MALLOC=0``, any ``MALLOC_*`` variable or a ``glibc.malloc`` tunable: glibc read
     those at start; another allocator preloaded), nor where the C library is not glibc. Before
     the first large allocation: what is already mapped is not moved."""
-    chosen = any(k.startswith("MALLOC_") for k in os.environ) or "glibc.malloc" in os.environ.get(
-        "GLIBC_TUNABLES", ""
-    )
+    chosen = bool(malloc_env()) or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "")
     if os.environ.get("JAXNET_MALLOC", "1") == "0" or chosen or "malloc" in os.environ.get("LD_PRELOAD", ""):
         return False
     try:
@@ -73,7 +83,7 @@ def keep_freed_memory() -> bool:
 
 def allocator() -> str:
     """The C allocator's setting in this process, in words (the bench's rows record it)."""
-    chosen = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_"))
+    chosen = " ".join(f"{k}={v}" for k, v in malloc_env().items())
     if chosen:
         return f"`{chosen}` (the environment's)"
     return "freed memory kept in the process (jaxnet.process.MALLOC)" if any(_KEPT) else "glibc's defaults"
@@ -82,7 +92,7 @@ def allocator() -> str:
 def xla_flags(flags: str) -> str:
     """``XLA_FLAGS`` with :data:`XLA_CONV_FLAG` added where jaxlib is the 0.10 line and the user
     has chosen no YNN fusion types (any ``--xla_cpu_experimental_ynn_fusion_type`` is theirs)."""
-    if "ynn_fusion_type" in flags or not jaxlib_version().startswith(XLA_CONV_JAXLIB):
+    if YNN_FUSION in flags or not jaxlib_version().startswith(XLA_CONV_JAXLIB):
         return flags
     return f"{flags} {XLA_CONV_FLAG}".strip()
 

@@ -89,7 +89,7 @@ PLAIN_PORTS = ("resnet", "gpt")  # the port families with plain loops of their o
 FASTCONV_PORTS = ("resnet",)  # the port families with convolutions: jax-fastconv and jax-ynn paths too
 # XLA's own default for a ``*-jax-ynn`` worker: convolutions on YNNPACK, which jaxnet's
 # process.prepare turns off (an explicit choice of YNN fusion types is the user's, kept).
-YNN_DEFAULT = "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution"
+YNN_DEFAULT = f"{process.YNN_FUSION}=+individual_convolution"
 
 
 def port_paths(name: str) -> tuple[str, ...]:
@@ -167,10 +167,9 @@ def _worker_env(path: str = "") -> dict[str, str]:
     """A worker's environment: this one's, unbuffered, no up-front claim of an accelerator's
     memory (every worker is alive at once: :func:`run_paths`), and for a ``*-jax-ynn`` path
     :data:`YNN_DEFAULT` in place of any YNN choice in ``XLA_FLAGS`` (jaxnet's own included)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **process.no_preallocation()}
     if path.endswith("-jax-ynn"):
-        kept = [f for f in env.get("XLA_FLAGS", "").split() if "ynn_fusion_type" not in f]
+        kept = [f for f in env.get("XLA_FLAGS", "").split() if process.YNN_FUSION not in f]
         env["XLA_FLAGS"] = " ".join([*kept, YNN_DEFAULT])
     return env
 
@@ -377,7 +376,7 @@ def summarise(peaks: dict, results: list[dict], epochs: int, n: int, startup: di
         "samples": n,
         "epochs": epochs,
         "machine": f"{os.uname().machine}, {os.cpu_count()} cores",
-        "allocator_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")},
+        "allocator_env": process.malloc_env(),
         # what the workers ran with (process.prepare's setting, or the environment's)
         "allocator": sorted({r["allocator"] for r in ok if "allocator" in r}),
         # what every JAX worker ran with (process.prepare adds jaxnet's; the -ynn paths add theirs)

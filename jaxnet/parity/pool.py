@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxnet import process
 from jaxnet.config import PARITY_WORKER_MIN_STEPS as MIN_STEPS
 from jaxnet.distributed import cores, thread_share
 from jaxnet.errors import JaxnetError
@@ -76,7 +77,7 @@ def worker_env(workers: int, available: int | None = None) -> dict[str, str]:
     (OpenMP, MKL) and, at one thread, XLA's Eigen pool off, unless the user chose the threads
     (``OMP_NUM_THREADS``); and no up-front claim of an accelerator's memory, which an explicit
     ``--workers`` on a GPU would otherwise take once per process."""
-    env = {} if "XLA_PYTHON_CLIENT_PREALLOCATE" in os.environ else {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    env = process.no_preallocation()
     share = thread_share(workers, available)
     if not share:
         return env
