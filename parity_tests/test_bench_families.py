@@ -126,6 +126,16 @@ def test_run_paths_interleaves_the_workers_epochs_and_keeps_going_past_a_failed_
     assert starts == sorted(starts)  # a, b, a, b: the rounds alternate the paths
 
 
+def test_a_worker_that_gives_no_reply_in_time_is_stopped_and_named():
+    """A hung worker ends as a row with its error, not as a bench that never returns: here a
+    real one, given far less time than its start takes."""
+    [row] = bench.run_paths(("torch-plain",), 1, {"torch-plain": 128}, reply_timeout=0.05)
+    assert row == {
+        "path": "torch-plain",
+        "error": "bench worker --serve torch-plain gave no reply in 0.05 s: stopped",
+    }
+
+
 def test_start_up_commands_are_timed_in_turn(tmp_path):
     """``_walls`` (the start-up table's timer) runs its commands a, b, a, b, ...: each command's
     median comes from the same stretch of a shared machine's time as the others'."""

@@ -69,6 +69,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import statistics
 import subprocess
 import sys
@@ -187,7 +188,19 @@ def _failure(what: str, stderr: str, code: int | None) -> str:
     return f"bench worker {what} failed: {lines[-1][:300]}"
 
 
-def run_paths(paths: tuple[str, ...], epochs: int, limits: dict[str, int], test_limit: int = 0) -> list[dict]:
+# How long run_paths waits for one reply (a warm-up with its compiles, or one epoch) before it
+# takes the worker for hung: far beyond the slowest measured here (the full ResNet's warm-up on
+# this 2-core machine, about 3 minutes), only so that a deadlock ends the run instead of holding it.
+REPLY_TIMEOUT_S = 3600.0
+
+
+def run_paths(
+    paths: tuple[str, ...],
+    epochs: int,
+    limits: dict[str, int],
+    test_limit: int = 0,
+    reply_timeout: float = REPLY_TIMEOUT_S,
+) -> list[dict]:
     """Time each path in its own worker process (:func:`jaxnet.bench.workers.serve`), all of
     them alive at once, their epochs interleaved.
 
@@ -197,25 +210,32 @@ def run_paths(paths: tuple[str, ...], epochs: int, limits: dict[str, int], test_
     then reaches every path alike: paths timed one after another would each meet a different
     machine, and their ratios would carry it. The cost is memory: every worker holds its peak
     until the end (the MLP's and the CNN's 11 paths about 11 GB here). A worker that fails is a
-    row with its error; the others go on. Returns the rows in ``paths``' order (each path once)."""
+    row with its error, as is one that gives no reply in ``reply_timeout`` seconds (stopped); the
+    others go on. Returns the rows in ``paths``' order (each path once)."""
     paths = tuple(dict.fromkeys(paths))
     rows: dict[str, dict] = {}
     live: dict[str, tuple[subprocess.Popen, object]] = {}
 
     def ask(path: str, command: str | None) -> dict | None:
         proc, err = live[path]
+        late = ""
         try:
             if command is not None:
                 proc.stdin.write(command + "\n")
                 proc.stdin.flush()
-            line = proc.stdout.readline()  # the worker's replies alone (workers.serve's descriptor)
-            if line:
-                return json.loads(line)
+            # one line per command: nothing is left in the pipe's buffer between replies
+            if select.select([proc.stdout], [], [], reply_timeout)[0]:
+                line = proc.stdout.readline()  # the worker's replies alone (workers.serve's descriptor)
+                if line:
+                    return json.loads(line)
+            else:
+                late = f"bench worker --serve {path} gave no reply in {reply_timeout:g} s: stopped"
         except (BrokenPipeError, json.JSONDecodeError):
             pass
         proc.kill()
         err.seek(0)
-        rows[path] = {"path": path, "error": _failure(f"--serve {path}", err.read(), proc.wait())}
+        rows[path] = {"path": path, "error": late or _failure(f"--serve {path}", err.read(), proc.wait())}
+        proc.wait()
         del live[path]
         return None
 
