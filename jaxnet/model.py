@@ -133,7 +133,9 @@ def from_torch_layout(template, state: dict[str, np.ndarray], layout: Layout = B
             raise CheckpointError(
                 f"key {name!r}: expected {leaf.dtype}{list(expected)}, found {value.dtype}{list(value.shape)}"
             )
-        return layout.from_torch(name, upload(value), is_kernel)  # moved on the device
+        # by numpy: a load's kernels are moved once (a command's start would pay a program per
+        # kernel shape; to_torch_layout's reads, every step of a parity run, are XLA's)
+        return upload(layout.from_torch(name, value, is_kernel))
 
     return jax.tree_util.tree_map_with_path(take, template)
 
