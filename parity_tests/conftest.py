@@ -116,6 +116,14 @@ def tutorial_state() -> dict[str, dict[str, np.ndarray]]:
     return {dt: checkpoint.init_state_dict(config, 1, dt) for dt in ("float32", "float64")}
 
 
+@pytest.fixture(scope="session")
+def crops16(fmnist) -> tuple[np.ndarray, np.ndarray]:
+    """``port_models.crops``: 12x12 crops of the first 16 real training images, and their labels."""
+    from parity_tests.port_models import crops  # (imports torch: not at the suite's start)
+
+    return crops(fmnist)
+
+
 def problems(report) -> list[tuple]:
     """A parity report's failing rows, readable in an assertion message."""
     return [(r.section, r.quantity, r.dtype, f"{r.ratio:.3g}", r.note) for r in report.failures]

@@ -14,14 +14,14 @@ import sys
 from pathlib import Path
 
 from jaxnet import data
+from parity_tests.port_models import crops
 from parity_tests.test_port_pitfalls import PITFALLS, compare_pitfall
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 def margins() -> list[dict]:
-    train = data.load().train
-    images = train[:16].float_images()[:, :, 8:20, 8:20].copy(), train.labels[:16]
+    images = crops(data.load())
     out = []
     for name, (_, where) in PITFALLS.items():
         report = compare_pitfall(name, images, dtypes=("float32", "float64"))

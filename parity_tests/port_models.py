@@ -20,6 +20,12 @@ from torch import nn
 from parity_tests.nnx_ports import NNXBN, NNXCNN, NNXMLP, NNXBlock, NNXUp, blank  # noqa: F401 (the pairs' NNX halves)
 
 
+def crops(ds, n: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs' real inputs: 12x12 crops (the centre) of the first ``n`` Fashion-MNIST
+    training images of ``ds`` (a :class:`jaxnet.data.FashionMNIST`), and their labels."""
+    return ds.train[:n].float_images()[:, :, 8:20, 8:20].copy(), ds.train.labels[:n]
+
+
 class TorchBN(nn.Module):
     def __init__(self, c: int = 4) -> None:
         super().__init__()

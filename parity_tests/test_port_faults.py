@@ -27,9 +27,8 @@ from parity_tests.test_faults import EXPECTED_FIRST_FAILURE
 
 
 @pytest.fixture(scope="module")
-def images(fmnist):
-    """12x12 crops of real Fashion-MNIST images (the centre), and their labels."""
-    return fmnist.train[:16].float_images()[:, :, 8:20, 8:20].copy(), fmnist.train.labels[:16]
+def images(crops16):
+    return crops16
 
 
 def torch_loss(outputs, targets):

@@ -19,9 +19,8 @@ from parity_tests.port_models import NNXMLP, TorchMLP
 
 
 @pytest.fixture(scope="module")
-def images(fmnist):
-    """12x12 crops of real Fashion-MNIST images (the centre), and their labels."""
-    return fmnist.train[:16].float_images()[:, :, 8:20, 8:20].copy(), fmnist.train.labels[:16]
+def images(crops16):
+    return crops16
 
 
 def test_gelu_tanh_fails_the_bend_probe_and_the_outcome_rows_are_there(images):
