@@ -1,9 +1,9 @@
 """How a Flax NNX port's parameters and activations line up with its torch module's.
 
-Plain numpy, and framework-free: the rules take numpy arrays, or JAX arrays as they are (any
-array with numpy's ``transpose`` and ``reshape`` methods), whose moves then run on their own
-device (XLA's tiled transposes took a tenth of numpy's time for a 784x512 kernel; numpy's read
-the power-of-two stride of the kernel's rows and missed the cache).
+Framework-free: the rules take numpy arrays, or JAX arrays as they are (any array with
+numpy's ``transpose`` and ``reshape`` methods), whose moves then run on their own device. A
+784x512 kernel's transpose took numpy 1.2-1.7 ms here and XLA 0.2-0.3 ms, and a parity run
+reads every state it compares (jaxnet.model.to_torch_layout).
 
 The same numbers sit in another place on each side, by layer kind::
 

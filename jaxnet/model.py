@@ -99,16 +99,29 @@ def module_paths(model: nnx.Module) -> list[str]:
 # ---------------------------------------------------------------------------- torch names
 
 
-def to_torch_layout(tree, layout: Layout = BUILT_IN) -> dict[str, np.ndarray]:
-    """Any params-shaped tree (params, grads, momentum) -> ``{torch key: array in torch layout}``
-    (the rules: :mod:`jaxnet.layout`, or a port's :class:`jaxnet.rules.PortLayout`).
+def host(tree):
+    """numpy arrays of a tree's arrays (replicated ones also where other processes hold some of
+    the devices); numpy's own pass as they are. A JAX array on a CPU is read where it lies, as
+    a read-only view."""
 
-    By :mod:`jaxnet.layout`'s rules, a tree of JAX arrays gives JAX arrays, moved on their
-    device (the backend copies them out once); a port's rules give numpy arrays."""
+    def one(a):
+        if not isinstance(a, jax.Array):
+            return np.asarray(a)
+        return np.asarray(a if a.is_fully_addressable else a.addressable_data(0))
+
+    return jax.tree.map(one, tree)
+
+
+def to_torch_layout(tree, layout: Layout = BUILT_IN) -> dict[str, np.ndarray]:
+    """Any params-shaped tree (params, grads, momentum) -> ``{torch key: numpy array in torch
+    layout}`` (the rules: :mod:`jaxnet.layout`, or a port's :class:`jaxnet.rules.PortLayout`).
+
+    By :mod:`jaxnet.layout`'s rules, the kernels of a tree of JAX arrays are turned on their
+    device (XLA's transposes: numpy's took 5-10 times as long), then read out."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
     if isinstance(layout, PortLayout):
-        flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-        return layout.leaves_to_torch({".".join(keys(p)): np.asarray(v) for p, v in flat})
-    return dict(layout.to_torch(path, leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0])
+        return layout.leaves_to_torch(host({".".join(keys(p)): v for p, v in flat}))
+    return host(dict(layout.to_torch(path, leaf) for path, leaf in flat))
 
 
 def from_torch_layout(template, state: dict[str, np.ndarray], layout: Layout = BUILT_IN):

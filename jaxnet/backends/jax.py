@@ -118,9 +118,7 @@ def _abstract(config: AnyModel, dtype: str, seed: int) -> tuple:
     return nnx.split(model, nnx.Param)
 
 
-def _host(tree):
-    """numpy copies of replicated arrays, also where other processes hold some of the devices."""
-    return jax.tree.map(lambda a: np.asarray(a if a.is_fully_addressable else a.addressable_data(0)), tree)
+_host = jmodel.host
 
 
 def _loss(params, graphdef, x, y, masks, loss):
@@ -220,7 +218,7 @@ class JaxBackend:
 
     @_in_mode
     def state_dict(self) -> dict[str, np.ndarray]:
-        return _host(jmodel.to_torch_layout(self.params, self.layout))  # kernels turned by XLA
+        return jmodel.to_torch_layout(self.params, self.layout)  # its kernels turned by XLA
 
     @_in_mode
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
@@ -239,7 +237,7 @@ class JaxBackend:
     ) -> tuple[float, dict[str, np.ndarray]]:
         args = (self._input(x), self._put(y), self._masks(masks), self.config.loss)
         loss, grads = _GRADS(self.params, self.graphdef, *args)
-        return float(loss), _host(jmodel.to_torch_layout(grads, self.layout))
+        return float(loss), jmodel.to_torch_layout(grads, self.layout)
 
     @_in_mode
     def set_optimizer(
@@ -259,7 +257,7 @@ class JaxBackend:
 
     @_in_mode
     def optimizer_state(self) -> dict[str, np.ndarray]:
-        return _host(jtrain.export_opt_state(self.opt_state, self.step, self.layout))
+        return jtrain.export_opt_state(self.opt_state, self.step, self.layout)
 
     @_in_mode
     def apply_gradients(self, grads: dict[str, np.ndarray]) -> None:
