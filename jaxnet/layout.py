@@ -1,9 +1,9 @@
 """How a Flax NNX port's parameters and activations line up with its torch module's.
 
-Framework-free: the rules take numpy arrays, or JAX arrays as they are (any array with
-numpy's ``transpose`` and ``reshape`` methods), whose moves then run on their own device. A
-784x512 kernel's transpose took numpy 1.2-1.7 ms here and XLA 0.2-0.3 ms, and a parity run
-reads every state it compares (jaxnet.model.to_torch_layout).
+Framework-free: the rules take numpy arrays, and give numpy arrays; JAX arrays they move as
+they are, on their own device, and give JAX arrays. A 784x512 kernel's transpose took numpy
+1.2-2.4 ms here and XLA 0.2-0.6 ms (docs/parity-layout-ab-cpu.md), and a parity run reads
+every state it compares (:func:`jaxnet.model.to_torch_layout`).
 
 The same numbers sit in another place on each side, by layer kind::
 
@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -54,8 +55,12 @@ def weight_shape(kernel_shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _array(value):
-    """``value`` as an array: a numpy or JAX array as it is, anything else through numpy."""
-    return value if hasattr(value, "transpose") and hasattr(value, "ndim") else np.asarray(value)
+    """``value`` as an array: a numpy or JAX array as it is, anything else through numpy (a
+    torch tensor too: its ``transpose`` is another function)."""
+    jax = sys.modules.get("jax")  # never imported here: a JAX array exists only where JAX is
+    if isinstance(value, np.ndarray) or (jax is not None and isinstance(value, jax.Array)):
+        return value
+    return np.asarray(value)
 
 
 def _contiguous(array):
@@ -124,7 +129,8 @@ class Layout:
         return path
 
     def to_torch(self, path: Iterable, value: np.ndarray) -> tuple[str, np.ndarray]:
-        """``(torch key, array in torch's layout)`` for one NNX parameter (or gradient)."""
+        """``(torch key, array in torch's layout)`` for one NNX parameter (or gradient); a JAX
+        array's stays a JAX array."""
         path = list(path)
         name, array = self.torch_name(path), _array(value)
         if leaf_name(path) != "kernel":
@@ -136,7 +142,8 @@ class Layout:
         return name, kernel_to_torch(array)
 
     def from_torch(self, name: str, weight: np.ndarray, kernel: bool) -> np.ndarray:
-        """Inverse of :meth:`to_torch` for the parameter ``name`` (``kernel``: a Flax kernel)."""
+        """Inverse of :meth:`to_torch` for the parameter ``name`` (``kernel``: a Flax kernel); a
+        JAX array's stays a JAX array."""
         array = _array(weight)
         if not kernel:
             return array

@@ -99,17 +99,16 @@ def module_paths(model: nnx.Module) -> list[str]:
 # ---------------------------------------------------------------------------- torch names
 
 
+def _local(a):
+    """A replicated JAX array as this process holds it (its own copy, where other processes
+    hold some of the devices: nothing then runs across processes); anything else as it is."""
+    return a.addressable_data(0) if isinstance(a, jax.Array) and not a.is_fully_addressable else a
+
+
 def host(tree):
-    """numpy arrays of a tree's arrays (replicated ones also where other processes hold some of
-    the devices); numpy's own pass as they are. A JAX array on a CPU is read where it lies, as
-    a read-only view."""
-
-    def one(a):
-        if not isinstance(a, jax.Array):
-            return np.asarray(a)
-        return np.asarray(a if a.is_fully_addressable else a.addressable_data(0))
-
-    return jax.tree.map(one, tree)
+    """numpy arrays of a tree's arrays (replicated JAX ones also where other processes hold
+    some of the devices). A JAX array on a CPU is read where it lies: a read-only view."""
+    return jax.tree.map(lambda a: np.asarray(_local(a)), tree)
 
 
 def to_torch_layout(tree, layout: Layout = BUILT_IN) -> dict[str, np.ndarray]:
@@ -117,8 +116,10 @@ def to_torch_layout(tree, layout: Layout = BUILT_IN) -> dict[str, np.ndarray]:
     layout}`` (the rules: :mod:`jaxnet.layout`, or a port's :class:`jaxnet.rules.PortLayout`).
 
     By :mod:`jaxnet.layout`'s rules, the kernels of a tree of JAX arrays are turned on their
-    device (XLA's transposes: numpy's took 5-10 times as long), then read out."""
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    device (XLA's transposes: numpy's took 4-8 times as long; the first read of each kernel
+    shape in a process compiles its transpose), then read out: on a CPU, read-only views
+    (copy one before writing into it)."""
+    flat = [(p, _local(v)) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]]
     if isinstance(layout, PortLayout):
         return layout.leaves_to_torch(host({".".join(keys(p)): v for p, v in flat}))
     return host(dict(layout.to_torch(path, leaf) for path, leaf in flat))

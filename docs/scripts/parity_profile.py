@@ -37,7 +37,7 @@ PARTS: dict[str, list[tuple[str, str]]] = {
     "torch: forward matmuls (linear)": [("~", "<built-in method torch._C._nn.linear>")],
     "torch: backward": [("~", "<method 'run_backward' of 'torch._C._EngineBase' objects>")],
     "torch: optimizer steps": [("torch/optim/optimizer.py", "wrapper")],
-    "jax: waiting for results (its programs run)": [("jaxnet/backends/jax.py", "_host")],
+    "jax: waiting for results (its programs run)": [("jaxnet/backends/jax.py", "_host"), ("jaxnet/model.py", "host")],  # before, after 2026-12-01
     "step floors": [("jaxnet/parity/verdict.py", "step_floor_terms"), ("jaxnet/parity/verdict.py", "step_floor_of")],
     "comparisons (worst ratio, normwise gaps)": [("jaxnet/parity/verdict.py", "worst_ratio"), ("jaxnet/numerics.py", "rel_error")],
     "layout: jax <-> torch names and axes": [("jaxnet/model.py", "to_torch_layout"), ("jaxnet/model.py", "from_torch_layout")],
