@@ -18,20 +18,21 @@ import statistics
 import subprocess
 import sys
 
-KEPT = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647", "MALLOC_TOP_PAD_": "1000000000"}
+from jaxnet.process import M_MMAP_MAX, M_TOP_PAD, M_TRIM_THRESHOLD, MALLOC
+
+# jaxnet's own values, as glibc's variables
+KEPT = {name: str(MALLOC[param]) for name, param in
+        [("MALLOC_MMAP_MAX_", M_MMAP_MAX), ("MALLOC_TRIM_THRESHOLD_", M_TRIM_THRESHOLD), ("MALLOC_TOP_PAD_", M_TOP_PAD)]}  # fmt: skip
 SETTINGS = {"one arena": KEPT | {"MALLOC_ARENA_MAX": "1"}, "glibc's arenas": KEPT}
 PATHS = {"cnn-torch-plain": 1280, "cnn-jax-jaxnet": 1280, "resnet-torch-plain": 384, "resnet-jax-jaxnet": 384}
 ONE = """
-import statistics, sys, time
+import statistics, sys
 from jaxnet import process
 process.prepare()
+from jaxnet.bench.limits import call_times
 from jaxnet.bench.workers import _epoch_fn
 run, _ = _epoch_fn(sys.argv[1], int(sys.argv[2]))
-run()
-times = []
-for _ in range(3):
-    start = time.perf_counter(); run(); times.append(time.perf_counter() - start)
-print(statistics.median(times))
+print(statistics.median(call_times(run, 3)))
 """
 
 

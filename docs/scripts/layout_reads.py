@@ -15,20 +15,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import numpy as np
 
+from jaxnet.bench.limits import call_times
+
 
 def median_ms(f, n: int = 300) -> float:
-    f()
-    f()
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return 1e3 * statistics.median(call_times(f, n, warmups=2))
 
 
 def transposes() -> None:

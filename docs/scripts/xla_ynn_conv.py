@@ -17,7 +17,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 SETTINGS = {
     "ynn (XLA's default)": "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution",
@@ -32,13 +31,9 @@ BATCH = 128
 def _median_ms(fn, *args) -> float:
     import jax
 
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(9):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    from jaxnet.bench.limits import call_times
+
+    return 1e3 * statistics.median(call_times(lambda: jax.block_until_ready(fn(*args)), 9))
 
 
 def child() -> dict[str, float]:

@@ -233,9 +233,9 @@ def run_paths(
         except (BrokenPipeError, json.JSONDecodeError):
             pass
         proc.kill()
+        code = proc.wait()
         err.seek(0)
-        rows[path] = {"path": path, "error": late or _failure(f"--serve {path}", err.read(), proc.wait())}
-        proc.wait()
+        rows[path] = {"path": path, "error": late or _failure(f"--serve {path}", err.read(), code)}
         del live[path]
         return None
 

@@ -98,15 +98,21 @@ def fma_peak() -> tuple[str, float]:
     return text, gflops
 
 
-def best_time(fn, trials: int = TRIALS) -> float:
-    """Seconds of the fastest of ``trials`` calls, after one warm-up call."""
-    fn()
+def call_times(fn, calls: int, warmups: int = 1) -> list[float]:
+    """Seconds of each of ``calls`` calls of ``fn``, after ``warmups`` untimed ones."""
+    for _ in range(warmups):
+        fn()
     times = []
-    for _ in range(trials):
+    for _ in range(calls):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return min(times)
+    return times
+
+
+def best_time(fn, trials: int = TRIALS) -> float:
+    """Seconds of the fastest of ``trials`` calls, after one warm-up call."""
+    return min(call_times(fn, trials))
 
 
 def time_kernels(framework: str, models: tuple, trials: int = TRIALS) -> dict[str, dict[str, float]]:
