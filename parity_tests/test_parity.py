@@ -215,6 +215,46 @@ def test_a_step_floor_is_resolution_plus_measured_error_plus_gradient_sensitivit
     assert floor64[1] < 1e-16 + 3e-9 * 2.0**-29
 
 
+def test_chunked_step_ratios_are_the_whole_array_ones_element_for_element(monkeypatch):
+    """:func:`verdict.step_ratios` (chunked, every dtype at once) against :func:`verdict.step_floor`
+    and :func:`verdict.worst_ratio` over whole arrays: the same floors to the bit and the same
+    worst ratio, across chunk edges, with a NaN, an inf, subnormals, a counter-sized 0-d tensor
+    and a broadcast ``before``. A chunk of 7 splits 5x11 elements into eight pieces."""
+    monkeypatch.setattr(verdict, "CHUNK", 7)
+    rng = np.random.default_rng(0)
+    before = rng.standard_normal((5, 11)).astype(np.float32)
+    after64 = before + 1e-3 * rng.standard_normal((5, 11))
+    after64[0, :3] = [1e-310, 0.0, -2e-320]  # subnormal float64 (and float32: 0)
+    after32 = after64.astype(np.float32)
+    moved = [after64 * (1 + 1e-9), after64 * (1 - 2e-9)]
+    actual32 = after32 + np.float32(1e-6) * rng.standard_normal((5, 11)).astype(np.float32)
+    actual32[2, 5], actual32[4, 10] = np.nan, np.inf
+    actual64 = after64 + 1e-15 * rng.standard_normal((5, 11))
+    cases = [
+        (before, after32, after64, moved, actual32, actual64),
+        (np.float32(0.5), after32, after64, moved, actual32, actual64),  # broadcast: the whole-array way
+        (
+            np.float32(2.0),
+            np.float32(2.0),
+            np.float64(2.0),
+            [np.float64(2.0)] * 2,
+            np.float32(2.0),
+            2.0 + 1e-16,
+        ),
+    ]
+    for b, a32, a64, m, v32, v64 in cases:
+        sides = [(v32, a32, "float32", 1.0, 0.0), (v64, a64, "float64", 2.0**-29, 1e-17)]
+        found = verdict.step_ratios(b, a32, a64, m, sides)
+        for (ratio, floor), (v, e, dtype, factor, extra) in zip(found, sides, strict=True):
+            whole = verdict.step_floor(b, a32, a64, m, dtype, factor) + extra
+            np.testing.assert_array_equal(floor, whole)
+            assert ratio == verdict.worst_ratio(v, e, whole), dtype
+    [(ratio, _)] = verdict.step_ratios(
+        before, after32, after64, moved, [(actual32, after32, "float32", 1.0, 0.0)]
+    )
+    assert ratio == np.inf  # the NaN and the inf fail, whichever chunk they sit in
+
+
 def _pair(gaps, bounds, events=()):
     from jaxnet.parity.free import Event, FreePair
 

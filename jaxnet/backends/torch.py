@@ -60,6 +60,16 @@ def tensor(x: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.tensor(np.ascontiguousarray(x), device=device)
 
 
+def copy_into(dst: torch.Tensor, src: np.ndarray) -> None:
+    """``dst.copy_(src)`` in one copy: on a CPU, numpy writes straight into the tensor's own
+    memory (``tensor(src)`` then ``copy_`` copies twice; the parity engine loads states every
+    step). The same values as ``copy_``, casts included: each element is converted alone."""
+    if dst.device.type == "cpu" and dst.is_contiguous() and not dst.requires_grad:
+        np.copyto(dst.numpy(), np.asarray(src), casting="unsafe")  # copy_ casts as freely
+    else:
+        dst.copy_(tensor(src, dst.device))
+
+
 def _data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """``DistributedDataParallel`` over the process group the environment describes (gloo on
     CPUs, NCCL on GPUs), joined here if nobody has yet: it averages the gradients of the
@@ -203,7 +213,7 @@ class TorchBackend:
         self._forget()
         with torch.no_grad():
             for key, value in self.model.state_dict().items():
-                value.copy_(self._put(state[key]))
+                copy_into(value, state[key])
 
     def _masks(self, masks: dict[str, np.ndarray] | None) -> dict[str, torch.Tensor] | None:
         return {k: self._put(m) for k, m in masks.items()} if masks else None

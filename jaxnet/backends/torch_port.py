@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from jaxnet import batch, checkpoint, registry
 from jaxnet.backends.host_data import HostData
-from jaxnet.backends.torch import TorchBackend, _read_only, torch_device
+from jaxnet.backends.torch import TorchBackend, _read_only, copy_into, torch_device
 from jaxnet.config import OptimConfig, PortConfig
 from jaxnet.distributed import Rank
 from jaxnet.errors import JaxnetError
@@ -123,7 +123,7 @@ class TorchPortBackend(HostData, TorchBackend):
         own = self.model.state_dict()
         with torch.no_grad():
             for key in self.config.param_shapes():
-                own[key].copy_(self._put(state[key]))
+                copy_into(own[key], state[key])
 
     def _mode(self, dropout: bool = False) -> None:
         """Train mode for BatchNorm; dropout modules off (masks stand in for their draws), or

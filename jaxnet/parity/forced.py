@@ -96,7 +96,8 @@ def teacher_forced(
         for dtype, pair in free.items():
             pair.before(batch.cast(x, dtype), batch.cast(y, dtype))
         step, start = sides.ref.step, state(sides.ref)
-        keep = _untied(sides, start, step, x, factors)
+        up = cast(start, "float64")
+        keep = _untied(sides, start, up, step, x, factors)  # loads ``up`` into sides.ref64
         if len(keep) < len(idx):
             out.tied_steps.append(t)
         xk, yk = batch.take(x, keep), batch.take(y, keep)
@@ -108,45 +109,50 @@ def teacher_forced(
             after32 = state(sides.spare)
         else:
             after32 = state(sides.ref)
-        up = cast(start, "float64")
         after64, moved, noise = _reference_float64(
             sides.ref64, up, step, batch.cast(xk, "float64"), batch.cast(yk, "float64"), grads32, buffers
         )
         measured = max(rel_error(after32[k], after64[k]) for k in sides.ref.state_dict())
         order = _order_spread(sides, start, step, xk, yk, buffers)
-        terms: dict[str, tuple] = {}  # name -> its step floor's dtype-free terms, shared by the dtypes
+        got = {}  # dtype -> the side's state after its step from ``start``
         for dtype, side in sides.jax.items():  # _untied loaded each side with ``start``
             side.train_steps([idx[keep]])
-            got = state(side)
-            expected = after32 if dtype == "float32" else after64
-            if got.keys() != expected.keys():  # a buffer one side lacks is a difference too
-                out.missing[dtype] = sorted(got.keys() ^ expected.keys())
-            ratios = []
-            for name, value in got.items():
-                if name not in expected:
-                    continue
+            got[dtype] = state(side)
+        expected = {d: after32 if d == "float32" else after64 for d in got}
+        ratios: dict[str, list[float]] = {d: [] for d in got}
+        for dtype in got:
+            if got[dtype].keys() != expected[dtype].keys():  # a buffer one side lacks is a difference too
+                out.missing[dtype] = sorted(got[dtype].keys() ^ expected[dtype].keys())
+        for name in dict.fromkeys(k for d in got for k in got[d]):
+            checked = [d for d in got if name in got[d] and name in expected[d]]
+            floats = []
+            for dtype in checked:
+                value = got[dtype][name]
                 if not np.issubdtype(np.asarray(value).dtype, np.floating):  # a counter: exactly
-                    ratio = 0.0 if np.array_equal(value, expected[name]) else np.inf
-                    ratios.append(ratio)
+                    ratio = 0.0 if np.array_equal(value, expected[dtype][name]) else np.inf
+                    ratios[dtype].append(ratio)
                     if (dtype, name) not in worst or ratio > worst[dtype, name][0]:
                         worst[dtype, name] = (ratio, t, None)
-                    continue
-                if name not in terms:
-                    before = start.get(name, np.zeros_like(value))
-                    terms[name] = verdict.step_floor_terms(
-                        before, after32[name], after64[name], [m[name] for m in moved]
-                    )
-                floor = verdict.step_floor_of(terms[name], dtype, factors[dtype])
-                if (dtype, name) in order:  # (nothing to add elsewhere: a pass saved per element)
-                    floor = floor + order[dtype, name]
-                ratio = verdict.worst_ratio(value, expected[name], floor)
-                ratios.append(ratio)
+                else:
+                    floats.append(dtype)
+            if not floats:
+                continue
+            # every dtype's floor and ratio in one chunked pass (order: the batch statistics'
+            # spread, a constant per tensor, where the model has them)
+            found = verdict.step_ratios(
+                start.get(name, np.zeros_like(after64[name])), after32[name], after64[name],
+                [m[name] for m in moved],
+                [(got[d][name], expected[d][name], d, factors[d], order.get((d, name), 0.0)) for d in floats],
+            )  # fmt: skip
+            for dtype, (ratio, floor) in zip(floats, found, strict=True):
+                ratios[dtype].append(ratio)
                 if (dtype, name) not in worst or ratio > worst[dtype, name][0]:
-                    worst[dtype, name] = (ratio, t, (value, expected[name], floor))
-            out.ratios[dtype].append(max(ratios))
+                    worst[dtype, name] = (ratio, t, (got[dtype][name], expected[dtype][name], floor))
+        for dtype in got:
+            out.ratios[dtype].append(max(ratios[dtype]))
             spread = max(
                 (
-                    float(v.max(initial=0)) / max(float(np.abs(after64[k]).max(initial=0)), 1e-300)
+                    v / max(float(np.abs(after64[k]).max(initial=0)), 1e-300)
                     for (d, k), v in order.items()
                     if d == dtype
                 ),
@@ -179,10 +185,11 @@ def teacher_forced(
     return out
 
 
-def _untied(sides: Sides, start: dict, step: int, x, factors: dict[str, float]) -> np.ndarray:
-    """Positions in the batch of the examples no side disagrees on at a ReLU tie."""
+def _untied(sides: Sides, start: dict, up: dict, step: int, x, factors: dict[str, float]) -> np.ndarray:
+    """Positions in the batch of the examples no side disagrees on at a ReLU tie (``up``:
+    ``start`` in float64, loaded into ``sides.ref64``, and each dtype's into its JAX side)."""
     acts32 = sides.ref.activations(x)
-    load(sides.ref64, cast(start, "float64"), step)
+    load(sides.ref64, up, step)
     acts64 = sides.ref64.activations(batch.cast(x, "float64"))
     tied: set[int] = set()
     for dtype, side in sides.jax.items():
@@ -205,8 +212,11 @@ def _reference_float64(ref64: Backend, start: dict, step: int, x, y, grads32: di
     moved up and down by the gradient's measured float32 floor, and those floors.
 
     ``buffers`` (running statistics) move with the forward, not with the gradient: each of the
-    three results holds them as the step's train-mode forward leaves them."""
-    load(ref64, start, step)
+    three results holds them as the step's train-mode forward leaves them.
+
+    ``ref64`` holds ``start`` already (:func:`_untied` loaded it; its forwards change nothing):
+    the first step is taken from there, the other two after loading ``start`` again."""
+    assert ref64.step == step, (ref64.step, step)
     grads64 = ref64.loss_and_grads(x, y)[1]
     moved_buffers = ref64.buffers_after(x) if buffers else {}
     u32 = unit_roundoff("float32")
@@ -215,7 +225,8 @@ def _reference_float64(ref64: Backend, start: dict, step: int, x, y, grads32: di
     }
     results = []
     for sign in (0.0, 1.0, -1.0):
-        load(ref64, start, step)
+        if sign:
+            load(ref64, start, step)
         ref64.apply_gradients({k: g + sign * noise[k] for k, g in grads64.items()})
         results.append(state(ref64) | moved_buffers)
     return results[0], results[1:], noise
@@ -239,10 +250,10 @@ def other_orders(n: int) -> list[np.ndarray]:
 
 def _order_spread(
     sides: Sides, start: dict, step: int, x, y, buffers: list[str]
-) -> dict[tuple[str, str], np.ndarray]:
+) -> dict[tuple[str, str], float]:
     """How far the reference's step moves when the batch's examples come in reverse order (the
-    same step, other rounding), in each dtype, normwise: each tensor's largest spread, for
-    every element of it. Empty for a model without running statistics.
+    same step, other rounding), in each dtype, normwise: each tensor's largest spread, added to
+    every element's floor. Empty for a model without running statistics.
 
     Why it is needed: where examples depend on each other through batch statistics (BatchNorm
     in train mode), every parameter's step depends on the channels' means and variances, sums
@@ -276,13 +287,14 @@ def _order_spread(
         a, *others = results
         for k in a:
             if np.issubdtype(np.asarray(a[k]).dtype, np.floating):
-                spread = max(np.abs(np.asarray(a[k], np.float64) - b[k]).max(initial=0.0) for b in others)
-                out[dtype, k] = np.full(np.shape(a[k]), spread)
+                out[dtype, k] = max(
+                    float(np.abs(np.asarray(a[k], np.float64) - b[k]).max(initial=0.0)) for b in others
+                )
     # float32: torch's own spread holds no reduction error (it sums in double), but a port that
     # sums its statistics in float32 does; the float64 spread measures a correct order's error
     # of these sums, and rounding error is first-order linear in u: times u32 / u64 (the ladder).
     up = unit_roundoff("float32") / unit_roundoff("float64")
     for (dtype, k), v in list(out.items()):
         if dtype == "float64" and ("float32", k) in out:
-            out["float32", k] = np.maximum(out["float32", k], v * up)
+            out["float32", k] = max(out["float32", k], v * up)
     return out

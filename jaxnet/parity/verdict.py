@@ -237,6 +237,48 @@ def step_floor_terms(before, after32, after64, moved: list) -> tuple[np.ndarray,
     return size, update, measured
 
 
+# Elements per pass of :func:`step_ratios`: its float64 temporaries (512 KiB each) stay in the
+# core's caches between the dozen passes over them, and each tensor's terms live for one pass
+# only (the whole-array way kept three float64 copies of every tensor until both dtypes were
+# done). One 784x512 kernel, both dtypes (docs/step-ratios-chunks-cpu.md, three runs): 10-15 ms
+# at 2^15-2^16 against 15-17 ms whole; below 2^13 numpy's per-call cost takes over.
+CHUNK = 1 << 16
+
+
+def step_ratios(before, after32, after64, moved: list, sides: list[tuple]) -> list[tuple[float, np.ndarray]]:
+    """:func:`worst_ratio` of one step's result against :func:`step_floor` (plus a constant),
+    for several sides of the same step at once, and each side's floor.
+
+    ``sides``: ``(actual, expected, dtype, factor, extra)`` per side; ``extra`` (a float) is
+    added to every element's floor. Returns ``(ratio, floor)`` per side. The same values as
+    the whole-array functions, element for element (every operation is elementwise, and a
+    maximum does not depend on how it is split), computed :data:`CHUNK` elements at a time.
+    """
+    shape = np.shape(after64)
+    flat = [np.ravel(np.asarray(a)) for a in (before, after32, after64, *moved)]
+    if any(a.size != flat[2].size for a in flat):  # a broadcast ``before``: the whole-array way
+        terms = step_floor_terms(before, after32, after64, moved)
+        out = []
+        for actual, expected, dtype, factor, extra in sides:
+            floor = step_floor_of(terms, dtype, factor) + extra
+            out.append((worst_ratio(actual, expected, floor), floor))
+        return out
+    pairs = [(np.ravel(np.asarray(a)), np.ravel(np.asarray(e))) for a, e, *_ in sides]
+    floors = [np.empty(flat[2].size, np.float64) for _ in sides]
+    ratios = [0.0] * len(sides)
+    for start in range(0, max(flat[2].size, 1), CHUNK):
+        part = slice(start, start + CHUNK)
+        b, a32, a64, *m = (a[part] for a in flat)
+        terms = step_floor_terms(b, a32, a64, m)
+        for i, (_, _, dtype, factor, extra) in enumerate(sides):
+            floor = step_floor_of(terms, dtype, factor)
+            if extra:
+                floor += extra
+            floors[i][part] = floor
+            ratios[i] = max(ratios[i], worst_ratio(pairs[i][0][part], pairs[i][1][part], floor))
+    return [(r, f.reshape(shape)) for r, f in zip(ratios, floors, strict=True)]
+
+
 def step_floor_of(terms: tuple[np.ndarray, np.ndarray, np.ndarray], dtype: str, factor: float) -> np.ndarray:
     """:func:`step_floor` from :func:`step_floor_terms`."""
     size, update, measured = terms  # size and update are magnitudes already: no abs here
