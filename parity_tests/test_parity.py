@@ -215,11 +215,13 @@ def test_a_step_floor_is_resolution_plus_measured_error_plus_gradient_sensitivit
     assert floor64[1] < 1e-16 + 3e-9 * 2.0**-29
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf - inf, planted
 def test_chunked_step_ratios_are_the_whole_array_ones_element_for_element(monkeypatch):
     """:func:`verdict.step_ratios` (chunked, every dtype at once) against :func:`verdict.step_floor`
     and :func:`verdict.worst_ratio` over whole arrays: the same floors to the bit and the same
-    worst ratio, across chunk edges, with a NaN, an inf, subnormals, a counter-sized 0-d tensor
-    and a broadcast ``before``. A chunk of 7 splits 5x11 elements into eight pieces."""
+    worst ratio (NaN where theirs is NaN), with the worst element inside a middle chunk, NaN and
+    inf results, an inf in the reference (NaN floors), subnormals, a 0-d tensor and a broadcast
+    ``before``. A chunk of 7 splits 5x11 elements into eight pieces."""
     monkeypatch.setattr(verdict, "CHUNK", 7)
     rng = np.random.default_rng(0)
     before = rng.standard_normal((5, 11)).astype(np.float32)
@@ -227,30 +229,45 @@ def test_chunked_step_ratios_are_the_whole_array_ones_element_for_element(monkey
     after64[0, :3] = [1e-310, 0.0, -2e-320]  # subnormal float64 (and float32: 0)
     after32 = after64.astype(np.float32)
     moved = [after64 * (1 + 1e-9), after64 * (1 - 2e-9)]
-    actual32 = after32 + np.float32(1e-6) * rng.standard_normal((5, 11)).astype(np.float32)
-    actual32[2, 5], actual32[4, 10] = np.nan, np.inf
-    actual64 = after64 + 1e-15 * rng.standard_normal((5, 11))
+    finite32 = after32 + np.float32(1e-7) * rng.standard_normal((5, 11)).astype(np.float32)
+    finite32[2, 8] += np.float32(1e-4)  # element 30: the fifth chunk's, the worst by far
+    finite64 = after64 + 1e-15 * rng.standard_normal((5, 11))
+    finite64[1, 9] += 1e-12  # element 20: the third chunk's
+    broken32 = finite32.copy()
+    broken32[2, 5], broken32[4, 10] = np.nan, np.inf
+    inf64 = after64.copy()
+    inf64[3, 3] = np.inf  # a non-finite reference: NaN floors there
+
+    def same(a: float, b: float) -> bool:
+        return a == b or (np.isnan(a) and np.isnan(b))
+
     cases = [
-        (before, after32, after64, moved, actual32, actual64),
-        (np.float32(0.5), after32, after64, moved, actual32, actual64),  # broadcast: the whole-array way
+        (before, after32, after64, moved, finite32, finite64),
+        (before, after32, after64, moved, broken32, finite64),
+        (before, after32, inf64, [inf64, inf64], finite32, inf64),
+        (np.float32(0.5), after32, after64, moved, finite32, finite64),  # broadcast: the whole-array way
         (
             np.float32(2.0),
             np.float32(2.0),
             np.float64(2.0),
             [np.float64(2.0)] * 2,
-            np.float32(2.0),
-            2.0 + 1e-16,
+            np.float32(2.5),
+            2.0 + 1e-15,
         ),
     ]
     for b, a32, a64, m, v32, v64 in cases:
-        sides = [(v32, a32, "float32", 1.0, 0.0), (v64, a64, "float64", 2.0**-29, 1e-17)]
+        sides = [(v32, a32, "float32", 1.0, 1e-9), (v64, a64, "float64", 2.0**-29, 1e-17)]
         found = verdict.step_ratios(b, a32, a64, m, sides)
         for (ratio, floor), (v, e, dtype, factor, extra) in zip(found, sides, strict=True):
             whole = verdict.step_floor(b, a32, a64, m, dtype, factor) + extra
             np.testing.assert_array_equal(floor, whole)
-            assert ratio == verdict.worst_ratio(v, e, whole), dtype
+            assert same(ratio, verdict.worst_ratio(v, e, whole)), (dtype, ratio)
+    # the planted differences decide the finite case's ratios, far above a correct step's
+    (r32, _), (r64, _) = verdict.step_ratios(before, after32, after64, moved, [
+        (finite32, after32, "float32", 1.0, 0.0), (finite64, after64, "float64", 2.0**-29, 0.0)])  # fmt: skip
+    assert r32 > 1 and r64 > 1
     [(ratio, _)] = verdict.step_ratios(
-        before, after32, after64, moved, [(actual32, after32, "float32", 1.0, 0.0)]
+        before, after32, after64, moved, [(broken32, after32, "float32", 1.0, 0.0)]
     )
     assert ratio == np.inf  # the NaN and the inf fail, whichever chunk they sit in
 

@@ -4,7 +4,7 @@
 
 One teacher-forced step's floors and worst ratios for a tensor the size of the tutorial MLP's
 first kernel (784x512) in both dtypes, as the parity engine computes them, at several chunk
-sizes (the last: the whole array in one pass). Medians of 50 calls, in one process with
+sizes (the last holds the whole array: one chunk, the passes of the whole-array way). Medians of 50 calls, in one process with
 jaxnet's settings (``process.prepare``: freed memory is kept, as in ``jaxnet parity``).
 """
 
@@ -40,7 +40,7 @@ def main() -> None:
             verdict.step_ratios(before, after32, after64, moved, sides)
 
         ms = 1e3 * statistics.median(call_times(step, 50, warmups=3))
-        print(f"| {size}{' (the whole array)' if size >= before.size else ''} | {ms:.1f} |")
+        print(f"| {size}{' (one chunk: the whole array)' if size >= before.size else ''} | {ms:.1f} |")
 
 
 if __name__ == "__main__":

@@ -62,12 +62,14 @@ def tensor(x: np.ndarray, device: torch.device) -> torch.Tensor:
 
 def copy_into(dst: torch.Tensor, src: np.ndarray) -> None:
     """``dst.copy_(src)`` in one copy: on a CPU, numpy writes straight into the tensor's own
-    memory (``tensor(src)`` then ``copy_`` copies twice; the parity engine loads states every
-    step). The same values as ``copy_``, casts included: each element is converted alone."""
+    memory (``tensor(src)`` then ``copy_`` copied twice; the parity engine loads states every
+    step). The same values as ``copy_``, casts included (each element is converted alone);
+    unlike ``copy_``, torch's version counter of ``dst`` does not move (autograd's check on
+    tensors saved for backward): callers load between steps, never inside a graph."""
     if dst.device.type == "cpu" and dst.is_contiguous() and not dst.requires_grad:
         np.copyto(dst.numpy(), np.asarray(src), casting="unsafe")  # copy_ casts as freely
-    else:
-        dst.copy_(tensor(src, dst.device))
+    else:  # copy_ moves and casts; a 0-d counter stays 0-d (np.array, not ascontiguousarray)
+        dst.copy_(torch.from_numpy(np.array(src, order="C")))
 
 
 def _data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:

@@ -24,9 +24,11 @@ import numpy as np
 
 from jaxnet.errors import JaxnetError
 
-FORMAT = 4  # 2: the bend and max-pool-tie probes and the outcome runs; 3: the relu'(0) probe at
+FORMAT = 5  # 2: the bend and max-pool-tie probes and the outcome runs; 3: the relu'(0) probe at
 # the batch's size, the probes' reversed batches, the float32 outcome run of a float64 check;
-# 4: a second other order of the batch (rotated by half) in the BatchNorm order spreads
+# 4: a second other order of the batch (rotated by half) in the BatchNorm order spreads;
+# 5: the float64 reference's first step taken from the state the tie search loaded (three
+# loads a step, not five: the loads are part of every later answer's key)
 ARRAYS, INDEX = "answers.safetensors", "bundle.json"
 
 

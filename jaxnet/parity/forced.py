@@ -296,5 +296,5 @@ def _order_spread(
     up = unit_roundoff("float32") / unit_roundoff("float64")
     for (dtype, k), v in list(out.items()):
         if dtype == "float64" and ("float32", k) in out:
-            out["float32", k] = max(out["float32", k], v * up)
+            out["float32", k] = float(np.maximum(out["float32", k], v * up))  # a NaN stays
     return out

@@ -237,11 +237,12 @@ def step_floor_terms(before, after32, after64, moved: list) -> tuple[np.ndarray,
     return size, update, measured
 
 
-# Elements per pass of :func:`step_ratios`: its float64 temporaries (512 KiB each) stay in the
-# core's caches between the dozen passes over them, and each tensor's terms live for one pass
-# only (the whole-array way kept three float64 copies of every tensor until both dtypes were
-# done). One 784x512 kernel, both dtypes (docs/step-ratios-chunks-cpu.md, three runs): 10-15 ms
-# at 2^15-2^16 against 15-17 ms whole; below 2^13 numpy's per-call cost takes over.
+# Elements per pass of :func:`step_ratios`: a pass's float64 temporaries (512 KiB each) are
+# read again by the next pass while still cached, instead of streaming whole tensors from
+# memory a dozen times; and each tensor's terms live for one pass only (the whole-array way
+# kept three float64 copies of every tensor until both dtypes were done). One 784x512 kernel,
+# both dtypes (docs/step-ratios-chunks-cpu.md, three runs): 10-15 ms at 2^15-2^16 against
+# 15-17 ms in one chunk (the whole-array way's passes); below 2^13 numpy's per-call cost takes over.
 CHUNK = 1 << 16
 
 
@@ -256,7 +257,9 @@ def step_ratios(before, after32, after64, moved: list, sides: list[tuple]) -> li
     """
     shape = np.shape(after64)
     flat = [np.ravel(np.asarray(a)) for a in (before, after32, after64, *moved)]
-    if any(a.size != flat[2].size for a in flat):  # a broadcast ``before``: the whole-array way
+    if any(a.size != flat[2].size for a in flat) or any(
+        np.shape(a) != shape or np.shape(e) != shape for a, e, *_ in sides
+    ):  # a broadcast ``before``, or a side of another shape: the whole-array way (as before)
         terms = step_floor_terms(before, after32, after64, moved)
         out = []
         for actual, expected, dtype, factor, extra in sides:
@@ -275,7 +278,9 @@ def step_ratios(before, after32, after64, moved: list, sides: list[tuple]) -> li
             if extra:
                 floor += extra
             floors[i][part] = floor
-            ratios[i] = max(ratios[i], worst_ratio(pairs[i][0][part], pairs[i][1][part], floor))
+            # np.maximum keeps a NaN ratio (a NaN floor: the reference went non-finite), as
+            # the whole array's max does; Python's max would drop it
+            ratios[i] = float(np.maximum(ratios[i], worst_ratio(pairs[i][0][part], pairs[i][1][part], floor)))
     return [(r, f.reshape(shape)) for r, f in zip(ratios, floors, strict=True)]
 
 
