@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -68,6 +69,8 @@ def main() -> None:
         start = time.perf_counter()
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - start
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = usage.ru_utime + usage.ru_stime
         if done.returncode:  # the figures still print; what failed goes to stderr
             print(
                 *(line for line in done.stdout.splitlines() if line.startswith("FAILED")),
@@ -83,7 +86,8 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     print(f"`python docs/scripts/suite_compiles.py` at {commit.stdout.strip()}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {done.stdout.strip().splitlines()[-1]} "
-          f"({wall:.0f} s of wall time with the plugin).\n")  # fmt: skip
+          f"({wall:.0f} s of wall time with the plugin; all of pytest's processes, subprocesses included: "
+          f"{cpu:.0f} CPU-s).\n")  # fmt: skip
     totals = {
         k: sum(v for (kind, by, _), v in seconds.items() if kind == k and by == "file")
         for k in EVENTS.values()
