@@ -137,10 +137,13 @@ def teacher_forced(
                     floats.append(dtype)
             if not floats:
                 continue
+            # a buffer the start lacks (Adam's, before its first step) starts at 0: the zeros are
+            # made only then (``start.get``'s default would fill one at every step)
+            before = start[name] if name in start else np.zeros_like(after64[name])
             # every dtype's floor and ratio in one chunked pass (order: the batch statistics'
             # spread, a constant per tensor, where the model has them)
             found = verdict.step_ratios(
-                start.get(name, np.zeros_like(after64[name])), after32[name], after64[name],
+                before, after32[name], after64[name],
                 [m[name] for m in moved],
                 [(got[d][name], expected[d][name], d, factors[d], order.get((d, name), 0.0)) for d in floats],
             )  # fmt: skip
