@@ -27,6 +27,7 @@ from jaxnet.errors import JaxnetError
 from jaxnet.numerics import UNIT_ROUNDOFF, error
 from jaxnet.parity import pool, verdict
 from jaxnet.parity.environment import matmul_precision
+from jaxnet.parity.report import text_table as report_text_table
 from parity_tests.conftest import problems, threaded
 
 QUICK = {"steps": 1, "epoch_recipe": "sgd", "train_limit": 352}  # an epoch of 5 steps and a short one
@@ -181,6 +182,24 @@ def test_ulps_are_counted_in_the_rows_dtype():
     assert error(np.float64([1.0, one_float32_ulp_at_2]), np.float64([1.0, 2.0])).ulps == 2.0**29
 
 
+def test_the_text_table_keeps_each_row_on_one_line_in_aligned_columns():
+    long_note = "a note longer than any terminal is wide; " * 8
+    rows = [
+        parity.Row("forward", "linear_relu_stack.0", "float32", 1e-7, 1e-8, 1.6e-7, True),
+        parity.Row("step sgd", "linear_relu_stack.4.bias: step 3", "float64", 5.0, 1e-16, 1.6e-15, False, note=long_note),
+        parity.Row("epoch sgd", "test accuracy", "float32", 0, 1, 16, True),
+    ]  # fmt: skip
+    head, rule, *lines = report_text_table(parity.Report(rows, {}))
+    assert len(lines) == 3 and lines[1].split()[:2] == ["step", "sgd"] and long_note.strip() in lines[1]
+    ok = head.index(" ok") + 1  # every line's verdict sits under the header's "ok"
+    assert [line[ok : ok + 4] for line in lines] == ["pass", "FAIL", "pass"]
+    assert len(rule.split()) == 13 and head.split()[:3] == [
+        "section",
+        "quantity",
+        "dtype",
+    ]  # a dash run per column
+
+
 def test_an_elementwise_row_fails_at_the_element_beyond_its_own_bound():
     expected = np.array([1.0, 1e-6, 0.5])
     floor = np.array([1e-7, 1e-12, 1e-7])
@@ -311,8 +330,19 @@ def test_the_command_writes_json_markdown_and_a_plot(tmp_path, capsys):
     args = ["parity", "--dtype", "float32", "--steps", "2", "--optimizer", "adam-l2", "--epoch-optimizer", "none",
             "--json", f"{out}.json", "--markdown", f"{out}.md", "--plot", f"{out}.png"]  # fmt: skip
     assert main(args) == 0
-    assert "rows within their bounds" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "rows within their bounds" in printed
     report = json.loads((tmp_path / "r.json").read_text())
+    # the printed table: one line per row, in the report's order, its cells in the columns' order
+    lines = printed.splitlines()
+    start = lines.index(next(line for line in lines if line.startswith("section  ")))
+    body = lines[start + 2 : start + 2 + len(report["rows"])]
+    for line, row in zip(body, report["rows"], strict=True):
+        cells = line.split()
+        assert cells[0] == row["section"].split()[0] and row["quantity"] in line and "pass" in cells, line
+    assert (
+        lines[start + 1].startswith("-------") and "rows within their bounds" in lines[start + 2 + len(body)]
+    )
     assert report["passed"] and {row["dtype"] for row in report["rows"]} == {"float32"}
     assert {row["section"].split(" ")[0] for row in report["rows"]} == {
         "forward",

@@ -90,22 +90,44 @@ def summary(report: Report) -> str:
     return f"{head}; first failure: {first.section} / {first.quantity} ({first.dtype}, {first.ratio:.3g}x its bound)"
 
 
+def text_table(report: Report) -> list[str]:
+    """The rows as plain text, one line each under a header, columns padded to their widest
+    cell (numbers right-aligned): the same cells as :func:`markdown`. A row never folds, so a
+    line is a row whatever the terminal's width, and ``grep FAIL`` finds every failing one."""
+    lines = [COLUMNS, *map(cells, report.rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
+    right = {"err", "floor", "bound", "ratio", "rel", "ulps", "cosine"}
+
+    def join(cols) -> str:
+        parts = (
+            c.rjust(w) if n in right else c.ljust(w) for c, w, n in zip(cols, widths, COLUMNS, strict=True)
+        )
+        return "  ".join(parts).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return [join(lines[0]), rule, *map(join, lines[1:])]
+
+
 def print_table(report: Report) -> None:
+    """The environment, every row (:func:`text_table`; failing rows in bold red on a terminal)
+    and the summary line. The rows are padded text, not a rich ``Table``: rich measured and
+    folded each of the 13 cells of every row, 1.2 s for a 317-row ResNet report here."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     console = Console() if Console().is_terminal else Console(width=250)
     env = Table(title="environment", show_header=False)
     for key, value in report.environment.items():
         env.add_row(key, escape(value))
     console.print(env)
-    table = Table(title="jaxnet parity: jax against torch (pass: err <= bound = K x floor)")
-    for column in COLUMNS:
-        table.add_column(column, overflow="fold")
-    for row in report.rows:
-        table.add_row(*map(escape, cells(row)), style=None if row.passed else "bold red")
-    console.print(table)
+    head, rule, *lines = text_table(report)
+    text = Text("jaxnet parity: jax against torch (pass: err <= bound = K x floor)\n", style="italic")
+    text.append(f"{head}\n{rule}\n", style="bold")
+    for row, line in zip(report.rows, lines, strict=True):
+        text.append(line + "\n", style=None if row.passed else "bold red")
+    console.print(text, soft_wrap=True, end="")
     console.print(summary(report), style="green" if report.passed else "bold red")
 
 
