@@ -9,6 +9,6 @@ from jaxnet.models.cnn import (  # noqa: F401
     build,
     dropout_masks,
     loss_fn,
-    max_pool_2x2,
+    max_pool2d,
     nll_loss,
 )

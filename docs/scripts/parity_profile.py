@@ -40,8 +40,10 @@ PARTS: dict[str, list[tuple[str, str]]] = {
     "jax: waiting for results (its programs run)": [("jaxnet/backends/jax.py", "_host"), ("jaxnet/model.py", "host")],  # before, after 2026-12-01
     "step floors": [("jaxnet/parity/verdict.py", "step_floor_terms"), ("jaxnet/parity/verdict.py", "step_floor_of")],
     "comparisons (worst ratio, normwise gaps)": [("jaxnet/parity/verdict.py", "worst_ratio"), ("jaxnet/numerics.py", "rel_error")],
+    "a step's floors and worst ratios in one pass (step_ratios, from e1728d5)": [("jaxnet/parity/verdict.py", "step_ratios")],
     "layout: jax <-> torch names and axes": [("jaxnet/model.py", "to_torch_layout"), ("jaxnet/model.py", "from_torch_layout")],
-    "numpy -> torch copies (torch.tensor)": [("~", "<built-in method torch.tensor>")],
+    "numpy -> torch copies (torch.tensor)": [("~", "<built-in method torch.tensor>"),
+        ("jaxnet/backends/torch.py", "copy_into")],
     "validating loaded states": [("jaxnet/checkpoint.py", "validate_state_dict")],
 }  # fmt: skip
 
@@ -110,7 +112,8 @@ def table(runs: list[dict]) -> str:
     ]:
         lines.append(f"| {name} | " + " | ".join(str(r[key]) for r in runs) + " |")
     for part in PARTS:
-        lines.append(f"| {part} | " + " | ".join(f"{r['parts_s'].get(part, 0):.1f}" for r in runs) + " |")
+        cells = (f"{r['parts_s'][part]:.1f}" if part in r["parts_s"] else "-" for r in runs)  # "-": not counted then
+        lines.append(f"| {part} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

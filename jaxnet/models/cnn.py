@@ -103,7 +103,7 @@ def _dropout(x: jax.Array, mask: jax.Array | None, p: float) -> jax.Array:
     return x if mask is None else x * (mask.astype(x.dtype) / (1 - p))
 
 
-def max_pool_2x2(x: jax.Array, pool=nnx.max_pool) -> jax.Array:
+def max_pool2d(x: jax.Array, pool=nnx.max_pool) -> jax.Array:
     """``F.max_pool2d(x, 2)`` on NHWC: 2x2 windows, stride 2, no padding (a trailing odd row
     dropped), computed by ``pool`` (``nnx.max_pool``'s signature; the model's ``max_pool``)."""
     return pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
@@ -127,7 +127,7 @@ def activations(
     h = relu(h)
     out["relu2"] = nchw(h)
     # back to NCHW: flatten orders features as torch does
-    out["pool"] = h = nchw(max_pool_2x2(h, model.max_pool))
+    out["pool"] = h = nchw(max_pool2d(h, model.max_pool))
     out["dropout1"] = h = _dropout(h, m1, model.dropout1)
     out["flatten"] = h = h.reshape(h.shape[0], -1)
     out["fc1"] = h = model.fc1(h)
