@@ -112,7 +112,9 @@ def table(runs: list[dict]) -> str:
     ]:
         lines.append(f"| {name} | " + " | ".join(str(r[key]) for r in runs) + " |")
     for part in PARTS:
-        cells = (f"{r['parts_s'][part]:.1f}" if part in r["parts_s"] else "-" for r in runs)  # "-": not counted then
+        cells = (
+            f"{r['parts_s'][part]:.1f}" if part in r["parts_s"] else "-" for r in runs
+        )  # "-": not counted then
         lines.append(f"| {part} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
