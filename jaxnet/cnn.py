@@ -12,3 +12,5 @@ from jaxnet.models.cnn import (  # noqa: F401
     max_pool2d,
     nll_loss,
 )
+
+max_pool_2x2 = max_pool2d  # its name before 0e3d451 (jaxnet.fastpool.max_pool_2x2 is another function)

@@ -200,6 +200,25 @@ def test_the_text_table_keeps_each_row_on_one_line_in_aligned_columns():
     ]  # a dash run per column
 
 
+def test_the_printed_table_is_a_line_per_row_whatever_the_notes_hold(capsys):
+    """Off a terminal (250 columns): a note far wider than that, rich markup and a newline in a
+    quantity's cells stay on their row's line and print as written; the summary line follows."""
+    rows = [
+        parity.Row("forward", "conv1", "float32", 1e-7, 1e-8, 1.6e-7, True, note="x" * 400),
+        parity.Row("step sgd", "w[bold]: step 1", "float32", 5.0, 1e-8, 1.6e-7, False, note="[1, 8, 16]\nnext"),
+    ]  # fmt: skip
+    parity.print_table(parity.Report(rows, {"machine": "[red]cpu"}))
+    lines = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("section  "))
+    first, second, summary = lines[start + 2 : start + 5]
+    assert first.startswith("forward") and first.endswith("x" * 400)
+    assert (
+        second.startswith("step sgd") and "w[bold]: step 1" in second and second.endswith("[1, 8, 16] next")
+    )
+    assert "FAIL" in second.split() and summary.startswith("1/2 rows within their bounds")
+    assert any("[red]cpu" in line for line in lines[:start])  # the environment's values as written
+
+
 def test_an_elementwise_row_fails_at_the_element_beyond_its_own_bound():
     expected = np.array([1.0, 1e-6, 0.5])
     floor = np.array([1e-7, 1e-12, 1e-7])

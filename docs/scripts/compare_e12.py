@@ -2,10 +2,12 @@
 
     python docs/scripts/compare_e12.py [--runs 3] > docs/compare-e12-cpu.md
 
-Each run is a fresh process (imports, then e12's models and its 32 real images, then the
-timed ``compare`` call with e12's options: float32, two Adadelta steps, the flatten rule), so
-every run compiles its programs cold: a Python caller has no persistent compilation cache
-unless it turns one on. Issue 19's line is 20 s for the call.
+Each run is a fresh process: e12's module first (it calls ``jaxnet.process.prepare`` before
+torch loads, as the example does), then its models and its 32 real images, then the timed
+``compare`` call with e12's options (float32, two Adadelta steps, the flatten rule). Every run
+compiles its programs cold (a Python caller has no persistent compilation cache unless it turns
+one on), and, unlike e12, no float64 check runs before it: the timed call also starts JAX's
+CPU backend and torch's threads. Issue 19's line is 20 s for the call.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = """
 import time
+from examples.e12_port_a_cnn import FlaxNet, Net  # first: it sets the process up before torch loads
 import torch
 from flax import nnx
 from examples._common import real_batch
-from examples.e12_port_a_cnn import FlaxNet, Net
 from jaxnet import parity
 from jaxnet.checkpoint import init_state_dict
 from jaxnet.config import CNNConfig, OptimConfig
@@ -56,8 +58,8 @@ def main() -> None:
             [sys.executable, "-c", CHILD], cwd=ROOT, env=env, capture_output=True, text=True
         )
         if done.returncode != 0:
-            sys.exit(done.stderr.strip().splitlines()[-1])
-        seconds, rows = done.stdout.split()
+            sys.exit(f"a run exited {done.returncode}: {(done.stderr.strip().splitlines() or [''])[-1]}")
+        seconds, rows = done.stdout.strip().splitlines()[-1].split()
         times.append(float(seconds))
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(f"`python docs/scripts/compare_e12.py --runs {args.runs}` at {commit.stdout.strip()}, {date}: "

@@ -94,7 +94,7 @@ def text_table(report: Report) -> list[str]:
     """The rows as plain text, one line each under a header, columns padded to their widest
     cell (numbers right-aligned): the same cells as :func:`markdown`. A row never folds, so a
     line is a row whatever the terminal's width, and ``grep FAIL`` finds every failing one."""
-    lines = [COLUMNS, *map(cells, report.rows)]
+    lines = [COLUMNS, *(tuple(c.replace("\n", " ") for c in cells(row)) for row in report.rows)]
     widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
     right = {"err", "floor", "bound", "ratio", "rel", "ulps", "cosine"}
 
@@ -110,8 +110,9 @@ def text_table(report: Report) -> list[str]:
 
 def print_table(report: Report) -> None:
     """The environment, every row (:func:`text_table`; failing rows in bold red on a terminal)
-    and the summary line. The rows are padded text, not a rich ``Table``: rich measured and
-    folded each of the 13 cells of every row, 1.2 s for a 317-row ResNet report here."""
+    and the summary line. The rows are padded text, not a rich ``Table``, which measured and
+    folded each of the 13 cells of every row (docs/parity-table-print-cpu.md: seconds for a
+    ResNet report)."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -123,12 +124,13 @@ def print_table(report: Report) -> None:
         env.add_row(key, escape(value))
     console.print(env)
     head, rule, *lines = text_table(report)
-    text = Text("jaxnet parity: jax against torch (pass: err <= bound = K x floor)\n", style="italic")
+    text = Text()  # Text is never read as markup: a quantity or note prints as it is
+    text.append("jaxnet parity: jax against torch (pass: err <= bound = K x floor)\n", style="italic")
     text.append(f"{head}\n{rule}\n", style="bold")
     for row, line in zip(report.rows, lines, strict=True):
         text.append(line + "\n", style=None if row.passed else "bold red")
-    console.print(text, soft_wrap=True, end="")
-    console.print(summary(report), style="green" if report.passed else "bold red")
+    text.append(summary(report), style="green" if report.passed else "bold red")
+    console.print(text, soft_wrap=True)
 
 
 def markdown(report: Report) -> str:
