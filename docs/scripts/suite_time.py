@@ -72,7 +72,8 @@ def run(label: str) -> dict:
 
 
 def minutes(seconds: float) -> str:
-    return f"{int(seconds // 60)}:{round(seconds % 60):02d}"
+    minutes, rest = divmod(round(seconds), 60)  # 479.7 s is 8:00, not 7:60
+    return f"{minutes}:{rest:02d}"
 
 
 def table() -> list[str]:
