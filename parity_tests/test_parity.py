@@ -193,16 +193,13 @@ def test_the_text_table_keeps_each_row_on_one_line_in_aligned_columns():
     assert len(lines) == 3 and lines[1].split()[:2] == ["step", "sgd"] and long_note.strip() in lines[1]
     ok = head.index(" ok") + 1  # every line's verdict sits under the header's "ok"
     assert [line[ok : ok + 4] for line in lines] == ["pass", "FAIL", "pass"]
-    assert len(rule.split()) == 13 and head.split()[:3] == [
-        "section",
-        "quantity",
-        "dtype",
-    ]  # a dash run per column
+    assert len(rule.split()) == 13  # a dash run per column
+    assert head.split()[:3] == ["section", "quantity", "dtype"]
 
 
 def test_the_printed_table_is_a_line_per_row_whatever_the_notes_hold(capsys):
-    """Off a terminal (250 columns): a note far wider than that, rich markup and a newline in a
-    quantity's cells stay on their row's line and print as written; the summary line follows."""
+    """Off a terminal (250 columns): a note far wider than that, rich markup in a quantity and a
+    newline in a note stay on their row's line and print as written; the summary line follows."""
     rows = [
         parity.Row("forward", "conv1", "float32", 1e-7, 1e-8, 1.6e-7, True, note="x" * 400),
         parity.Row("step sgd", "w[bold]: step 1", "float32", 5.0, 1e-8, 1.6e-7, False, note="[1, 8, 16]\nnext"),
