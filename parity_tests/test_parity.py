@@ -351,7 +351,7 @@ def test_the_command_writes_json_markdown_and_a_plot(tmp_path, capsys):
     report = json.loads((tmp_path / "r.json").read_text())
     # the printed table: one line per row, in the report's order, its cells in the columns' order
     lines = printed.splitlines()
-    start = lines.index(next(line for line in lines if line.startswith("section  ")))
+    start = next(i for i, line in enumerate(lines) if line.startswith("section  "))
     body = lines[start + 2 : start + 2 + len(report["rows"])]
     for line, row in zip(body, report["rows"], strict=True):
         cells = line.split()

@@ -1,5 +1,6 @@
 """How long printing a parity report's rows takes: rich's ``Table`` (how ``print_table`` printed
-them before 1f041d6) against the padded text of :func:`jaxnet.parity.report.text_table`.
+them before 1f041d6) against :func:`jaxnet.parity.report.print_table` now (padded text, with its
+empty environment table and summary line).
 
     python docs/scripts/table_print.py > docs/parity-table-print-cpu.md
 
@@ -10,6 +11,7 @@ terminal, best of 3 each way.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import io
 import json
@@ -20,10 +22,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from rich.text import Text
 
 from jaxnet.numerics import Error
-from jaxnet.parity.report import COLUMNS, Report, Row, cells, text_table
+from jaxnet.parity.report import COLUMNS, Report, Row, cells, print_table
 
 DOCS = Path(__file__).resolve().parents[1]
 REPORTS = {"mlp": "parity-cpu.json", "cnn": "parity-cnn-cpu.json", "resnet": "parity-resnet-cpu.json",
@@ -50,10 +51,8 @@ def rich_table(report: Report, console: Console) -> None:
 
 
 def padded_text(report: Report, console: Console) -> None:
-    text = Text()
-    for row, line in zip(report.rows, text_table(report)[2:], strict=True):
-        text.append(line + "\n", style=None if row.passed else "bold red")
-    console.print(text, soft_wrap=True)
+    with contextlib.redirect_stdout(console.file):  # print_table itself, off a terminal: 250 columns
+        print_table(report)
 
 
 def best(draw, report: Report) -> float:
@@ -70,7 +69,7 @@ def main() -> None:
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(f"`python docs/scripts/table_print.py` at {commit.stdout.strip()}, {date}: printing the rows of "
           "the saved full-size reports into memory, 250 columns, best of 3 (seconds).\n")  # fmt: skip
-    print("| report | rows | rich Table | padded text |\n|---|---|---|---|")
+    print("| report | rows | rich Table | print_table (padded text) |\n|---|---|---|---|")
     for name, file in REPORTS.items():
         report = load(DOCS / file)
         print(
